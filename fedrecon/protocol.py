@@ -1,0 +1,14 @@
+"""Names of the records that server and clients exchange (one place, no Flower import)."""
+
+# server -> client, message type "train"
+TASK_CONFIG = "task"  # ConfigRecord: round, task, dataset spec, backbone name/digest, device
+TASK_ARRAYS = "task_arrays"  # ArrayRecord: sample_index, sample_labels, classes
+BACKBONE = "backbone"  # ArrayRecord: backbone state, sent on a client's first task
+
+# client -> server
+STATS = "stats"  # ArrayRecord: ids, counts, sums (only the classes of this task)
+METRICS = "metrics"  # MetricRecord: samples, seconds, task
+
+# server -> client, message type "query.identify"; reply ConfigRecord IDENTITY
+IDENTIFY = "identify"
+IDENTITY = "identity"

@@ -1,0 +1,1 @@
+"""Flower ServerApp (the clock), run reports and the ``fedrecon`` CLI."""

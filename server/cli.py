@@ -1,0 +1,116 @@
+"""The ``fedrecon`` command: run, validate and pretrain."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from fedrecon.scenario import ScenarioError, load_scenario
+
+QUIET_FLOWER = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+}
+
+
+def cmd_run(args) -> int:
+    from flwr.simulation import run_simulation
+
+    from clients.client_app import app as client_app
+    from server.federation import default_out_dir, prepare
+    from server.server_app import make_app
+
+    scenario = load_scenario(args.scenario)
+    prep = prepare(scenario)
+    out = Path(args.out) if args.out else default_out_dir(scenario)
+    sim = scenario.simulation
+    print(f"fedrecon: {scenario.name}: {scenario.clients.count} clients, {prep.plan.rounds} rounds, "
+          f"{scenario.tasks.num_classes} classes -> {out}", flush=True)
+    for key, value in QUIET_FLOWER.items():
+        os.environ.setdefault(key, value)
+    if not args.verbose:
+        flwr_logger = logging.getLogger("flwr")
+        flwr_logger.setLevel(logging.WARNING)
+        flwr_logger.addFilter(lambda record: "DEPRECATED" not in record.getMessage())
+        warnings.filterwarnings("ignore", category=FutureWarning)
+    run_simulation(
+        server_app=make_app(prep, out),
+        client_app=client_app,
+        num_supernodes=scenario.clients.count,
+        backend_config={
+            "client_resources": {"num_cpus": sim.num_cpus, "num_gpus": sim.num_gpus},
+            "init_args": {"logging_level": "ERROR", "log_to_driver": True},
+        },
+    )
+    if not (out / "summary.json").is_file():
+        print(f"fedrecon: the run did not finish; see the log above (run folder {out})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_validate(args) -> int:
+    bad = 0
+    for path in args.files:
+        try:
+            load_scenario(path)
+        except ScenarioError as exc:
+            print(exc, file=sys.stderr)
+            bad += 1
+        else:
+            print(f"{path}: ok")
+    return 1 if bad else 0
+
+
+def cmd_pretrain(args) -> int:
+    from fedrecon.pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(data_root=args.data_root, episodes=args.episodes, lr_halve_every=args.lr_halve_every,
+                         seed=args.seed, device=args.device)
+    pretrain(cfg, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedrecon", description="Federated class-incremental learning on Flower.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a scenario on Flower's simulation engine")
+    run.add_argument("scenario", help="scenario YAML file")
+    run.add_argument("--out", help="run folder (default: runs/<name>-<time>)")
+    run.add_argument("--verbose", action="store_true", help="show Flower's own log lines")
+    run.set_defaults(func=cmd_run)
+
+    val = sub.add_parser("validate", help="check scenario files without running them")
+    val.add_argument("files", nargs="+")
+    val.set_defaults(func=cmd_validate)
+
+    pre = sub.add_parser("pretrain", help="train the conv4 backbone on Omniglot's background set")
+    pre.add_argument("--data-root", default="../shared/data", help="folder holding omniglot/")
+    pre.add_argument("--out", default="checkpoints/conv4-omniglot.pt")
+    pre.add_argument("--episodes", type=int, default=30000)
+    pre.add_argument("--lr-halve-every", type=int, default=7500)
+    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    pre.set_defaults(func=cmd_pretrain)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ScenarioError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""One federated run of a scenario: plan, strategy, evaluation and the run folder."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ArrayRecord
+from flwr.serverapp import Grid
+from torch import nn
+
+from clients.learner import state_digest
+from fedrecon.backbones import embed, load_checkpoint, pick_device, state_to_numpy
+from fedrecon.data import ClassDataset, load_dataset
+from fedrecon.evaluate import Evaluator
+from fedrecon.plan import Plan, make_plan
+from fedrecon.scenario import Scenario, ScenarioError, source_of
+from fedrecon.stats import ClassStats
+from server.report import RunRecorder
+from strategies import PROTOTYPE_POLICIES, ReconStrategy
+from strategies.recon import from_record
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything a run needs, checked before Flower starts."""
+
+    scenario: Scenario
+    dataset: ClassDataset
+    plan: Plan
+    model: nn.Module
+    dim: int
+
+
+def prepare(scenario: Scenario) -> Prepared:
+    """Load data and backbone and build the plan; raise ScenarioError on any problem."""
+    source = source_of(scenario)
+    if scenario.merge.prototypes not in PROTOTYPE_POLICIES:
+        allowed = ", ".join(sorted(PROTOTYPE_POLICIES))
+        raise ScenarioError([source.error(("merge", "prototypes"), f"unknown policy {scenario.merge.prototypes!r}; allowed: {allowed}")])
+    d = scenario.data
+    try:
+        dataset = load_dataset(d.dataset, d.root, d.subset, d.image_size)
+    except (OSError, ValueError) as exc:
+        raise ScenarioError([source.error(("data", "root"), str(exc))]) from None
+    try:
+        model = load_checkpoint(scenario.model.backbone, scenario.model.checkpoint)
+    except (OSError, RuntimeError) as exc:
+        raise ScenarioError([source.error(("model", "checkpoint"), str(exc))]) from None
+    plan = make_plan(scenario, dataset.class_indices())
+    dim = embed(model, dataset.inputs[:1]).shape[1]
+    return Prepared(scenario, dataset, plan, model, dim)
+
+
+def default_out_dir(scenario: Scenario) -> Path:
+    return Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_scenario(grid: Grid, prep: Prepared, out_dir: str | Path, echo=print) -> dict:
+    """Drive the scenario on ``grid`` and write the run folder; return the summary."""
+    s, plan = prep.scenario, prep.plan
+    backbone = state_to_numpy(prep.model)
+    task_config = {
+        "dataset": s.data.dataset,
+        "data_root": s.data.root,
+        "subset": s.data.subset,
+        "image_size": s.data.image_size,
+        "backbone": s.model.backbone,
+        "backbone_digest": state_digest(backbone),
+        "device": s.model.device,
+    }
+    strategy = ReconStrategy(plan, s.merge.prototypes, task_config, backbone, prep.dim)
+    evaluator = Evaluator(prep.dataset, prep.model, plan, s.merge.metric, pick_device(s.model.device))
+    recorder = RunRecorder(out_dir, plan.rounds, echo)
+    (recorder.out / "scenario.json").write_text(json.dumps(s.model_dump(), indent=2) + "\n")
+    clock = {"last": time.time()}
+
+    def evaluate(server_round: int, arrays: ArrayRecord):
+        if server_round == 0:
+            clock["last"] = time.time()
+            return None
+        stats = ClassStats.from_arrays(from_record(arrays))
+        seen = plan.classes_seen(server_round)
+        due = server_round % s.evaluation.every == 0 or server_round == plan.rounds
+        accuracy = evaluator.accuracy(stats, seen) if due else None
+        now = time.time()
+        recorder.record({
+            "round": server_round,
+            "classes_seen": int(len(seen)),
+            "classes_learned": int(len(stats)),
+            "accuracy": accuracy,
+            "bytes_up": strategy.traffic[server_round]["bytes_up"],
+            "bytes_down": strategy.traffic[server_round]["bytes_down"],
+            "seconds": round(now - clock["last"], 3),
+        })
+        clock["last"] = now
+        return None
+
+    empty = ArrayRecord({})
+    strategy.start(grid, empty, num_rounds=plan.rounds, timeout=s.simulation.timeout, evaluate_fn=evaluate)
+    np.savez(recorder.out / "stats.npz", **strategy.stats.to_arrays())
+    return recorder.finish({
+        "scenario": s.name,
+        "clients": s.clients.count,
+        "merge": s.merge.prototypes,
+        "backbone": s.model.backbone,
+        "failures": len(strategy.failures),
+    })

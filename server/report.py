@@ -1,0 +1,100 @@
+"""Run folder: metrics.jsonl (a line a round), summary.json and an accuracy plot."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+class RunRecorder:
+    """Writes a run's metrics as they come and its summary at the end."""
+
+    def __init__(self, out_dir: str | Path, rounds: int, echo=print):
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.rounds = rounds
+        self.echo = echo
+        self.rows: list[dict] = []
+        self.started = time.time()
+        (self.out / "metrics.jsonl").write_text("")
+
+    def record(self, row: dict) -> None:
+        self.rows.append(row)
+        with (self.out / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        acc = "   -  " if row["accuracy"] is None else f"{row['accuracy']:.4f}"
+        self.echo(
+            f"round {row['round']:>3}/{self.rounds}  classes {row['classes_seen']:>5}  accuracy {acc}"
+            f"  up {human_bytes(row['bytes_up']):>9}  down {human_bytes(row['bytes_down']):>9}  {row['seconds']:6.2f} s"
+        )
+
+    def finish(self, info: dict) -> dict:
+        evaluated = [r for r in self.rows if r["accuracy"] is not None]
+        accs = [r["accuracy"] for r in evaluated if not math.isnan(r["accuracy"])]
+        up = sum(r["bytes_up"] for r in self.rows)
+        learned = self.rows[-1]["classes_learned"] if self.rows else 0
+        summary = {
+            **info,
+            "final_accuracy": accs[-1] if accs else None,
+            "average_incremental_accuracy": float(np.mean(accs)) if accs else None,
+            "classes_seen": self.rows[-1]["classes_seen"] if self.rows else 0,
+            "classes_learned": learned,
+            "rounds": len(self.rows),
+            "bytes_up": up,
+            "bytes_down": sum(r["bytes_down"] for r in self.rows),
+            "bytes_up_per_class": up / learned if learned else None,
+            "wall_seconds": round(time.time() - self.started, 2),
+        }
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        self.plot(evaluated)
+        self.table(summary)
+        return summary
+
+    def plot(self, evaluated: list[dict]) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([r["classes_seen"] for r in evaluated], [r["accuracy"] for r in evaluated], marker="o")
+        ax.set_xlabel("classes seen")
+        ax.set_ylabel("accuracy (test samples of classes seen)")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(self.out / "accuracy.png", dpi=120)
+        plt.close(fig)
+
+    def table(self, s: dict) -> None:
+        def fmt(v):
+            return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+        lines = [
+            ("scenario", s.get("scenario")),
+            ("final accuracy", fmt(s["final_accuracy"])),
+            ("average incremental accuracy", fmt(s["average_incremental_accuracy"])),
+            ("classes seen / learned", f"{s['classes_seen']} / {s['classes_learned']}"),
+            ("rounds", s["rounds"]),
+            ("bytes up / down", f"{human_bytes(s['bytes_up'])} / {human_bytes(s['bytes_down'])}"),
+            ("bytes up per learned class", "-" if s["bytes_up_per_class"] is None else human_bytes(s["bytes_up_per_class"])),
+            ("failed or rejected replies", s.get("failures", 0)),
+            ("wall time", f"{s['wall_seconds']:.1f} s"),
+            ("run folder", str(self.out)),
+        ]
+        width = max(len(k) for k, _ in lines)
+        self.echo("")
+        for k, v in lines:
+            self.echo(f"{k:<{width}}  {v}")

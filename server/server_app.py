@@ -1,0 +1,40 @@
+"""Flower ServerApp: read the scenario named in the run config and drive it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedrecon.scenario import load_scenario
+from server.federation import Prepared, default_out_dir, prepare, run_scenario
+
+app = ServerApp()
+
+
+def scenario_path(value: str) -> Path:
+    """A relative path is taken from the working directory, else from the app's folder."""
+    path = Path(value).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    return Path(__file__).resolve().parents[1] / path
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = context.run_config
+    scenario = load_scenario(scenario_path(str(cfg["scenario"])))
+    out = str(cfg.get("out", "")) or default_out_dir(scenario)
+    run_scenario(grid, prepare(scenario), out)
+
+
+def make_app(prep: Prepared, out_dir: str | Path, echo=print) -> ServerApp:
+    """A ServerApp bound to an already checked scenario (used by ``fedrecon run``)."""
+    bound = ServerApp()
+
+    @bound.main()
+    def _main(grid: Grid, context: Context) -> None:
+        run_scenario(grid, prep, out_dir, echo)
+
+    return bound
