@@ -1,0 +1,46 @@
+"""Shared fixtures: the real data folder, the committed backbone, scenario writers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = Path(os.environ.get("FEDRECON_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
+CHECKPOINT = REPO / "checkpoints" / "conv4-omniglot.pt"
+
+
+def small_scenario(**overrides) -> dict:
+    """A 3-client, 12-class Omniglot scenario with absolute paths."""
+    scenario = {
+        "name": "small",
+        "seed": 1,
+        "data": {"dataset": "omniglot", "root": str(DATA_ROOT), "subset": "evaluation", "image_size": 28},
+        "model": {"backbone": "conv4", "checkpoint": str(CHECKPOINT), "device": "cpu"},
+        "clients": {"count": 3},
+        "tasks": {"num_classes": 12, "classes_per_task": 2, "train_shots": 5, "test_shots": 5, "schedule": "synchronous"},
+        "merge": {"prototypes": "exact"},
+    }
+    for key, value in overrides.items():
+        scenario[key] = value
+    return scenario
+
+
+@pytest.fixture
+def write_scenario(tmp_path):
+    def write(content: dict | str, name: str = "scenario.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def evaluation_set():
+    from fedrecon.data import load_omniglot
+
+    return load_omniglot(DATA_ROOT, "evaluation", 28)

@@ -1,0 +1,124 @@
+"""ReconStrategy offline, with fake client replies (no Flower engine)."""
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedrecon import protocol as P
+from fedrecon.plan import make_plan
+from fedrecon.scenario import parse_scenario
+from fedrecon.stats import ClassStats
+from strategies.recon import ReconStrategy, from_record
+
+DIM = 4
+
+
+@pytest.fixture(autouse=True)
+def identity():
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+
+
+@pytest.fixture
+def strategy():
+    scenario = parse_scenario(
+        "name: t\nclients: {count: 3}\n"
+        "tasks: {num_classes: 12, classes_per_task: 2, train_shots: 4, test_shots: 2}\n"
+    )
+    plan = make_plan(scenario, [np.arange(10 * c, 10 * c + 10) for c in range(30)])
+    s = ReconStrategy(plan, "exact", {"backbone": "conv4"}, {"w": np.ones(3, np.float32)}, DIM)
+    s.nodes = {0: 100, 1: 101, 2: 102}  # as if the identify query had run
+    return s
+
+
+def honest_reply(msg: Message) -> Message:
+    arrays = from_record(msg.content[P.TASK_ARRAYS])
+    features = np.random.default_rng(int(arrays["sample_index"][0])).normal(size=(len(arrays["sample_labels"]), DIM))
+    stats = ClassStats.from_features(arrays["sample_labels"], features)
+    return reply_with(msg, stats.to_arrays())
+
+
+def reply_with(msg: Message, arrays: dict) -> Message:
+    content = RecordDict({
+        P.STATS: ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()}),
+        P.METRICS: MetricRecord({"samples": 1}),
+    })
+    return Message(content, reply_to=msg)
+
+
+def test_round_sends_each_client_its_task_and_merges_replies(strategy):
+    # Prepare
+    messages = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid=None)
+    # Execute
+    arrays, metrics = strategy.aggregate_train(1, [honest_reply(m) for m in messages])
+    # Assert
+    assert sorted(m.metadata.dst_node_id for m in messages) == [100, 101, 102]
+    assert all(P.BACKBONE in m.content for m in messages)
+    expected = sorted(c for a in strategy.plan.arrivals_at(1) for c in a.classes)
+    assert from_record(arrays)["ids"].tolist() == expected
+    assert metrics["updates"] == 3
+    assert strategy.traffic[1]["bytes_up"] > 0 and strategy.traffic[1]["bytes_down"] > 0
+    # The backbone goes out once per client.
+    assert not any(P.BACKBONE in m.content for m in strategy.configure_train(2, ArrayRecord(), ConfigRecord(), None))
+
+
+def _tamper(kind):
+    def bad(arrays):
+        a = {k: np.array(v) for k, v in arrays.items()}
+        if kind == "nan":
+            a["sums"][0, 0] = np.nan
+        elif kind == "inf_count":
+            a["counts"][0] = np.inf
+        elif kind == "negative_count":
+            a["counts"][0] = -a["counts"][0]
+        elif kind == "zero_count":
+            a["counts"][0] = 0.0
+        elif kind == "foreign_class":
+            a["ids"][0] = 29
+        elif kind == "extra_class":
+            a = {"ids": np.append(a["ids"], 29), "counts": np.append(a["counts"], 4.0), "sums": np.vstack([a["sums"], np.ones(DIM)])}
+        elif kind == "wrong_dim":
+            a["sums"] = a["sums"][:, :2]
+        elif kind == "float32":
+            a["sums"] = a["sums"].astype(np.float32)
+        elif kind == "float_ids":
+            a["ids"] = a["ids"].astype(np.float64)
+        elif kind == "missing_sums":
+            del a["sums"]
+        elif kind == "duplicate_ids":
+            a["ids"][1] = a["ids"][0]
+        return a
+
+    return bad
+
+
+@pytest.mark.parametrize("kind", ["nan", "inf_count", "negative_count", "zero_count", "foreign_class", "extra_class",
+                                  "wrong_dim", "float32", "float_ids", "missing_sums", "duplicate_ids"])
+def test_bad_reply_is_rejected_and_state_unchanged(strategy, kind):
+    # Prepare: one honest round, then a round where client 0 lies.
+    first = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), None)
+    strategy.aggregate_train(1, [honest_reply(m) for m in first])
+    before = {k: v.copy() for k, v in strategy.stats.to_arrays().items()}
+    second = strategy.configure_train(2, ArrayRecord(), ConfigRecord(), None)
+    liar = next(m for m in second if m.metadata.dst_node_id == 100)
+    honest = honest_reply(liar)
+    bad = reply_with(liar, _tamper(kind)(from_record(honest.content[P.STATS])))
+    # Execute
+    strategy.aggregate_train(2, [bad])
+    # Assert
+    after = strategy.stats.to_arrays()
+    for key in before:
+        assert after[key].tobytes() == before[key].tobytes()
+    reasons = {f["client"]: f["reason"] for f in strategy.failures}
+    assert "no reply" not in reasons[0]
+
+
+def test_error_and_missing_replies_are_counted_and_backbone_resent(strategy):
+    messages = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), None)
+    by_node = {m.metadata.dst_node_id: m for m in messages}
+    replies = [honest_reply(by_node[100]), Message(Error(code=2, reason="boom"), reply_to=by_node[101])]
+    strategy.aggregate_train(1, replies)  # node 102 never answers
+    assert sorted(f["client"] for f in strategy.failures) == [1, 2]
+    assert "boom" in strategy.failures[0]["reason"] + strategy.failures[1]["reason"]
+    resent = {m.metadata.dst_node_id: P.BACKBONE in m.content for m in strategy.configure_train(2, ArrayRecord(), ConfigRecord(), None)}
+    assert resent == {100: False, 101: True, 102: True}
