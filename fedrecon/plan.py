@@ -520,6 +520,27 @@ def _sample(s: Scenario, data: _Data, placed: dict[tuple[int, int], list[_Item]]
 
 # --- the timeline, as ``fedrecon plan`` prints it -----------------------------------------------------
 
+def _ranges(classes: Sequence[int], marked: set[int]) -> str:
+    """``0,1,2,3,7`` as ``0-3,7``; a revisited class is marked ``*``."""
+    out: list[str] = []
+    run: list[int] = []
+
+    def flush() -> None:
+        out.extend([f"{run[0]}-{run[-1]}"] if len(run) > 2 else map(str, run))
+        run.clear()
+
+    for c in classes:
+        if c in marked:
+            flush()
+            out.append(f"{c}*")
+            continue
+        if run and c != run[-1] + 1:
+            flush()
+        run.append(c)
+    flush()
+    return ",".join(out)
+
+
 def timeline(plan: Plan, title: str = "", show_classes: bool = False) -> str:
     """Round x client table of arriving classes, with totals and the plan's warnings.
 
@@ -534,7 +555,7 @@ def timeline(plan: Plan, title: str = "", show_classes: bool = False) -> str:
         if a is None:
             return "." if plan.is_present(r, c) else "-"
         if show_classes:
-            return ",".join(str(x) + ("*" if x in a.revisits else "") for x in a.classes)
+            return _ranges(a.classes, set(a.revisits))
         new = len(a.classes) - len(a.revisits)
         return f"{new}+{len(a.revisits)}" if a.revisits else str(new)
 

@@ -464,6 +464,20 @@ def _describe(err: dict, source: SourceMap) -> str:
     return source.error(loc, f"{message} (got {got})" if len(got) <= 60 else message)
 
 
+def _typos_once(errors: list[dict]) -> list[dict]:
+    """A misspelt required key is one mistake, not "unknown key" plus "missing key":
+    drop the "missing" error the "did you mean" of a sibling unknown key explains."""
+    meant = set()
+    for err in errors:
+        if err["type"] == "extra_forbidden":
+            loc = tuple(err["loc"])
+            owner = _model_at(loc)
+            hint = difflib.get_close_matches(str(loc[-1]), list(owner.model_fields) if owner else [], n=1)
+            if hint:
+                meant.add(loc[:-1] + (hint[0],))
+    return [e for e in errors if not (e["type"] == "missing" and tuple(e["loc"]) in meant)]
+
+
 def _kinds_at(loc: tuple) -> str:
     union = {"split": Split, "arrival": Arrival}.get(str(loc[-1]) if loc else "")
     kinds = dict.fromkeys(m.model_fields["kind"].default for m in _models_in(union)) if union else {}
@@ -553,7 +567,7 @@ def parse_scenario(text: str, path: str = "<string>", overrides: list[str] | tup
     try:
         scenario = Scenario.model_validate(raw)
     except ValidationError as exc:
-        errors = sorted(exc.errors(), key=lambda e: source.order(tuple(e["loc"])))
+        errors = sorted(_typos_once(exc.errors()), key=lambda e: source.order(tuple(e["loc"])))
         raise ScenarioError([_describe(e, source) for e in errors]) from None
     problems = _cross_checks(scenario, source)
     if problems:
