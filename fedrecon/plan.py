@@ -459,13 +459,15 @@ def _place_revisits(s: Scenario, placed: dict[tuple[int, int], list[_Item]], pre
     """Give a seeded fraction of the arrived classes a second arrival with new samples."""
     rv, n = s.tasks.revisits, s.clients.count
     rng = np.random.default_rng([s.seed, _REVISITS])
-    first: dict[int, int] = {}
+    # A revisit comes after the class's last regular arrival anywhere, so it is never
+    # merged with one and always brings the class back to the federation.
+    last: dict[int, int] = {}
     holders: dict[int, set[int]] = {}
     for (r, client), items in sorted(placed.items()):
         for item in items:
-            first.setdefault(item.cls, r)
+            last[item.cls] = r
             holders.setdefault(item.cls, set()).add(client)
-    classes = sorted(first)
+    classes = sorted(last)
     k = max(1, round(rv.fraction * len(classes)))
     chosen = sorted(int(c) for c in rng.choice(classes, size=k, replace=False))
     skipped = 0
@@ -475,7 +477,7 @@ def _place_revisits(s: Scenario, placed: dict[tuple[int, int], list[_Item]], pre
             "other": [x for x in range(n) if x not in holders[c]],
             "any": list(range(n)),
         }[rv.to]
-        start = first[c] + rv.after
+        start = last[c] + rv.after
         if not targets or start > rounds:
             skipped += 1
             continue
@@ -505,7 +507,9 @@ def _sample(s: Scenario, data: _Data, placed: dict[tuple[int, int], list[_Item]]
                     item.blame, f"class {item.cls} runs out of samples ({len(data.samples_of(item.cls))}, "
                     f"{s.tasks.test_shots} of them for test): it arrives too often"))
                 continue
-            if (item.revisit or item.cls in learned.get(client, set())) and item.cls not in again:
+            # Explicit events may name a class the client had: that is a revisit too.
+            named_again = item.blame[-1] in ("classes", "groups") and item.cls in learned.get(client, set())
+            if (item.revisit or named_again) and item.cls not in again:
                 again.append(item.cls)
             samples.setdefault(item.cls, []).extend(got)
         learned.setdefault(client, set()).update(samples)

@@ -286,7 +286,7 @@ class Revisits(Strict):
     fraction: float = Field(gt=0.0, le=1.0, description="fraction of the arriving classes that arrive once more")
     shots: int = Field(ge=1, description="new training samples a revisit brings (never used before)")
     to: Literal["same", "other", "any"] = Field("any", description="a client that had the class, one that did not, or any")
-    after: int = Field(1, ge=1, description="at least this many rounds after the class first arrived")
+    after: int = Field(1, ge=1, description="at least this many rounds after the class last arrived (at any client)")
 
 
 class TasksConfig(Strict):
