@@ -362,9 +362,6 @@ class Scenario(Strict):
 
 # --- JSON Schema ----------------------------------------------------------------------------
 
-SCHEMA_ID = "https://fedrecon.dev/scenario.schema.json"
-
-
 def scenario_json_schema() -> dict:
     """JSON Schema of a scenario file, for editors (``fedrecon schema``).
 
@@ -377,8 +374,8 @@ def scenario_json_schema() -> dict:
         field.pop("discriminator", None)
         tags = [m.model_fields["kind"].default for m in models]
         field["oneOf"] = [*field.pop("oneOf"), {"type": "string", "enum": tags}]
-    # ``schedule`` is the old name of ``arrival``; editors should not suggest it.
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID, **schema}
+    # ``schedule`` (the old name of ``arrival``) is left out: editors should not suggest it.
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
 
 
 def schema_text() -> str:
