@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import difflib
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
 
 from fedrecon.backbones import BACKBONES
 
@@ -21,46 +31,132 @@ class ScenarioError(ValueError):
 
 
 class SourceMap:
-    """Where each key of a YAML file is, so errors can name file, line and column."""
+    """Where each key of a YAML file is, so errors can name file, line and column.
 
-    def __init__(self, path: str, positions: dict[tuple, tuple[int, int]]):
+    ``positions`` maps a key path to its ``(line, column)`` in the file; ``labels``
+    maps the paths a ``--set`` override wrote to the override's own text, which is
+    where the user has to look for those.
+    """
+
+    def __init__(self, path: str, positions: dict[tuple, tuple[int, int]], labels: dict[tuple, str] | None = None):
         self.path = path
         self.positions = positions
+        self.labels = labels or {}
+
+    def _found(self, loc: tuple) -> tuple:
+        found: tuple = ()
+        for part in loc:
+            if found + (part,) in self.positions or found + (part,) in self.labels:
+                found += (part,)
+        return found
 
     def locate(self, loc: tuple) -> tuple[tuple, str]:
         """The part of ``loc`` present in the file, and ``path:line:col`` of it."""
-        found: tuple = ()
-        for part in loc:
-            if found + (part,) in self.positions:
-                found += (part,)
+        found = self._found(loc)
+        if found in self.labels:
+            return found, self.labels[found]
         line, col = self.positions.get(found, (1, 1))
         return found, f"{self.path}:{line}:{col}"
 
+    def order(self, loc: tuple) -> tuple[int, int]:
+        """Sort key: overrides first, then file order."""
+        found = self._found(loc)
+        return (0, 0) if found in self.labels else self.positions.get(found, (0, 0))
+
     def error(self, loc: tuple, message: str) -> str:
         _, where = self.locate(loc)
-        key = ".".join(str(p) for p in loc if p not in _UNION_TAGS) or "(top level)"
-        return f"{where}: {key}: {message}"
+        return f"{where}: {dotted(loc)}: {message}"
+
+
+def dotted(loc: tuple) -> str:
+    """``('tasks', 'arrival', 'poisson', 'rate')`` as ``tasks.arrival.rate``."""
+    return ".".join(str(p) for p in loc if p not in _UNION_TAGS) or "(top level)"
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# --- values given once for all clients or as a list with one per client -------------
+
+def _either(expected: str):
+    """A wrap validator for ``scalar | list``: one error line instead of one per member.
+
+    Pydantic reports a failed union once per member ("not an int", "not a list");
+    the user needs only the member that matches what they wrote.
+    """
+
+    def validate(value: Any, handler):
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            want_list = isinstance(value, list)
+            detail = []
+            for err in exc.errors():
+                member, *rest = err["loc"] or ("",)
+                if str(member).startswith("list[") != want_list:
+                    continue
+                where = f"item {rest[0]}: " if rest else ""
+                detail.append(f"{where}{err['msg'].removeprefix('Value error, ')}")
+            reason = "; ".join(detail[:3]) or f"got {type(value).__name__}"
+            raise ValueError(f"expected {expected}: {reason}") from None
+
+    return WrapValidator(validate)
+
+
+Round = Annotated[int, Field(ge=1)]
+Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
+ClassId = Annotated[int, Field(ge=0)]
+PerClientRound = Annotated[Union[Round, list[Round]], _either("a round (>= 1) or a list of them, one per client")]
+PerClientLeave = Annotated[
+    Union[Round, list[Union[Round, None]], None],
+    _either("a round (>= 1), null, or a list of them, one per client"),
+]
+PerClientProbability = Annotated[
+    Union[Probability, list[Probability]],
+    _either("a probability in [0, 1) or a list of them, one per client"),
+]
+PerClientOffset = Annotated[
+    Union[Annotated[int, Field(ge=0)], list[Annotated[int, Field(ge=0)]]],
+    _either("an offset (>= 0) or a list of them, one per client"),
+]
+PerClientRate = Annotated[
+    Union[Annotated[float, Field(gt=0)], list[Annotated[float, Field(gt=0)]]],
+    _either("a rate (> 0) or a list of them, one per client"),
+]
+GroupChoice = Annotated[
+    Union[Annotated[int, Field(ge=1)], list[str]],
+    _either("a number of groups (>= 1) or a list of group names"),
+]
+
+
+def per_client(value: Any, count: int) -> list:
+    """``value`` for each of ``count`` clients (a list is already per client)."""
+    return list(value) if isinstance(value, list) else [value] * count
+
+
+def _kind_shorthand(value: Any) -> Any:
+    """``arrival: synchronous`` is short for ``arrival: {kind: synchronous}``."""
+    return {"kind": value} if isinstance(value, str) else value
+
+
+# --- data and model ----------------------------------------------------------------
+
 class DataConfig(Strict):
     """Where the samples come from."""
 
-    dataset: Literal["omniglot"] = "omniglot"
+    dataset: Literal["omniglot"] = Field("omniglot", description="dataset the classes come from")
     root: str = Field("../shared/data", description="data folder; a relative path is taken from the scenario file's folder")
     subset: Literal["background", "evaluation"] = Field("evaluation", description="Omniglot set the classes come from")
-    image_size: int = Field(28, ge=8, le=105)
+    image_size: int = Field(28, ge=8, le=105, description="images are resized to this many pixels a side")
 
 
 class ModelConfig(Strict):
     """The feature extractor clients and server share."""
 
-    backbone: str = "conv4"
+    backbone: str = Field("conv4", description="feature extractor, by name")
     checkpoint: str | None = Field(None, description="weights file; relative to the scenario file's folder")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
 
     @field_validator("backbone")
     @classmethod
@@ -70,85 +166,231 @@ class ModelConfig(Strict):
         return value
 
 
-class ClientsConfig(Strict):
-    count: int = Field(ge=1, le=100_000)
+# --- clients -------------------------------------------------------------------------
 
+class ClientsConfig(Strict):
+    """Who takes part, and when.
+
+    A client is present in round ``r`` when ``join <= r < leave`` and it did not drop
+    out that round; of the present clients a seeded ``fraction`` is sampled. A task
+    due while a client is away arrives in the next round it is present and sampled.
+    """
+
+    count: int = Field(ge=1, le=100_000, description="number of clients")
+    join: PerClientRound = Field(1, description="round a client joins; one value for all or a list, one per client")
+    leave: PerClientLeave = Field(None, description="first round a client is gone for good; null: it stays to the end")
+    dropout: PerClientProbability = Field(0.0, description="probability that a client is away in a round (seeded)")
+    fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of the present clients sampled each round (at least one)")
+
+
+# --- class split across clients ---------------------------------------------------------
+
+class Disjoint(Strict):
+    """Tasks of ``classes_per_task`` classes dealt in turn: task ``j`` to client ``j % count``."""
+
+    kind: Literal["disjoint"] = "disjoint"
+
+
+class Overlap(Strict):
+    """A fraction of the classes is shared; each shared class's training samples are
+    divided between the clients that hold it."""
+
+    kind: Literal["overlap"] = "overlap"
+    shared: float = Field(gt=0.0, le=1.0, description="fraction of tasks.num_classes held by several clients")
+    among: int | None = Field(None, ge=2, description="clients holding each shared class (seeded); null: all clients")
+
+
+class Dirichlet(Strict):
+    """Each class's training samples are divided between clients in proportions drawn
+    from Dirichlet(alpha, ..., alpha), as in federated class-incremental papers; small
+    alpha gives each class to few clients."""
+
+    kind: Literal["dirichlet"] = "dirichlet"
+    alpha: float = Field(gt=0.0, description="concentration; small: skewed, large: even")
+
+
+class ExplicitSplit(Strict):
+    """The classes of each client, listed (dataset class ids); a class listed for
+    several clients has its training samples divided between them."""
+
+    kind: Literal["explicit"] = "explicit"
+    clients: list[list[ClassId]] = Field(description="one list of class ids per client")
+
+
+class GroupSplit(Strict):
+    """A task is whole groups (Omniglot: alphabets); task ``j`` goes to client ``j % count``."""
+
+    kind: Literal["group"] = "group"
+    groups: GroupChoice = Field(description="how many groups to draw (seeded), or their names")
+    groups_per_task: int = Field(1, ge=1, description="groups in one task")
+
+
+Split = Annotated[Union[Disjoint, Overlap, Dirichlet, ExplicitSplit, GroupSplit], Field(discriminator="kind")]
+
+
+# --- arrival: when each client's tasks arrive ---------------------------------------------
 
 class Synchronous(Strict):
-    """Every client receives its next task every round."""
+    """Every client receives its next task every ``every`` rounds, from round 1."""
 
     kind: Literal["synchronous"] = "synchronous"
+    every: int = Field(1, ge=1, description="rounds between two tasks of a client")
 
 
 class Staggered(Strict):
-    """Client ``c`` receives its first task at round ``1 + c * offset``, then one a round."""
+    """Client ``c`` receives its first task at round ``1 + c * offset`` (or ``1 + offset[c]``),
+    then one every ``every`` rounds."""
 
     kind: Literal["staggered"] = "staggered"
-    offset: int = Field(1, ge=0)
+    offset: PerClientOffset = Field(1, description="start delay: per client index (a number) or each client's own (a list)")
+    every: int = Field(1, ge=1, description="rounds between two tasks of a client")
 
 
-Schedule = Annotated[Union[Synchronous, Staggered], Field(discriminator="kind")]
+class Poisson(Strict):
+    """Each client's tasks arrive as a seeded Poisson process: exponential gaps with mean
+    ``1 / rate`` rounds; a task arrives in the round its time falls in."""
+
+    kind: Literal["poisson"] = "poisson"
+    rate: PerClientRate = Field(description="expected tasks per round; one for all or a list, one per client")
+
+
+class Event(Strict):
+    """One arrival at one client. Without classes, groups or count it is the client's
+    next task of the split."""
+
+    round: Round = Field(description="round the task is due")
+    classes: list[ClassId] | None = Field(None, description="dataset class ids that arrive (new samples each time)")
+    groups: list[str] | None = Field(None, description="groups whose classes all arrive")
+    count: int | None = Field(None, ge=1, description="the next this many classes of the client's split")
+
+
+class ExplicitArrival(Strict):
+    """Per client, the rounds at which something arrives and what."""
+
+    kind: Literal["explicit"] = "explicit"
+    clients: dict[int, list[Event]] = Field(description="client id -> list of events")
+
+
+Arrival = Annotated[Union[Synchronous, Staggered, Poisson, ExplicitArrival], Field(discriminator="kind")]
+
 # Pydantic puts the chosen ``kind`` into error locations; they are not keys of the file.
-_UNION_TAGS = {m.model_fields["kind"].default for m in (Synchronous, Staggered)}
+_UNION_TAGS = {
+    m.model_fields["kind"].default
+    for m in (Disjoint, Overlap, Dirichlet, ExplicitSplit, GroupSplit, Synchronous, Staggered, Poisson, ExplicitArrival)
+}
+
+
+class Revisits(Strict):
+    """Classes that arrive again later, at the same or another client, with new samples."""
+
+    fraction: float = Field(gt=0.0, le=1.0, description="fraction of the arriving classes that arrive once more")
+    shots: int = Field(ge=1, description="new training samples a revisit brings (never used before)")
+    to: Literal["same", "other", "any"] = Field("any", description="a client that had the class, one that did not, or any")
+    after: int = Field(1, ge=1, description="at least this many rounds after the class last arrived (at any client)")
 
 
 class TasksConfig(Strict):
-    """How the classes are cut into tasks and dealt to clients.
+    """Which classes, how they are cut into tasks and split over clients, and when they arrive.
 
     The first ``num_classes`` classes of a seeded permutation are cut into tasks of
-    ``classes_per_task``; task ``j`` goes to client ``j % clients.count``.
+    ``classes_per_task``; ``split`` says which client holds which, ``arrival`` when.
+    ``schedule`` is accepted as the old name of ``arrival``.
     """
 
-    num_classes: int = Field(ge=1)
-    classes_per_task: int = Field(ge=1)
-    train_shots: int = Field(ge=1, description="training samples per class")
+    num_classes: int | None = Field(None, ge=1, description="classes drawn from the dataset (seeded); not with split group or explicit")
+    classes_per_task: int | None = Field(None, ge=1, description="classes in one task; not with split group")
+    train_shots: int = Field(ge=1, description="training samples per class (divided between clients that share it)")
     test_shots: int = Field(ge=1, description="test samples per class, never used for training")
-    schedule: Schedule = Field(default_factory=Synchronous)
+    split: Split = Field(default_factory=Disjoint, description="which client holds which classes")
+    arrival: Arrival = Field(default_factory=Synchronous, description="when each client's tasks arrive")
+    revisits: Revisits | None = Field(None, description="classes that arrive a second time; null: none")
 
-    @field_validator("schedule", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _old_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "schedule" in data:
+            if "arrival" in data:
+                raise ValueError("give arrival or its old name schedule, not both")
+            data = {**data, "arrival": data["schedule"]}
+            del data["schedule"]
+        return data
+
+    @field_validator("split", "arrival", mode="before")
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
-        return {"kind": value} if isinstance(value, str) else value
+        return _kind_shorthand(value)
 
 
 class MergeConfig(Strict):
+    """How the server merges the clients' class statistics."""
+
     prototypes: str = Field("exact", description="merge policy of the class statistics")
-    head: Literal["ncm"] = "ncm"
-    metric: Literal["euclidean", "cosine"] = "euclidean"
+    head: Literal["ncm"] = Field("ncm", description="classifier built from the merged statistics")
+    metric: Literal["euclidean", "cosine"] = Field("euclidean", description="distance of the nearest-class-mean head")
 
 
 class EvaluationConfig(Strict):
+    """When and where accuracy is measured."""
+
     every: int = Field(1, ge=1, description="evaluate every N rounds (the last round always)")
-    where: Literal["server"] = "server"
+    where: Literal["server"] = Field("server", description="where the test samples are scored")
 
 
 class SimulationConfig(Strict):
     """Flower simulation engine resources for each virtual client."""
 
-    num_cpus: int = Field(1, ge=1)
-    num_gpus: float = Field(0.0, ge=0.0)
+    num_cpus: int = Field(1, ge=1, description="CPUs per virtual client")
+    num_gpus: float = Field(0.0, ge=0.0, description="GPUs (or a fraction) per virtual client")
     timeout: float = Field(600.0, gt=0, description="seconds the server waits for replies each round")
 
 
 class Scenario(Strict):
-    name: str = Field(min_length=1)
-    seed: int = 0
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    clients: ClientsConfig
-    tasks: TasksConfig
-    rounds: int | None = Field(None, ge=1, description="defaults to the round of the last arrival")
-    merge: MergeConfig = Field(default_factory=MergeConfig)
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+    """A fedrecon scenario: who learns which classes when, and how the server merges."""
+
+    name: str = Field(min_length=1, description="name of the run (and of its run folder)")
+    seed: int = Field(0, ge=0, description="seed of every random choice of the plan")
+    data: DataConfig = Field(default_factory=DataConfig, description="where the samples come from")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the shared feature extractor")
+    clients: ClientsConfig = Field(description="who takes part, and when")
+    tasks: TasksConfig = Field(description="classes, tasks, split, arrival and revisits")
+    rounds: int | None = Field(None, ge=1, description="rounds to run; null: until the last arrival")
+    merge: MergeConfig = Field(default_factory=MergeConfig, description="how the server merges")
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="when accuracy is measured")
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig, description="Flower simulation resources")
     _source: SourceMap | None = PrivateAttr(None)
 
+
+# --- JSON Schema ----------------------------------------------------------------------------
+
+def scenario_json_schema() -> dict:
+    """JSON Schema of a scenario file, for editors (``fedrecon schema``).
+
+    The ``kind`` unions also accept their shorthand string (``arrival: poisson`` is
+    not valid, but ``arrival: synchronous`` is, since it needs no other key).
+    """
+    schema = Scenario.model_json_schema()
+    for prop, models in (("split", (Disjoint,)), ("arrival", (Synchronous, Staggered))):
+        field = schema["$defs"]["TasksConfig"]["properties"][prop]
+        field.pop("discriminator", None)
+        tags = [m.model_fields["kind"].default for m in models]
+        field["oneOf"] = [*field.pop("oneOf"), {"type": "string", "enum": tags}]
+    # ``schedule`` (the old name of ``arrival``) is left out: editors should not suggest it.
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+def schema_text() -> str:
+    return json.dumps(scenario_json_schema(), indent=2) + "\n"
+
+
+# --- errors -----------------------------------------------------------------------------------
 
 def _positions(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict:
     out = {} if out is None else out
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
-            here = path + (key.value,)
+            # Integer keys (client ids) are ints in the loaded data and in pydantic's locations.
+            name = int(key.value) if key.tag == "tag:yaml.org,2002:int" else key.value
+            here = path + (name,)
             out[here] = (key.start_mark.line + 1, key.start_mark.column + 1)
             _positions(value, here, out)
     elif isinstance(node, yaml.SequenceNode):
@@ -159,7 +401,7 @@ def _positions(node: yaml.Node, path: tuple = (), out: dict | None = None) -> di
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    """BaseModel classes inside an annotation (plain, Optional, or an annotated union)."""
+    """BaseModel classes inside an annotation (plain, Optional, a container or a union)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     found = []
@@ -177,7 +419,9 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     parts = list(loc[:-1])
     while parts:
         part = parts.pop(0)
-        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if isinstance(part, int):  # a list index or a client id: same model
+            continue
+        field = model.model_fields.get(part)
         if field is None:
             return None
         members = _models_in(field.annotation)
@@ -201,7 +445,7 @@ def _describe(err: dict, source: SourceMap) -> str:
         if hint:
             msg += f"; did you mean '{hint[0]}'?"
         if allowed:
-            msg += f" allowed: {', '.join(allowed)}"
+            msg += f"{'' if hint else ';'} allowed: {', '.join(allowed)}"
         return source.error(loc, msg)
     if kind == "missing":
         return source.error(loc, "required key is missing")
@@ -209,8 +453,32 @@ def _describe(err: dict, source: SourceMap) -> str:
         return source.error(loc, f"got {err.get('input')!r}; allowed: {err['ctx']['expected']}")
     if kind == "union_tag_invalid":
         return source.error(loc, f"kind {err['ctx']['tag']!r} is not known; allowed: {err['ctx']['expected_tags']}")
+    if kind == "union_tag_not_found":
+        return source.error(loc, f"needs a kind; allowed: {_kinds_at(loc)}")
     message = err["msg"].removeprefix("Value error, ")
-    return source.error(loc, f"{message} (got {err.get('input')!r})")
+    got = repr(err.get("input"))
+    # A whole section as "got" hides the message; short values help.
+    return source.error(loc, f"{message} (got {got})" if len(got) <= 60 else message)
+
+
+def _typos_once(errors: list[dict]) -> list[dict]:
+    """A misspelt required key is one mistake, not "unknown key" plus "missing key":
+    drop the "missing" error the "did you mean" of a sibling unknown key explains."""
+    meant = set()
+    for err in errors:
+        if err["type"] == "extra_forbidden":
+            loc = tuple(err["loc"])
+            owner = _model_at(loc)
+            hint = difflib.get_close_matches(str(loc[-1]), list(owner.model_fields) if owner else [], n=1)
+            if hint:
+                meant.add(loc[:-1] + (hint[0],))
+    return [e for e in errors if not (e["type"] == "missing" and tuple(e["loc"]) in meant)]
+
+
+def _kinds_at(loc: tuple) -> str:
+    union = {"split": Split, "arrival": Arrival}.get(str(loc[-1]) if loc else "")
+    kinds = dict.fromkeys(m.model_fields["kind"].default for m in _models_in(union)) if union else {}
+    return ", ".join(repr(k) for k in kinds) or "see the docs"
 
 
 def resolve_path(base: Path, value: str | None) -> str | None:
@@ -220,7 +488,56 @@ def resolve_path(base: Path, value: str | None) -> str | None:
     return str(p if p.is_absolute() else (base / p).resolve())
 
 
-def parse_scenario(text: str, path: str = "<string>") -> Scenario:
+# --- overrides: --set key.path=value ------------------------------------------------------------
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> tuple[dict, dict[tuple, str]]:
+    """Apply ``key.path=value`` overrides to the loaded YAML; the value is read as YAML.
+
+    Returns the new mapping and, for each path written, the override's text (errors
+    about that key name the override instead of a line of the file).
+    """
+    problems, labels = [], {}
+    for text in overrides:
+        key, sep, value_text = text.partition("=")
+        parts = tuple(int(p) if p.isdigit() else p for p in key.strip().split("."))
+        label = f"--set {text}"
+        if not sep or not key.strip() or "" in parts:
+            problems.append(f"{label}: expected key.path=value, e.g. --set tasks.num_classes=50")
+            continue
+        try:
+            value = yaml.safe_load(value_text)
+        except yaml.YAMLError as exc:
+            problems.append(f"{label}: value is not valid YAML: {getattr(exc, 'problem', exc)}")
+            continue
+        node = raw
+        for depth, part in enumerate(parts[:-1]):
+            child = node[part] if _has(node, part) else None
+            if isinstance(child, str) and parts[depth + 1] != "kind":
+                child = _kind_shorthand(child)
+            if not isinstance(child, (dict, list)):
+                child = {}
+            node[part] = child
+            node = child
+        last = parts[-1]
+        if isinstance(node, list) and not (isinstance(last, int) and last < len(node)):
+            problems.append(f"{label}: {key}: no item {last} in a list of {len(node)}")
+            continue
+        node[last] = value
+        labels[parts] = label
+    if problems:
+        raise ScenarioError(problems)
+    return raw, labels
+
+
+def _has(node: dict | list, part: Any) -> bool:
+    if isinstance(node, list):
+        return isinstance(part, int) and part < len(node)
+    return part in node
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+def parse_scenario(text: str, path: str = "<string>", overrides: list[str] | tuple[str, ...] = ()) -> Scenario:
     """Parse and validate YAML ``text``; raise :class:`ScenarioError` listing every problem."""
     try:
         node = yaml.compose(text)
@@ -229,13 +546,25 @@ def parse_scenario(text: str, path: str = "<string>") -> Scenario:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
         raise ScenarioError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
-    source = SourceMap(path, _positions(node) if node is not None else {})
+    positions = _positions(node) if node is not None else {}
+    if raw is None and overrides:
+        raw = {}
     if not isinstance(raw, dict):
         raise ScenarioError([f"{path}:1:1: a scenario is a mapping of keys (name, clients, tasks, ...), got {type(raw).__name__}"])
+    tasks = raw.get("tasks")
+    if isinstance(tasks, dict) and "schedule" in tasks and "arrival" not in tasks:
+        # The old name: read as ``arrival`` (so --set tasks.arrival... applies to it);
+        # errors inside it point at the old key.
+        raw["tasks"] = {("arrival" if k == "schedule" else k): v for k, v in tasks.items()}
+        for loc, where in list(positions.items()):
+            if loc[:2] == ("tasks", "schedule"):
+                positions[("tasks", "arrival") + loc[2:]] = where
+    raw, labels = apply_overrides(raw, overrides)
+    source = SourceMap(path, positions, labels)
     try:
         scenario = Scenario.model_validate(raw)
     except ValidationError as exc:
-        errors = sorted(exc.errors(), key=lambda e: source.positions.get(source.locate(tuple(e["loc"]))[0], (0, 0)))
+        errors = sorted(_typos_once(exc.errors()), key=lambda e: source.order(tuple(e["loc"])))
         raise ScenarioError([_describe(e, source) for e in errors]) from None
     problems = _cross_checks(scenario, source)
     if problems:
@@ -245,23 +574,152 @@ def parse_scenario(text: str, path: str = "<string>") -> Scenario:
 
 
 def _cross_checks(s: Scenario, source: SourceMap) -> list[str]:
-    problems = []
-    if s.tasks.classes_per_task > s.tasks.num_classes:
-        problems.append(source.error(("tasks", "classes_per_task"), f"{s.tasks.classes_per_task} is more than tasks.num_classes ({s.tasks.num_classes})"))
+    """Checks between keys that need no dataset; every problem found, not just the first."""
+    problems: list[str] = []
+
+    def problem(loc: tuple, message: str) -> None:
+        problems.append(source.error(loc, message))
+
+    t, c, n = s.tasks, s.clients, s.clients.count
+    split, arrival = t.split.kind, t.arrival.kind
+    chooses_classes = split not in ("group", "explicit")
+    if chooses_classes and t.num_classes is None:
+        problem(("tasks", "num_classes"), f"required key is missing (split {split} draws this many classes)")
+    if not chooses_classes and t.num_classes is not None:
+        problem(("tasks", "num_classes"), f"not used with split {split}: the split names the classes; remove it")
+    if split != "group" and t.classes_per_task is None:
+        problem(("tasks", "classes_per_task"), "required key is missing")
+    if split == "group" and t.classes_per_task is not None:
+        problem(("tasks", "classes_per_task"), "not used with split group: a task is whole groups; remove it")
+    if t.num_classes is not None and t.classes_per_task is not None and t.classes_per_task > t.num_classes:
+        problem(("tasks", "classes_per_task"), f"{t.classes_per_task} is more than tasks.num_classes ({t.num_classes})")
+
+    per_client_lists = [
+        (("clients", "join"), c.join),
+        (("clients", "leave"), c.leave),
+        (("clients", "dropout"), c.dropout),
+        (("tasks", "arrival", "offset"), getattr(t.arrival, "offset", None)),
+        (("tasks", "arrival", "rate"), getattr(t.arrival, "rate", None)),
+        (("tasks", "split", "clients"), getattr(t.split, "clients", None)),
+    ]
+    for loc, value in per_client_lists:
+        if isinstance(value, list) and len(value) != n:
+            problem(loc, f"has {len(value)} values, one per client is needed (clients.count = {n})")
+
+    joins = per_client(c.join, n) if not isinstance(c.join, list) or len(c.join) == n else []
+    leaves = per_client(c.leave, n) if not isinstance(c.leave, list) or len(c.leave) == n else []
+    for i, (j, lv) in enumerate(zip(joins, leaves)):
+        loc = ("clients", "leave", i) if isinstance(c.leave, list) else ("clients", "leave")
+        if lv is not None and lv <= j:
+            problem(loc, f"client {i} leaves in round {lv} but joins in round {j}: leave must be after join")
+            if not isinstance(c.leave, list) and not isinstance(c.join, list):
+                break  # the same pair for every client: say it once
+    if s.rounds is not None:
+        for i, j in enumerate(joins):
+            if j > s.rounds:
+                loc = ("clients", "join", i) if isinstance(c.join, list) else ("clients", "join")
+                problem(loc, f"client {i} joins in round {j}, after the last round ({s.rounds})")
+                if not isinstance(c.join, list):
+                    break
+
+    if split == "overlap":
+        if t.split.among is not None and t.split.among > n:
+            problem(("tasks", "split", "among"), f"{t.split.among} clients, but clients.count is {n}")
+        if t.num_classes is not None and round(t.split.shared * t.num_classes) < 1:
+            problem(("tasks", "split", "shared"), f"{t.split.shared} of {t.num_classes} classes is less than one class")
+    holders = 0
+    if split == "overlap":
+        holders = t.split.among or n
+    if split == "explicit":
+        counts: dict[int, int] = {}
+        for classes in t.split.clients:
+            for cls in set(classes):
+                counts[cls] = counts.get(cls, 0) + 1
+        holders = max(counts.values(), default=0)
+    if holders > t.train_shots:
+        problem(("tasks", "train_shots"), f"{t.train_shots} is fewer than the {holders} clients that share a class (each needs one sample)")
+    if split == "explicit":
+        for i, classes in enumerate(t.split.clients):
+            seen: set[int] = set()
+            for k, cls in enumerate(classes):
+                if cls in seen:
+                    problem(("tasks", "split", "clients", i, k), f"class {cls} is listed twice for client {i} (a second arrival is a revisit: use tasks.revisits)")
+                seen.add(cls)
+    if split in ("overlap", "dirichlet") and n == 1:
+        problem(("tasks", "split", "kind"), f"split {split} needs at least two clients (clients.count is 1)")
+
+    if arrival == "explicit":
+        for client, events in t.arrival.clients.items():
+            if not 0 <= client < n:
+                problem(("tasks", "arrival", "clients", client), f"no client {client}: ids are 0..{n - 1} (clients.count = {n})")
+            for k, event in enumerate(events):
+                here = ("tasks", "arrival", "clients", client, k)
+                given = [key for key in ("classes", "groups", "count") if getattr(event, key) is not None]
+                if len(given) > 1:
+                    problem(here + (given[1],), f"give one of classes, groups or count, not {' and '.join(given)}")
+                if s.rounds is not None and event.round > s.rounds:
+                    problem(here + ("round",), f"round {event.round} is after the last round ({s.rounds})")
+                if k and event.round < events[k - 1].round:
+                    problem(here + ("round",), f"round {event.round} comes before the previous event's round {events[k - 1].round}; list events in order")
+    if t.revisits is not None:
+        if t.revisits.to == "other" and n == 1:
+            problem(("tasks", "revisits", "to"), "'other' needs at least two clients (clients.count is 1)")
+        if s.rounds is not None and t.revisits.after >= s.rounds:
+            problem(("tasks", "revisits", "after"), f"{t.revisits.after} rounds after a first arrival is past the last round ({s.rounds})")
     return problems
 
 
-def load_scenario(path: str | Path) -> Scenario:
+def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Scenario:
     """Read a scenario file; relative paths in it are made absolute against its folder."""
     path = Path(path)
     if not path.is_file():
         raise ScenarioError([f"{path}: scenario file not found"])
-    scenario = parse_scenario(path.read_text(), str(path))
+    scenario = parse_scenario(path.read_text(), str(path), overrides)
     base = path.resolve().parent
     data = scenario.data.model_copy(update={"root": resolve_path(base, scenario.data.root)})
     model = scenario.model.model_copy(update={"checkpoint": resolve_path(base, scenario.model.checkpoint)})
-    return scenario.model_copy(update={"data": data, "model": model})
+    loaded = scenario.model_copy(update={"data": data, "model": model})
+    loaded._source = source_of(scenario)
+    return loaded
 
 
 def source_of(scenario: Scenario) -> SourceMap:
     return getattr(scenario, "_source", None) or SourceMap("<scenario>", {})
+
+
+# --- the key reference (``fedrecon schema --keys``, pasted into docs/scenarios.md) ---------------
+
+def _default_text(field) -> str:
+    if field.is_required():
+        return "required"
+    if field.default_factory is not None:
+        value = field.default_factory()
+        return f"`{value.kind}`" if hasattr(value, "kind") else "(section)"
+    return f"`{json.dumps(field.default)}`"
+
+
+def key_rows(model: type[BaseModel] = Scenario, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, meaning) of every key, sections first-level down, kinds by name."""
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        members = _models_in(field.annotation)
+        if name == "kind":
+            continue
+        rows.append((key, _default_text(field), field.description or ""))
+        if len(members) == 1:
+            # events sit in a mapping of lists: name the client id and the item
+            inner = ".<client>[]." if getattr(field.annotation, "__origin__", None) is dict else "."
+            rows += key_rows(members[0], key + inner)
+        for member in members if len(members) > 1 else ():
+            kind = member.model_fields["kind"].default
+            doc = " ".join((member.__doc__ or "").split()).replace("``", "`")
+            rows.append((f"{key}: {kind}", "", doc))
+            rows += key_rows(member, f"{key}.")
+    return rows
+
+
+def key_table() -> str:
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{k}` | {d} | {m} |" if d else f"| *{k}* | | {m} |" for k, d, m in key_rows()]
+    return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""The ``fedrecon`` command: run, validate and pretrain."""
+"""The ``fedrecon`` command: run, validate, plan, schema and pretrain."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from fedrecon.scenario import ScenarioError, load_scenario
+from fedrecon.plan import timeline
+from fedrecon.scenario import ScenarioError, key_table, load_scenario, schema_text
 
 QUIET_FLOWER = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -27,12 +28,15 @@ def cmd_run(args) -> int:
     from server.federation import default_out_dir, prepare
     from server.server_app import make_app
 
-    scenario = load_scenario(args.scenario)
+    scenario = load_scenario(args.scenario, args.set)
     prep = prepare(scenario)
     out = Path(args.out) if args.out else default_out_dir(scenario)
     sim = scenario.simulation
+    classes = len(prep.plan.test_samples)
     print(f"fedrecon: {scenario.name}: {scenario.clients.count} clients, {prep.plan.rounds} rounds, "
-          f"{scenario.tasks.num_classes} classes -> {out}", flush=True)
+          f"{classes} classes -> {out}", flush=True)
+    for warning in prep.plan.warnings:
+        print(f"fedrecon: warning: {warning}", flush=True)
     for key, value in QUIET_FLOWER.items():
         os.environ.setdefault(key, value)
     if not args.verbose:
@@ -56,16 +60,35 @@ def cmd_run(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    """Every check a run makes before Flower starts (data, checkpoint, plan), file by file."""
+    from server.federation import prepare
+
     bad = 0
     for path in args.files:
         try:
-            load_scenario(path)
+            plan = prepare(load_scenario(path, args.set)).plan
         except ScenarioError as exc:
             print(exc, file=sys.stderr)
             bad += 1
         else:
-            print(f"{path}: ok")
+            print(f"{path}: ok ({plan.clients} clients, {plan.rounds} rounds, {len(plan.arrivals)} arrivals)")
+            for warning in plan.warnings:
+                print(f"{path}: warning: {warning}")
     return 1 if bad else 0
+
+
+def cmd_plan(args) -> int:
+    from server.federation import prepare
+
+    scenario = load_scenario(args.scenario, args.set)
+    plan = prepare(scenario).plan
+    print(timeline(plan, f"{scenario.name}: {plan.clients} clients, {plan.rounds} rounds, seed {scenario.seed}", args.classes))
+    return 0
+
+
+def cmd_schema(args) -> int:
+    print(key_table() if args.keys else schema_text(), end="")
+    return 0
 
 
 def cmd_pretrain(args) -> int:
@@ -78,6 +101,11 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a key of the scenario, e.g. --set clients.count=8 (repeatable; the value is YAML)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedrecon", description="Federated class-incremental learning on Flower.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,11 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("scenario", help="scenario YAML file")
     run.add_argument("--out", help="run folder (default: runs/<name>-<time>)")
     run.add_argument("--verbose", action="store_true", help="show Flower's own log lines")
+    add_set(run)
     run.set_defaults(func=cmd_run)
 
-    val = sub.add_parser("validate", help="check scenario files without running them")
+    val = sub.add_parser("validate", help="check scenario files (and their data) without running them")
     val.add_argument("files", nargs="+")
+    add_set(val)
     val.set_defaults(func=cmd_validate)
+
+    pln = sub.add_parser("plan", help="print a scenario's timeline: round x client -> arriving classes")
+    pln.add_argument("scenario", help="scenario YAML file")
+    pln.add_argument("--classes", action="store_true", help="list class ids (* = revisit) instead of counts")
+    add_set(pln)
+    pln.set_defaults(func=cmd_plan)
+
+    sch = sub.add_parser("schema", help="print the JSON Schema of scenario files (docs/scenario.schema.json)")
+    sch.add_argument("--keys", action="store_true", help="print the key reference table (markdown) instead")
+    sch.set_defaults(func=cmd_schema)
 
     pre = sub.add_parser("pretrain", help="train the conv4 backbone on Omniglot's background set")
     pre.add_argument("--data-root", default="../shared/data", help="folder holding omniglot/")

@@ -50,7 +50,7 @@ def prepare(scenario: Scenario) -> Prepared:
         model = load_checkpoint(scenario.model.backbone, scenario.model.checkpoint)
     except (OSError, RuntimeError) as exc:
         raise ScenarioError([source.error(("model", "checkpoint"), str(exc))]) from None
-    plan = make_plan(scenario, dataset.class_indices())
+    plan = make_plan(scenario, dataset.class_indices(), dataset.groups)
     dim = embed(model, dataset.inputs[:1]).shape[1]
     return Prepared(scenario, dataset, plan, model, dim)
 

@@ -1,0 +1,103 @@
+"""Scenario files: the gallery, the schema, overrides and the CLI's answers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedrecon.plan import make_plan, timeline
+from fedrecon.scenario import ScenarioError, key_table, load_scenario, parse_scenario, schema_text
+from server.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = Path(os.environ.get("FEDRECON_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
+GALLERY = sorted((REPO / "scenarios").glob("*.yaml"))
+SMALL = """name: small
+clients: {count: 3}
+tasks: {num_classes: 12, classes_per_task: 2, train_shots: 5, test_shots: 5}
+"""
+
+
+@pytest.fixture(scope="module")
+def omniglot():
+    if not (DATA_ROOT / "omniglot").is_dir():
+        pytest.skip(f"no Omniglot data at {DATA_ROOT}")
+    from fedrecon.data import load_omniglot
+
+    return load_omniglot(DATA_ROOT, "evaluation", 28)
+
+
+def test_scenarios_folder_holds_yaml_only_and_the_gallery():
+    assert {p.suffix for p in (REPO / "scenarios").iterdir()} == {".yaml"}
+    names = {p.stem for p in GALLERY}
+    assert {"omniglot-quickstart", "omniglot-fedrecon", "omniglot-alphabets", "omniglot-staggered", "omniglot-poisson",
+            "omniglot-late-joiners", "omniglot-dirichlet-revisits"} <= names
+
+
+@pytest.mark.parametrize("path", GALLERY, ids=[p.stem for p in GALLERY])
+def test_gallery_scenario_is_valid_and_plans(path: Path, omniglot):
+    assert path.read_text().splitlines()[0] == "# yaml-language-server: $schema=../docs/scenario.schema.json"
+    scenario = load_scenario(path)
+    plan = make_plan(scenario, omniglot.class_indices(), omniglot.groups)
+    assert plan.arrivals and not [w for w in plan.warnings if "never gets data" in w]
+    assert len(plan.test_samples) <= 600 if "fedrecon" in path.stem else len(plan.test_samples) <= 200
+    assert path.stem in timeline(plan, path.stem)
+
+
+def test_committed_schema_is_the_commands_output(capsys):
+    assert main(["schema"]) == 0
+    assert capsys.readouterr().out == (REPO / "docs" / "scenario.schema.json").read_text()
+
+
+def test_docs_list_every_key(capsys):
+    assert main(["schema", "--keys"]) == 0
+    table = capsys.readouterr().out
+    assert table == key_table()
+    assert table in (REPO / "docs" / "scenarios.md").read_text()
+
+
+def test_old_name_schedule_is_read_as_arrival():
+    old = parse_scenario(SMALL.replace("test_shots: 5}", "test_shots: 5, schedule: {kind: staggered, offset: 2}}"))
+    new = parse_scenario(SMALL.replace("test_shots: 5}", "test_shots: 5, arrival: {kind: staggered, offset: 2}}"))
+    assert old.model_dump() == new.model_dump() and old.tasks.arrival.offset == 2
+
+
+def test_overrides_are_typed_and_checked():
+    s = parse_scenario(SMALL, "s.yaml", ["clients.count=4", "tasks.arrival.kind=poisson", "tasks.arrival.rate=[1, 1, 0.5, 0.5]",
+                                         "clients.join=[1, 1, 2, 3]", "seed=7"])
+    assert (s.clients.count, s.tasks.arrival.kind, s.tasks.arrival.rate, s.seed) == (4, "poisson", [1, 1, 0.5, 0.5], 7)
+    with pytest.raises(ScenarioError) as exc:
+        parse_scenario(SMALL, "s.yaml", ["tasks.nmu_classes=3"])
+    assert exc.value.problems == [
+        "--set tasks.nmu_classes=3: tasks.nmu_classes: unknown key; did you mean 'num_classes'? "
+        "allowed: arrival, classes_per_task, num_classes, revisits, split, test_shots, train_shots"]
+    with pytest.raises(ScenarioError, match=r"--set clients.count=many: clients.count: Input should be a valid integer"):
+        parse_scenario(SMALL, "s.yaml", ["clients.count=many"])
+    with pytest.raises(ScenarioError, match="expected key.path=value"):
+        parse_scenario(SMALL, "s.yaml", ["clients.count"])
+
+
+def test_same_seed_same_plan_other_seed_other_plan(omniglot):
+    s = parse_scenario(SMALL.replace("{count: 3}", "{count: 3, dropout: 0.3}"))
+    plan = lambda sc: make_plan(sc, omniglot.class_indices(), omniglot.groups)  # noqa: E731
+    assert plan(s) == plan(s)
+    assert plan(s) != plan(s.model_copy(update={"seed": 1}))
+
+
+def test_cli_validate_plan_and_errors(tmp_path, capsys):
+    quick = str(REPO / "scenarios" / "omniglot-quickstart.yaml")
+    assert main(["validate", quick]) == 0
+    assert "ok (5 clients, 5 rounds, 25 arrivals)" in capsys.readouterr().out
+    assert main(["plan", quick, "--set", "clients.count=2", "--set", "tasks.num_classes=8"]) == 0
+    out = capsys.readouterr().out
+    assert "2 clients, 1 rounds" in out and "total   4   4    8     8" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "x", "clients": {"count": 2, "joinn": 2}, "tasks": {"num_classes": 4}}, sort_keys=False))
+    assert main(["validate", quick, str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}:4:3: clients.joinn: unknown key; did you mean 'join'?" in err
+    assert "Traceback" not in err
+    assert main(["plan", str(bad)]) == 2

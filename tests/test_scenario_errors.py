@@ -1,0 +1,65 @@
+"""Every wrong scenario in tests/bad_scenarios/ gets exactly one error line that names
+its file, line and key; the first line of each file says which line and what text."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from fedrecon.plan import make_plan
+from fedrecon.scenario import ScenarioError, load_scenario
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = Path(os.environ.get("FEDRECON_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
+BAD = sorted((Path(__file__).parent / "bad_scenarios").glob("*.yaml"))
+HEADER = re.compile(r"^# (?:line (\d+)|error): (.+)$")
+
+
+@pytest.fixture(scope="module")
+def omniglot():
+    """The real evaluation set: some errors are only visible against the data."""
+    if not (DATA_ROOT / "omniglot").is_dir():
+        pytest.skip(f"no Omniglot data at {DATA_ROOT}")
+    from fedrecon.data import load_omniglot
+
+    return load_omniglot(DATA_ROOT, "evaluation", 28)
+
+
+def test_corpus_is_large_and_distinct():
+    assert len(BAD) >= 30
+    texts = [p.read_text().split("\n", 1)[1] for p in BAD]
+    assert len(set(texts)) == len(texts)
+
+
+def errors_of(path: Path, dataset) -> list[str]:
+    try:
+        scenario = load_scenario(path)
+        make_plan(scenario, dataset.class_indices(), dataset.groups)
+    except ScenarioError as exc:
+        return exc.problems
+    return []
+
+
+@pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
+def test_bad_scenario_has_one_clear_error(path: Path, omniglot):
+    line, expected = HEADER.match(path.read_text().splitlines()[0]).groups()
+    problems = errors_of(path, omniglot)
+    assert len(problems) == 1, problems
+    (problem,) = problems
+    assert expected in problem
+    assert problem.startswith(f"{path}:{line}:" if line else f"{path}:"), problem
+    assert re.match(rf"{re.escape(str(path))}:\d+(:\d+)?: ", problem) or "not valid YAML" in problem
+
+
+def test_all_errors_of_a_file_at_once(tmp_path):
+    path = tmp_path / "many.yaml"
+    path.write_text("name: x\nclients:\n  count: 0\n  joins: 2\ntasks:\n  num_classes: -1\n  classes_per_task: 2\n"
+                    "  train_shots: 1\n  test_shots: 1\n  arrival: {kind: poisson, rate: 0}\n")
+    with pytest.raises(ScenarioError) as exc:
+        load_scenario(path)
+    lines = exc.value.problems
+    assert [ln.split(": ")[0] for ln in lines] == [f"{path}:3:3", f"{path}:4:3", f"{path}:6:3", f"{path}:10:28"]
+    assert "did you mean 'join'?" in lines[1]
