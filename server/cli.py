@@ -106,6 +106,17 @@ def add_set(parser: argparse.ArgumentParser) -> None:
                         help="override a key of the scenario, e.g. --set clients.count=8 (repeatable; the value is YAML)")
 
 
+def cmd_report(args) -> int:
+    from server.compare import write_report
+
+    try:
+        write_report(args.runs, args.out)
+    except FileNotFoundError as exc:
+        print(f"fedrecon report: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedrecon", description="Federated class-incremental learning on Flower.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     sch = sub.add_parser("schema", help="print the JSON Schema of scenario files (docs/scenario.schema.json)")
     sch.add_argument("--keys", action="store_true", help="print the key reference table (markdown) instead")
     sch.set_defaults(func=cmd_schema)
+
+    rep = sub.add_parser("report", help="compare run folders: table, report.md and plots")
+    rep.add_argument("runs", nargs="+", help="run folders (each with summary.json)")
+    rep.add_argument("--out", default="runs/report", help="folder for report.md and its plots")
+    rep.set_defaults(func=cmd_report)
 
     pre = sub.add_parser("pretrain", help="train the conv4 backbone on Omniglot's background set")
     pre.add_argument("--data-root", default="../shared/data", help="folder holding omniglot/")

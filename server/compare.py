@@ -1,0 +1,122 @@
+"""``fedrecon report``: compare run folders in a table (terminal and Markdown) and plots."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from server.report import human_bytes
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    folder: Path
+    summary: dict
+    rows: list[dict]
+
+
+def load_run(folder: str | Path) -> Run:
+    folder = Path(folder)
+    summary_path = folder / "summary.json"
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"{folder}: not a finished run folder (no summary.json)")
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return Run(folder.name, folder, json.loads(summary_path.read_text()), rows)
+
+
+COLUMNS = (
+    ("run", lambda r: r.name),
+    ("scenario", lambda r: r.summary.get("scenario", "-")),
+    ("merge", lambda r: r.summary.get("merge", "-")),
+    ("backbone", lambda r: r.summary.get("backbone", "-")),
+    ("classes", lambda r: str(r.summary.get("classes_learned", "-"))),
+    ("final acc", lambda r: _num(r.summary.get("final_accuracy"))),
+    ("avg inc acc", lambda r: _num(r.summary.get("average_incremental_accuracy"))),
+    ("up / class", lambda r: _bytes(r.summary.get("bytes_up_per_class"))),
+    ("bytes up", lambda r: _bytes(r.summary.get("bytes_up"))),
+    ("bytes down", lambda r: _bytes(r.summary.get("bytes_down"))),
+    ("wall s", lambda r: f"{r.summary.get('wall_seconds', float('nan')):.1f}"),
+)
+
+
+def _num(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _bytes(v) -> str:
+    return "-" if v is None else human_bytes(v)
+
+
+def table(runs: list[Run], markdown: bool = False) -> str:
+    header = [name for name, _ in COLUMNS]
+    body = [[get(r) for _, get in COLUMNS] for r in runs]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+        return "\n".join(lines)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*row) for row in body])
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy(runs: list[Run], path: Path) -> None:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in runs:
+        rows = [x for x in r.rows if x["accuracy"] is not None]
+        ax.plot([x["classes_seen"] for x in rows], [x["accuracy"] for x in rows], marker="o", ms=3, label=r.name)
+    ax.set_xlabel("classes seen")
+    ax.set_ylabel("accuracy on the classes seen")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_bytes(runs: list[Run], path: Path) -> None:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in runs:
+        rounds = [x["round"] for x in r.rows]
+        ax.plot(rounds, [x["bytes_up"] for x in r.rows], marker="o", ms=3, label=f"{r.name} up")
+        ax.plot(rounds, [x["bytes_down"] for x in r.rows], ls="--", label=f"{r.name} down")
+    ax.set_yscale("log")
+    ax.set_xlabel("round")
+    ax.set_ylabel("bytes per round")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(folders: list[str | Path], out: str | Path, echo=print) -> Path:
+    """Print the comparison and write ``report.md`` with its plots into ``out``."""
+    runs = [load_run(f) for f in folders]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    echo(table(runs))
+    plot_accuracy(runs, out / "accuracy.png")
+    plot_bytes(runs, out / "bytes.png")
+    lines = ["# Run comparison", "", table(runs, markdown=True), "",
+             "![accuracy against classes seen](accuracy.png)", "", "![bytes per round](bytes.png)", ""]
+    lines += ["Runs:", ""] + [f"- `{r.name}`: `{r.folder}`" for r in runs]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    echo(f"\nwrote {report}")
+    return report
