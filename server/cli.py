@@ -25,12 +25,21 @@ def cmd_run(args) -> int:
     from flwr.simulation import run_simulation
 
     from clients.client_app import app as client_app
-    from server.federation import default_out_dir, prepare
+    from server.federation import default_out_dir, prepare, resume_scenario
     from server.server_app import make_app
 
-    scenario = load_scenario(args.scenario, args.set)
+    if args.resume:
+        if args.scenario or args.set or args.out:
+            print("fedrecon: --resume takes the run folder's own scenario and folder; give no scenario, --set or --out", file=sys.stderr)
+            return 2
+        scenario = resume_scenario(args.resume)
+    elif not args.scenario:
+        print("fedrecon: run needs a scenario file (or --resume RUN_DIR)", file=sys.stderr)
+        return 2
+    else:
+        scenario = load_scenario(args.scenario, args.set)
     prep = prepare(scenario)
-    out = Path(args.out) if args.out else default_out_dir(scenario)
+    out = Path(args.resume or args.out or default_out_dir(scenario))
     sim = scenario.simulation
     classes = len(prep.plan.test_samples)
     print(f"fedrecon: {scenario.name}: {scenario.clients.count} clients, {prep.plan.rounds} rounds, "
@@ -45,7 +54,7 @@ def cmd_run(args) -> int:
         flwr_logger.addFilter(lambda record: "DEPRECATED" not in record.getMessage())
         warnings.filterwarnings("ignore", category=FutureWarning)
     run_simulation(
-        server_app=make_app(prep, out),
+        server_app=make_app(prep, out, resume=bool(args.resume)),
         client_app=client_app,
         num_supernodes=scenario.clients.count,
         backend_config={
@@ -111,8 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a scenario on Flower's simulation engine")
-    run.add_argument("scenario", help="scenario YAML file")
+    run.add_argument("scenario", nargs="?", help="scenario YAML file")
     run.add_argument("--out", help="run folder (default: runs/<name>-<time>)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a run folder after its last checkpoint")
     run.add_argument("--verbose", action="store_true", help="show Flower's own log lines")
     add_set(run)
     run.set_defaults(func=cmd_run)
