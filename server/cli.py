@@ -68,6 +68,25 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_deploy_local(args) -> int:
+    """Run a scenario on Flower's deployment engine: a local SuperLink and SuperNodes."""
+    import tempfile
+
+    from server.deploy import deploy_and_run
+    from server.federation import default_out_dir
+
+    if args.set:
+        print("fedrecon: deploy-local reads the scenario file as it is (the SuperLink loads it); no --set", file=sys.stderr)
+        return 2
+    scenario = load_scenario(args.scenario)
+    out = Path(args.out) if args.out else default_out_dir(scenario)
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fedrecon-deploy-"))
+    status = deploy_and_run(args.scenario, out, workdir, scenario.clients.count, tls=args.tls or args.auth,
+                            auth=args.auth, timeout=args.timeout, poll_interval=args.poll_interval)
+    print(f"fedrecon: run {status}; run folder {out}")
+    return 0 if status == "finished:completed" else 1
+
+
 def cmd_validate(args) -> int:
     """Every check a run makes before Flower starts (data, checkpoint, plan), file by file."""
     from server.federation import prepare
@@ -126,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true", help="show Flower's own log lines")
     add_set(run)
     run.set_defaults(func=cmd_run)
+
+    dep = sub.add_parser("deploy-local", help="run a scenario on a local SuperLink with one SuperNode per client")
+    dep.add_argument("scenario", help="scenario YAML file")
+    dep.add_argument("--out", help="run folder (default: runs/<name>-<time>)")
+    dep.add_argument("--tls", action="store_true", help="HTTPS with a throw-away CA made for this run")
+    dep.add_argument("--auth", action="store_true", help="SuperNode authentication with registered keys (implies --tls)")
+    dep.add_argument("--workdir", help="folder for certificates, keys, FLWR_HOMEs and logs (default: a new temp folder)")
+    dep.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the run to finish")
+    dep.add_argument("--poll-interval", type=float, default=0.2, help="seconds between pulls for replies; 0: Flower's own (3 s)")
+    add_set(dep)
+    dep.set_defaults(func=cmd_deploy_local)
 
     val = sub.add_parser("validate", help="check scenario files (and their data) without running them")
     val.add_argument("files", nargs="+")

@@ -31,12 +31,17 @@ def identity():
 
 @pytest.fixture
 def strategy():
+    return make_strategy()
+
+
+def make_strategy(**settings) -> ReconStrategy:
+    """Three clients, 12 classes, 2 a task, 4-d fake features; partition c is node 100 + c."""
     scenario = parse_scenario(
         "name: t\nclients: {count: 3}\n"
         "tasks: {num_classes: 12, classes_per_task: 2, train_shots: 4, test_shots: 2}\n"
     )
     plan = make_plan(scenario, [np.arange(10 * c, 10 * c + 10) for c in range(30)])
-    s = ReconStrategy(plan, "exact", {"backbone": "conv4"}, {"w": np.ones(3, np.float32)}, DIM)
+    s = ReconStrategy(plan, "exact", {"backbone": "conv4"}, {"w": np.ones(3, np.float32)}, DIM, **settings)
     s.nodes = {0: 100, 1: 101, 2: 102}  # as if the identify query had run
     return s
 
