@@ -42,11 +42,22 @@ def learn_task(
     data_root: str,
 ) -> ClassStats:
     """Counts and feature sums of the task's classes from its training samples."""
-    ds = load_dataset(task["dataset"], data_root, task["subset"], int(task["image_size"]))
+    features = embed_samples(task, sample_index, sample_labels, backbone_state, data_root)
+    return ClassStats.from_features(sample_labels, features)
+
+
+def embed_samples(
+    config: dict,
+    sample_index: np.ndarray,
+    sample_labels: np.ndarray,
+    backbone_state: dict[str, np.ndarray] | None,
+    data_root: str,
+) -> np.ndarray:
+    """Features of the samples the server named, after checking its labels against ours."""
+    ds = load_dataset(config["dataset"], data_root, config["subset"], int(config["image_size"]))
     if len(sample_index) and (sample_index.min() < 0 or sample_index.max() >= len(ds.labels)):
         raise ValueError(f"sample index outside the dataset's {len(ds.labels)} samples")
     if not np.array_equal(ds.labels[sample_index], sample_labels):
         raise ValueError("the server's labels disagree with this client's copy of the dataset")
-    model = frozen_backbone(task["backbone"], task["backbone_digest"], backbone_state)
-    features = embed(model, ds.inputs[sample_index], pick_device(task["device"]))
-    return ClassStats.from_features(sample_labels, features)
+    model = frozen_backbone(config["backbone"], config["backbone_digest"], backbone_state)
+    return embed(model, ds.inputs[sample_index], pick_device(config["device"]))

@@ -40,7 +40,21 @@ class Evaluator:
         if len(classes) == 0:
             return float("nan")
         feats, labels = self.features(classes)
-        if len(stats) == 0:
-            return 0.0
-        pred = NearestMean(stats, self.metric).predict(feats)
-        return float((pred == labels).mean())
+        return count_correct(stats, self.metric, feats, labels) / len(labels)
+
+
+def count_correct(stats: ClassStats, metric: str, features: np.ndarray, labels: np.ndarray) -> int:
+    """Test samples the merged head names right (no statistics: none). Server and
+    clients both score with this, so their accuracies agree on the same samples."""
+    if len(stats) == 0 or len(labels) == 0:
+        return 0
+    return int((NearestMean(stats, metric).predict(features) == labels).sum())
+
+
+def eval_share(plan: Plan, classes: np.ndarray, client: int, clients: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sample indices and labels of ``client``'s share of the test samples of ``classes``.
+
+    The ``k``-th test sample of each class goes to client ``k % clients``: every sample
+    is scored by exactly one client, and the shares do not depend on who is connected.
+    """
+    return plan.test_set(classes, slice(client, None, clients))

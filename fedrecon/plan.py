@@ -79,9 +79,9 @@ class Plan:
         seen = {c for a in self.arrivals if a.round <= round for c in a.classes}
         return np.array(sorted(seen), dtype=np.int64)
 
-    def test_set(self, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Sample indices and labels of the test samples of ``classes``."""
-        index = [np.array(self.test_samples[int(c)], dtype=np.int64) for c in classes]
+    def test_set(self, classes: np.ndarray, part: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """Sample indices and labels of the test samples of ``classes`` (``part`` of each class's)."""
+        index = [np.array(self.test_samples[int(c)][part], dtype=np.int64) for c in classes]
         labels = [np.full(len(i), c, dtype=np.int64) for i, c in zip(index, classes)]
         if not index:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)

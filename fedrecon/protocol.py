@@ -12,3 +12,9 @@ METRICS = "metrics"  # MetricRecord: samples, seconds, task
 # server -> client, message type "query.identify"; reply ConfigRecord IDENTITY
 IDENTIFY = "identify"
 IDENTITY = "identity"
+
+# server -> client, message type "evaluate" (evaluation.where: clients)
+EVAL_CONFIG = "eval"  # ConfigRecord: dataset spec, backbone name/digest, device, metric
+EVAL_ARRAYS = "eval_arrays"  # ArrayRecord: sample_index, sample_labels (this client's test share)
+MODEL = "model"  # ArrayRecord: merged ids, counts, sums
+# reply: METRICS with correct, samples

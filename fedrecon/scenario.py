@@ -333,7 +333,9 @@ class EvaluationConfig(Strict):
     """When and where accuracy is measured."""
 
     every: int = Field(1, ge=1, description="evaluate every N rounds (the last round always)")
-    where: Literal["server"] = Field("server", description="where the test samples are scored")
+    where: Literal["server", "clients"] = Field(
+        "server", description="server: the server scores all test samples; clients: each client scores its share and the server adds up the counts"
+    )
 
 
 class SimulationConfig(Strict):
@@ -342,6 +344,23 @@ class SimulationConfig(Strict):
     num_cpus: int = Field(1, ge=1, description="CPUs per virtual client")
     num_gpus: float = Field(0.0, ge=0.0, description="GPUs (or a fraction) per virtual client")
     timeout: float = Field(600.0, gt=0, description="seconds the server waits for replies each round")
+
+
+class FaultInjection(Strict):
+    """A client that misbehaves on purpose in one round (for tests and demos)."""
+
+    client: int = Field(ge=0, description="client id")
+    round: Round = Field(description="round whose task message carries the fault")
+    kind: Literal["raise", "timeout", "garbage"] = Field(description="raise: the ClientApp raises; timeout: it answers too late; garbage: it sends NaN statistics")
+    seconds: float | None = Field(None, gt=0, description="timeout: how long the client stalls; null: simulation.timeout + 2")
+
+
+class FaultsConfig(Strict):
+    """What the server does about clients that fail, and faults to inject."""
+
+    retries: int = Field(3, ge=0, description="times a failed task is offered again to its client (in its next messages)")
+    max_reply_bytes: int = Field(64_000_000, ge=1024, description="a reply larger than this is rejected unread")
+    inject: list[FaultInjection] = Field(default_factory=list, description="faults to inject, one per client and round")
 
 
 class Scenario(Strict):
@@ -357,6 +376,7 @@ class Scenario(Strict):
     merge: MergeConfig = Field(default_factory=MergeConfig, description="how the server merges")
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="when accuracy is measured")
     simulation: SimulationConfig = Field(default_factory=SimulationConfig, description="Flower simulation resources")
+    faults: FaultsConfig = Field(default_factory=FaultsConfig, description="retries of failed tasks and injected faults")
     _source: SourceMap | None = PrivateAttr(None)
 
 
@@ -661,11 +681,27 @@ def _cross_checks(s: Scenario, source: SourceMap) -> list[str]:
                     problem(here + ("round",), f"round {event.round} is after the last round ({s.rounds})")
                 if k and event.round < events[k - 1].round:
                     problem(here + ("round",), f"round {event.round} comes before the previous event's round {events[k - 1].round}; list events in order")
+    problems += _fault_checks(s, source)
     if t.revisits is not None:
         if t.revisits.to == "other" and n == 1:
             problem(("tasks", "revisits", "to"), "'other' needs at least two clients (clients.count is 1)")
         if s.rounds is not None and t.revisits.after >= s.rounds:
             problem(("tasks", "revisits", "after"), f"{t.revisits.after} rounds after a first arrival is past the last round ({s.rounds})")
+    return problems
+
+
+def _fault_checks(s: Scenario, source: SourceMap) -> list[str]:
+    """Injected faults name existing clients and rounds, at most one per client and round."""
+    problems, seen = [], set()
+    for k, fault in enumerate(s.faults.inject):
+        here = ("faults", "inject", k)
+        if fault.client >= s.clients.count:
+            problems.append(source.error(here + ("client",), f"no client {fault.client}: ids are 0..{s.clients.count - 1}"))
+        if s.rounds is not None and fault.round > s.rounds:
+            problems.append(source.error(here + ("round",), f"round {fault.round} is after the last round ({s.rounds})"))
+        if (fault.client, fault.round) in seen:
+            problems.append(source.error(here, f"client {fault.client} already has a fault in round {fault.round}"))
+        seen.add((fault.client, fault.round))
     return problems
 
 

@@ -25,12 +25,21 @@ def cmd_run(args) -> int:
     from flwr.simulation import run_simulation
 
     from clients.client_app import app as client_app
-    from server.federation import default_out_dir, prepare
+    from server.federation import default_out_dir, prepare, resume_scenario
     from server.server_app import make_app
 
-    scenario = load_scenario(args.scenario, args.set)
+    if args.resume:
+        if args.scenario or args.set or args.out:
+            print("fedrecon: --resume takes the run folder's own scenario and folder; give no scenario, --set or --out", file=sys.stderr)
+            return 2
+        scenario = resume_scenario(args.resume)
+    elif not args.scenario:
+        print("fedrecon: run needs a scenario file (or --resume RUN_DIR)", file=sys.stderr)
+        return 2
+    else:
+        scenario = load_scenario(args.scenario, args.set)
     prep = prepare(scenario)
-    out = Path(args.out) if args.out else default_out_dir(scenario)
+    out = Path(args.resume or args.out or default_out_dir(scenario))
     sim = scenario.simulation
     classes = len(prep.plan.test_samples)
     print(f"fedrecon: {scenario.name}: {scenario.clients.count} clients, {prep.plan.rounds} rounds, "
@@ -45,7 +54,7 @@ def cmd_run(args) -> int:
         flwr_logger.addFilter(lambda record: "DEPRECATED" not in record.getMessage())
         warnings.filterwarnings("ignore", category=FutureWarning)
     run_simulation(
-        server_app=make_app(prep, out),
+        server_app=make_app(prep, out, resume=bool(args.resume)),
         client_app=client_app,
         num_supernodes=scenario.clients.count,
         backend_config={
@@ -57,6 +66,25 @@ def cmd_run(args) -> int:
         print(f"fedrecon: the run did not finish; see the log above (run folder {out})", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_deploy_local(args) -> int:
+    """Run a scenario on Flower's deployment engine: a local SuperLink and SuperNodes."""
+    import tempfile
+
+    from server.deploy import deploy_and_run
+    from server.federation import default_out_dir
+
+    if args.set:
+        print("fedrecon: deploy-local reads the scenario file as it is (the SuperLink loads it); no --set", file=sys.stderr)
+        return 2
+    scenario = load_scenario(args.scenario)
+    out = Path(args.out) if args.out else default_out_dir(scenario)
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fedrecon-deploy-"))
+    status = deploy_and_run(args.scenario, out, workdir, scenario.clients.count, tls=args.tls or args.auth,
+                            auth=args.auth, timeout=args.timeout, poll_interval=args.poll_interval)
+    print(f"fedrecon: run {status}; run folder {out}")
+    return 0 if status == "finished:completed" else 1
 
 
 def cmd_validate(args) -> int:
@@ -122,11 +150,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a scenario on Flower's simulation engine")
-    run.add_argument("scenario", help="scenario YAML file")
+    run.add_argument("scenario", nargs="?", help="scenario YAML file")
     run.add_argument("--out", help="run folder (default: runs/<name>-<time>)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a run folder after its last checkpoint")
     run.add_argument("--verbose", action="store_true", help="show Flower's own log lines")
     add_set(run)
     run.set_defaults(func=cmd_run)
+
+    dep = sub.add_parser("deploy-local", help="run a scenario on a local SuperLink with one SuperNode per client")
+    dep.add_argument("scenario", help="scenario YAML file")
+    dep.add_argument("--out", help="run folder (default: runs/<name>-<time>)")
+    dep.add_argument("--tls", action="store_true", help="HTTPS with a throw-away CA made for this run")
+    dep.add_argument("--auth", action="store_true", help="SuperNode authentication with registered keys (implies --tls)")
+    dep.add_argument("--workdir", help="folder for certificates, keys, FLWR_HOMEs and logs (default: a new temp folder)")
+    dep.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the run to finish")
+    dep.add_argument("--poll-interval", type=float, default=0.2, help="seconds between pulls for replies; 0: Flower's own (3 s)")
+    add_set(dep)
+    dep.set_defaults(func=cmd_deploy_local)
 
     val = sub.add_parser("validate", help="check scenario files (and their data) without running them")
     val.add_argument("files", nargs="+")

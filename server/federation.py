@@ -19,8 +19,11 @@ from fedrecon.evaluate import Evaluator
 from fedrecon.plan import Plan, make_plan
 from fedrecon.scenario import Scenario, ScenarioError, source_of
 from fedrecon.stats import ClassStats
+from server.checkpoint import load_run_state, save_run_state
+from server.polling import PollingGrid
 from server.report import RunRecorder
 from strategies import PROTOTYPE_POLICIES, ReconStrategy
+from strategies.faults import fault_plan
 from strategies.recon import from_record
 
 
@@ -59,8 +62,14 @@ def default_out_dir(scenario: Scenario) -> Path:
     return Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def run_scenario(grid: Grid, prep: Prepared, out_dir: str | Path, echo=print) -> dict:
-    """Drive the scenario on ``grid`` and write the run folder; return the summary."""
+def run_scenario(grid: Grid, prep: Prepared, out_dir: str | Path, echo=print, resume: bool = False,
+                 poll_interval: float = 0.2) -> dict:
+    """Drive the scenario on ``grid`` and write the run folder; return the summary.
+
+    With ``resume``, ``out_dir`` holds a checkpoint: the rounds it covers are skipped
+    and the run goes on from there. ``poll_interval`` (seconds) is how often replies
+    are pulled; 0 keeps the Grid's own ``send_and_receive``.
+    """
     s, plan = prep.scenario, prep.plan
     backbone = state_to_numpy(prep.model)
     task_config = {
@@ -72,40 +81,72 @@ def run_scenario(grid: Grid, prep: Prepared, out_dir: str | Path, echo=print) ->
         "backbone_digest": state_digest(backbone),
         "device": s.model.device,
     }
-    strategy = ReconStrategy(plan, s.merge.prototypes, task_config, backbone, prep.dim)
+    on_clients = {"metric": s.merge.metric, "every": s.evaluation.every} if s.evaluation.where == "clients" else None
+    strategy = ReconStrategy(plan, s.merge.prototypes, task_config, backbone, prep.dim, retries=s.faults.retries,
+                             faults=fault_plan(s.faults.inject, s.simulation.timeout), evaluate_on_clients=on_clients,
+                             max_reply_bytes=s.faults.max_reply_bytes)
     evaluator = Evaluator(prep.dataset, prep.model, plan, s.merge.metric, pick_device(s.model.device))
     recorder = RunRecorder(out_dir, plan.rounds, echo)
-    (recorder.out / "scenario.json").write_text(json.dumps(s.model_dump(), indent=2) + "\n")
+    if resume:
+        done, stats, state = load_run_state(out_dir)
+        strategy.restore(state["strategy"], stats, done)
+        recorder.restore(state["rows"])
+        echo(f"fedrecon: resuming {out_dir} after round {done}")
+    else:
+        (recorder.out / "scenario.json").write_text(json.dumps(s.model_dump(), indent=2) + "\n")
     clock = {"last": time.time()}
 
     def evaluate(server_round: int, arrays: ArrayRecord):
-        if server_round == 0:
+        if server_round <= strategy.resume_after or not strategy.active(server_round):
             clock["last"] = time.time()
             return None
         stats = ClassStats.from_arrays(from_record(arrays))
         seen = plan.classes_seen(server_round)
-        due = server_round % s.evaluation.every == 0 or server_round == plan.rounds
-        accuracy = evaluator.accuracy(stats, seen) if due else None
+        due = server_round % s.evaluation.every == 0 or server_round >= plan.rounds
+        if on_clients is not None:
+            accuracy = strategy.client_accuracy(server_round)
+        else:
+            accuracy = evaluator.accuracy(stats, seen) if due else None
         now = time.time()
+        traffic = strategy.traffic[server_round]
         recorder.record({
             "round": server_round,
             "classes_seen": int(len(seen)),
             "classes_learned": int(len(stats)),
             "accuracy": accuracy,
-            "bytes_up": strategy.traffic[server_round]["bytes_up"],
-            "bytes_down": strategy.traffic[server_round]["bytes_down"],
+            "bytes_up": traffic["bytes_up"],
+            "bytes_down": traffic["bytes_down"],
+            "bytes_down_resent": traffic["bytes_down_resent"],
+            "failures": sum(f["round"] == server_round for f in strategy.failures),
             "seconds": round(now - clock["last"], 3),
         })
+        save_run_state(recorder.out, server_round, strategy.stats, {"strategy": strategy.state(), "rows": recorder.rows})
         clock["last"] = now
         return None
 
     empty = ArrayRecord({})
-    strategy.start(grid, empty, num_rounds=plan.rounds, timeout=s.simulation.timeout, evaluate_fn=evaluate)
+    # Rounds after the plan's last one only offer failed tasks again (and do nothing
+    # once none wait); at most ``retries`` of them are needed.
+    rounds = plan.rounds + s.faults.retries
+    wrapped = PollingGrid(grid, poll_interval) if poll_interval > 0 else grid
+    strategy.start(wrapped, empty, num_rounds=rounds, timeout=s.simulation.timeout, evaluate_fn=evaluate)
     np.savez(recorder.out / "stats.npz", **strategy.stats.to_arrays())
     return recorder.finish({
         "scenario": s.name,
         "clients": s.clients.count,
         "merge": s.merge.prototypes,
         "backbone": s.model.backbone,
+        "evaluation": s.evaluation.where,
         "failures": len(strategy.failures),
+        "retries": strategy.book.retries,
+        "lost_tasks": len(strategy.book.lost),
+        "bytes_down_resent": sum(r["bytes_down_resent"] for r in recorder.rows),
     })
+
+
+def resume_scenario(run_dir: str | Path) -> Scenario:
+    """The scenario a run folder was started with (its ``scenario.json``)."""
+    path = Path(run_dir) / "scenario.json"
+    if not path.is_file():
+        raise ScenarioError([f"{path}: not found; --resume needs a run folder written by fedrecon run"])
+    return Scenario.model_validate(json.loads(path.read_text()))

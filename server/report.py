@@ -30,6 +30,12 @@ class RunRecorder:
         self.started = time.time()
         (self.out / "metrics.jsonl").write_text("")
 
+    def restore(self, rows: list[dict]) -> None:
+        """Rows of the rounds done before a resume (metrics.jsonl written anew from them:
+        a line of a round after the checkpoint is dropped, that round runs again)."""
+        self.rows = list(rows)
+        (self.out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
     def record(self, row: dict) -> None:
         self.rows.append(row)
         with (self.out / "metrics.jsonl").open("a") as f:
@@ -91,6 +97,7 @@ class RunRecorder:
             ("bytes up / down", f"{human_bytes(s['bytes_up'])} / {human_bytes(s['bytes_down'])}"),
             ("bytes up per learned class", "-" if s["bytes_up_per_class"] is None else human_bytes(s["bytes_up_per_class"])),
             ("failed or rejected replies", s.get("failures", 0)),
+            ("tasks retried / lost", f"{s.get('retries', 0)} / {s.get('lost_tasks', 0)}"),
             ("wall time", f"{s['wall_seconds']:.1f} s"),
             ("run folder", str(self.out)),
         ]

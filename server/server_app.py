@@ -8,7 +8,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedrecon.scenario import load_scenario
-from server.federation import Prepared, default_out_dir, prepare, run_scenario
+from server.federation import Prepared, default_out_dir, prepare, resume_scenario, run_scenario
 
 app = ServerApp()
 
@@ -24,17 +24,22 @@ def scenario_path(value: str) -> Path:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
+    poll = float(cfg.get("poll_interval", 0.2))
+    resume = str(cfg.get("resume", ""))
+    if resume:  # a run folder: its own scenario, continued after its checkpoint
+        run_scenario(grid, prepare(resume_scenario(resume)), resume, resume=True, poll_interval=poll)
+        return
     scenario = load_scenario(scenario_path(str(cfg["scenario"])))
     out = str(cfg.get("out", "")) or default_out_dir(scenario)
-    run_scenario(grid, prepare(scenario), out)
+    run_scenario(grid, prepare(scenario), out, poll_interval=poll)
 
 
-def make_app(prep: Prepared, out_dir: str | Path, echo=print) -> ServerApp:
+def make_app(prep: Prepared, out_dir: str | Path, echo=print, resume: bool = False) -> ServerApp:
     """A ServerApp bound to an already checked scenario (used by ``fedrecon run``)."""
     bound = ServerApp()
 
     @bound.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_scenario(grid, prep, out_dir, echo)
+        run_scenario(grid, prep, out_dir, echo, resume=resume)
 
     return bound

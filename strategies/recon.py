@@ -12,10 +12,12 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedrecon import protocol as P
+from fedrecon.evaluate import eval_share
 from fedrecon.plan import Arrival, Plan
 from fedrecon.stats import ClassStats
+from strategies.faults import RetryBook, Waiting, merge_arrivals
 from strategies.policies import make_policy
-from strategies.validation import PayloadError, check_update
+from strategies.validation import PayloadError, check_update, decode_reply
 
 
 def message_bytes(messages) -> int:
@@ -53,9 +55,20 @@ class ReconStrategy(Strategy):
         Feature size of the backbone.
     node_wait : float
         Seconds to wait for all clients to connect.
+    retries : int
+        Times a failed task is offered again (with the client's next message).
+    faults : dict
+        (client, round) -> task-config entries of an injected fault.
+    evaluate_on_clients : dict or None
+        Settings of client-side evaluation (``evaluation.where: clients``): metric and
+        ``every``; None: the server evaluates.
+    max_reply_bytes : int
+        Replies with more bytes of arrays are rejected unread.
     """
 
-    def __init__(self, plan: Plan, policy: str, task_config: dict, backbone: dict, dim: int, node_wait: float = 300.0):
+    def __init__(self, plan: Plan, policy: str, task_config: dict, backbone: dict, dim: int, node_wait: float = 300.0,
+                 retries: int = 3, faults: dict | None = None, evaluate_on_clients: dict | None = None,
+                 max_reply_bytes: int = 64_000_000):
         self.plan = plan
         self.policy_name = policy
         self.policy = make_policy(policy)
@@ -69,6 +82,16 @@ class ReconStrategy(Strategy):
         self.pending: dict[int, Arrival] = {}
         self.traffic: dict[int, dict[str, int]] = {}
         self.failures: list[dict] = []
+        self.book = RetryBook(retries)
+        self.faults = faults or {}
+        self.evaluate_on_clients = evaluate_on_clients
+        self.max_reply_bytes = max_reply_bytes
+        self.backbone_bytes = recorddict_to_proto(RecordDict({P.BACKBONE: self.backbone})).ByteSize()
+        self.backbone_sent: set[int] = set()  # clients sent the backbone at least once (for resend accounting)
+        self.client_eval: dict[int, dict] = {}  # round -> correct, samples, failures
+        self.resume_after = 0  # rounds already done before a resume: skipped
+        self._sent: dict[int, list[Waiting]] = {}  # node -> the plan tasks its message carries
+        self._eval_nodes: dict[int, int] = {}
 
     def summary(self) -> None:
         log(INFO, "\t├── Prototype merge policy: %s", self.policy_name)
@@ -76,70 +99,190 @@ class ReconStrategy(Strategy):
         log(INFO, "\t└── Backbone: %s (%d-d features)", self.task_config["backbone"], self.dim)
 
     def identify(self, grid: Grid) -> None:
-        """Map partition ids to node ids (once), waiting for every client to connect."""
-        if self.nodes:
+        """Map partition ids to node ids, waiting for every client the first time.
+
+        Later calls re-identify: a node id that disappeared is dropped (its client's
+        tasks wait), and an unknown one (a SuperNode that restarted) is asked who it is.
+        """
+        if not self.nodes:
+            deadline = time.monotonic() + self.node_wait
+            while len(list(grid.get_node_ids())) < self.plan.clients:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"only {len(list(grid.get_node_ids()))} of {self.plan.clients} clients connected in {self.node_wait:.0f} s")
+                time.sleep(0.5)
+        online = set(grid.get_node_ids())
+        for pid, node in list(self.nodes.items()):
+            if node not in online:
+                log(WARNING, "client %d (node %d) is gone; its tasks wait until it is back", pid, node)
+                del self.nodes[pid]
+        unknown = sorted(online - set(self.nodes.values()))
+        if not unknown:
             return
-        deadline = time.monotonic() + self.node_wait
-        while len(node_ids := list(grid.get_node_ids())) < self.plan.clients:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {len(node_ids)} of {self.plan.clients} clients connected in {self.node_wait:.0f} s")
-            time.sleep(0.5)
-        query = [Message(RecordDict(), dst_node_id=n, message_type=f"{MessageType.QUERY}.{P.IDENTIFY}") for n in node_ids]
+        query = [Message(RecordDict(), dst_node_id=n, message_type=f"{MessageType.QUERY}.{P.IDENTIFY}") for n in unknown]
         for reply in grid.send_and_receive(query, timeout=self.node_wait):
-            if not reply.has_error():
-                pid = int(reply.content[P.IDENTITY]["partition_id"])
-                self.nodes[pid] = reply.metadata.src_node_id
-        missing = sorted(set(range(self.plan.clients)) - set(self.nodes))
-        if missing:
-            raise RuntimeError(f"clients with partition ids {missing} did not identify themselves")
+            if reply.has_error():
+                continue
+            identity = reply.content[P.IDENTITY]
+            pid = int(identity["partition_id"])
+            self.nodes[pid] = reply.metadata.src_node_id
+            # A node keeps the backbone in its context; a new node or a new run has none.
+            if identity.get("backbone_digest", "") == self.task_config.get("backbone_digest"):
+                self.has_backbone.add(pid)
+            else:
+                self.has_backbone.discard(pid)
+        if len(self.nodes) < self.plan.clients:
+            missing = sorted(set(range(self.plan.clients)) - set(self.nodes))
+            log(WARNING, "clients %s are not connected", missing)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
+        self._sent = {}
+        self.traffic[server_round] = {"bytes_down": 0, "bytes_up": 0, "bytes_down_resent": 0}
+        if server_round <= self.resume_after:
+            return []  # done before the resume: its result is in the checkpoint
         self.identify(grid)
+        due = {a.client: Waiting(a, 0) for a in self.plan.arrivals_at(server_round)}
         messages = []
-        self.pending = {}
-        for arrival in self.plan.arrivals_at(server_round):
-            task = ConfigRecord({**self.task_config, "round": server_round, "task": arrival.task})
+        for client in sorted(set(due) | set(self.book.waiting)):
+            parts = self.book.take(client) + ([due[client]] if client in due else [])
+            if client not in self.nodes:
+                self.book.put_back(parts)
+                self.failures.append({"round": server_round, "client": client, "task": parts[-1].arrival.task, "reason": "not connected"})
+                continue
+            arrival = merge_arrivals([p.arrival for p in parts], server_round)
+            task = ConfigRecord({**self.task_config, "round": server_round, "task": arrival.task,
+                                 **self.faults.get((client, server_round), {})})
             content = RecordDict({
                 P.TASK_CONFIG: task,
                 P.TASK_ARRAYS: to_record({"sample_index": arrival.sample_index, "sample_labels": arrival.sample_labels}),
             })
-            if arrival.client not in self.has_backbone:
-                content[P.BACKBONE] = self.backbone
-            node = self.nodes[arrival.client]
+            self._add_backbone(content, client, server_round)
+            node = self.nodes[client]
             messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
             self.pending[node] = arrival
-        self.traffic[server_round] = {"bytes_down": message_bytes(messages), "bytes_up": 0}
+            self._sent[node] = parts
+        self.traffic[server_round]["bytes_down"] += message_bytes(messages)
         return messages
+
+    def _add_backbone(self, content: RecordDict, client: int, server_round: int) -> None:
+        """Attach the backbone for a client that does not hold it; count a re-send apart."""
+        if client in self.has_backbone:
+            return
+        content[P.BACKBONE] = self.backbone
+        if client in self.backbone_sent:
+            self.traffic[server_round]["bytes_down_resent"] += self.backbone_bytes
+        self.backbone_sent.add(client)
 
     def aggregate_train(self, server_round: int, replies) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        self.traffic[server_round]["bytes_up"] = message_bytes(r for r in replies if not r.has_error())
+        self.traffic[server_round]["bytes_up"] += message_bytes(r for r in replies if not r.has_error())
         updates = []
         for reply in replies:
-            arrival = self.pending.pop(reply.metadata.src_node_id, None)
+            node = reply.metadata.src_node_id
+            arrival = self.pending.pop(node, None)
             if arrival is None:
                 continue
             try:
-                if reply.has_error():
-                    raise PayloadError(f"client error {reply.error.code}: {reply.error.reason}")
-                updates.append(check_update(from_record(reply.content[P.STATS]), arrival, self.dim))
+                arrays = decode_reply(reply, self.max_reply_bytes)
+                updates.append(check_update(arrays, arrival, self.dim))
             except (PayloadError, KeyError) as exc:
-                self._fail(server_round, arrival, str(exc))
+                self._fail(server_round, arrival, str(exc), self._sent.get(node, []))
                 continue
             self.has_backbone.add(arrival.client)
-        for arrival in self.pending.values():
-            self._fail(server_round, arrival, "no reply before the timeout")
+        for node, arrival in self.pending.items():
+            self._fail(server_round, arrival, "no reply before the timeout", self._sent.get(node, []))
         self.pending = {}
-        self.stats = self.policy.merge(self.stats, updates)
+        if updates:  # no update: the global statistics stay bit for bit as they were
+            self.stats = self.policy.merge(self.stats, updates)
         metrics = MetricRecord({"updates": len(updates), "classes": len(self.stats)})
         return to_record(self.stats.to_arrays()), metrics
 
-    def _fail(self, server_round: int, arrival: Arrival, reason: str) -> None:
+    def _fail(self, server_round: int, arrival: Arrival, reason: str, parts: list[Waiting] = ()) -> None:
         log(WARNING, "round %d: client %d task %d rejected: %s", server_round, arrival.client, arrival.task, reason)
         self.failures.append({"round": server_round, "client": arrival.client, "task": arrival.task, "reason": reason})
+        self.book.failed(list(parts), server_round, reason)
+
+    def active(self, server_round: int) -> bool:
+        """Whether ``server_round`` did anything: a round of the plan, or a later one
+        that offered failed tasks again."""
+        return server_round <= self.plan.rounds or bool(self.traffic.get(server_round, {}).get("bytes_down"))
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
-        return []  # evaluation runs on the server (evaluation.where: server)
+        """With ``evaluation.where: clients``: each connected client scores the merged
+        model on its share of the test samples of the classes seen so far."""
+        self._eval_nodes = {}
+        settings = self.evaluate_on_clients
+        if settings is None or server_round <= self.resume_after or not self.active(server_round):
+            return []
+        if not (server_round % settings["every"] == 0 or server_round >= self.plan.rounds):
+            return []
+        seen = self.plan.classes_seen(server_round)
+        messages = []
+        for client, node in sorted(self.nodes.items()):
+            index, labels = eval_share(self.plan, seen, client, self.plan.clients)
+            content = RecordDict({
+                P.EVAL_CONFIG: ConfigRecord({**self.task_config, "round": server_round, "metric": settings["metric"]}),
+                P.EVAL_ARRAYS: to_record({"sample_index": index, "sample_labels": labels}),
+                P.MODEL: arrays,
+            })
+            self._add_backbone(content, client, server_round)
+            messages.append(Message(content, dst_node_id=node, message_type=MessageType.EVALUATE))
+            self._eval_nodes[node] = client
+        self.traffic[server_round]["bytes_down"] += message_bytes(messages)
+        self.client_eval[server_round] = {"correct": 0, "samples": 0, "clients": 0, "failures": len(self.plan_clients_missing())}
+        return messages
+
+    def plan_clients_missing(self) -> list[int]:
+        return sorted(set(range(self.plan.clients)) - set(self.nodes))
 
     def aggregate_evaluate(self, server_round: int, replies) -> MetricRecord | None:
-        return None
+        if not self._eval_nodes:
+            return None
+        replies = list(replies)
+        self.traffic[server_round]["bytes_up"] += message_bytes(r for r in replies if not r.has_error())
+        totals = self.client_eval[server_round]
+        answered = set()
+        for reply in replies:
+            client = self._eval_nodes.get(reply.metadata.src_node_id)
+            if client is None or reply.has_error() or P.METRICS not in reply.content:
+                continue
+            m = reply.content[P.METRICS]
+            correct, samples = int(m.get("correct", -1)), int(m.get("samples", -1))
+            if not 0 <= correct <= samples:
+                continue
+            totals["correct"] += correct
+            totals["samples"] += samples
+            totals["clients"] += 1
+            answered.add(client)
+            self.has_backbone.add(client)
+        totals["failures"] += len(self._eval_nodes) - len(answered)
+        return MetricRecord(dict(totals))
+
+    def client_accuracy(self, server_round: int) -> float | None:
+        """Accuracy from the clients' counts (weighted by their samples), None if not evaluated."""
+        totals = self.client_eval.get(server_round)
+        if not totals or not totals["samples"]:
+            return None
+        return totals["correct"] / totals["samples"]
+
+    # --- checkpoint ---------------------------------------------------------------------------
+
+    def state(self) -> dict:
+        """What a resumed run needs (JSON-able, statistics apart as arrays)."""
+        return {
+            "traffic": {str(r): t for r, t in self.traffic.items()},
+            "failures": self.failures,
+            "book": self.book.state(),
+            "backbone_sent": sorted(self.backbone_sent),
+            "client_eval": {str(r): t for r, t in self.client_eval.items()},
+        }
+
+    def restore(self, state: dict, stats: ClassStats, done: int) -> None:
+        """Continue after round ``done``. Which clients hold the backbone is not restored:
+        a new run gives every node a fresh context, so the identify answers say."""
+        self.stats = stats
+        self.traffic = {int(r): t for r, t in state["traffic"].items()}
+        self.failures = list(state["failures"])
+        self.book = RetryBook.from_state(state["book"])
+        self.backbone_sent = set(state["backbone_sent"])
+        self.client_eval = {int(r): t for r, t in state["client_eval"].items()}
+        self.resume_after = done

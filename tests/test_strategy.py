@@ -14,6 +14,16 @@ from strategies.recon import ReconStrategy, from_record
 DIM = 4
 
 
+class Nodes:
+    """A grid that only answers which nodes are connected (the tests fill ``strategy.nodes``)."""
+
+    def get_node_ids(self):
+        return [100, 101, 102]
+
+
+NODES = Nodes()
+
+
 @pytest.fixture(autouse=True)
 def identity():
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
@@ -21,12 +31,17 @@ def identity():
 
 @pytest.fixture
 def strategy():
+    return make_strategy()
+
+
+def make_strategy(**settings) -> ReconStrategy:
+    """Three clients, 12 classes, 2 a task, 4-d fake features; partition c is node 100 + c."""
     scenario = parse_scenario(
         "name: t\nclients: {count: 3}\n"
         "tasks: {num_classes: 12, classes_per_task: 2, train_shots: 4, test_shots: 2}\n"
     )
     plan = make_plan(scenario, [np.arange(10 * c, 10 * c + 10) for c in range(30)])
-    s = ReconStrategy(plan, "exact", {"backbone": "conv4"}, {"w": np.ones(3, np.float32)}, DIM)
+    s = ReconStrategy(plan, "exact", {"backbone": "conv4"}, {"w": np.ones(3, np.float32)}, DIM, **settings)
     s.nodes = {0: 100, 1: 101, 2: 102}  # as if the identify query had run
     return s
 
@@ -48,7 +63,7 @@ def reply_with(msg: Message, arrays: dict) -> Message:
 
 def test_round_sends_each_client_its_task_and_merges_replies(strategy):
     # Prepare
-    messages = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid=None)
+    messages = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), NODES)
     # Execute
     arrays, metrics = strategy.aggregate_train(1, [honest_reply(m) for m in messages])
     # Assert
@@ -59,7 +74,7 @@ def test_round_sends_each_client_its_task_and_merges_replies(strategy):
     assert metrics["updates"] == 3
     assert strategy.traffic[1]["bytes_up"] > 0 and strategy.traffic[1]["bytes_down"] > 0
     # The backbone goes out once per client.
-    assert not any(P.BACKBONE in m.content for m in strategy.configure_train(2, ArrayRecord(), ConfigRecord(), None))
+    assert not any(P.BACKBONE in m.content for m in strategy.configure_train(2, ArrayRecord(), ConfigRecord(), NODES))
 
 
 def _tamper(kind):
@@ -96,10 +111,10 @@ def _tamper(kind):
                                   "wrong_dim", "float32", "float_ids", "missing_sums", "duplicate_ids"])
 def test_bad_reply_is_rejected_and_state_unchanged(strategy, kind):
     # Prepare: one honest round, then a round where client 0 lies.
-    first = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), None)
+    first = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), NODES)
     strategy.aggregate_train(1, [honest_reply(m) for m in first])
     before = {k: v.copy() for k, v in strategy.stats.to_arrays().items()}
-    second = strategy.configure_train(2, ArrayRecord(), ConfigRecord(), None)
+    second = strategy.configure_train(2, ArrayRecord(), ConfigRecord(), NODES)
     liar = next(m for m in second if m.metadata.dst_node_id == 100)
     honest = honest_reply(liar)
     bad = reply_with(liar, _tamper(kind)(from_record(honest.content[P.STATS])))
@@ -114,11 +129,11 @@ def test_bad_reply_is_rejected_and_state_unchanged(strategy, kind):
 
 
 def test_error_and_missing_replies_are_counted_and_backbone_resent(strategy):
-    messages = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), None)
+    messages = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), NODES)
     by_node = {m.metadata.dst_node_id: m for m in messages}
     replies = [honest_reply(by_node[100]), Message(Error(code=2, reason="boom"), reply_to=by_node[101])]
     strategy.aggregate_train(1, replies)  # node 102 never answers
     assert sorted(f["client"] for f in strategy.failures) == [1, 2]
     assert "boom" in strategy.failures[0]["reason"] + strategy.failures[1]["reason"]
-    resent = {m.metadata.dst_node_id: P.BACKBONE in m.content for m in strategy.configure_train(2, ArrayRecord(), ConfigRecord(), None)}
+    resent = {m.metadata.dst_node_id: P.BACKBONE in m.content for m in strategy.configure_train(2, ArrayRecord(), ConfigRecord(), NODES)}
     assert resent == {100: False, 101: True, 102: True}

@@ -1,0 +1,32 @@
+"""Faults a client fakes on the server's request (``faults.inject`` in a scenario)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+# Same keys as strategies/faults.py; repeated here so that clients need no server code.
+FAULT_KIND = "fault"
+FAULT_SECONDS = "fault_seconds"
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose: the scenario asked this client to fail this round."""
+
+
+def before_task(task: dict) -> None:
+    """Fail or stall as the task config says; do nothing for an ordinary task."""
+    kind = task.get(FAULT_KIND)
+    if kind == "raise":
+        raise InjectedFault(f"injected fault in round {task.get('round')}")
+    if kind == "timeout":
+        # Answer late: the server has given up on this reply by then.
+        time.sleep(float(task[FAULT_SECONDS]))
+
+
+def spoil(task: dict, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Garbage instead of statistics when asked (NaN sums), else ``arrays`` unchanged."""
+    if task.get(FAULT_KIND) != "garbage":
+        return arrays
+    return {**arrays, "sums": np.full_like(arrays["sums"], np.nan)}

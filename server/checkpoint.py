@@ -1,0 +1,38 @@
+"""A run's state after each round, written atomically into its run folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from fedrecon.stats import ClassStats
+
+CHECKPOINT = "checkpoint.npz"
+
+
+def save_run_state(out_dir: str | Path, done: int, stats: ClassStats, state: dict) -> Path:
+    """Write the state after round ``done``: a temp file, flushed, then renamed over the
+    old one, so a crash at any moment leaves either the old or the new checkpoint."""
+    path = Path(out_dir) / CHECKPOINT
+    tmp = path.with_name(path.name + ".tmp")
+    meta = json.dumps({"round": done, **state}).encode()
+    with tmp.open("wb") as f:
+        np.savez(f, ids=stats.ids, counts=stats.counts, sums=stats.sums, meta=np.frombuffer(meta, dtype=np.uint8))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_run_state(run_dir: str | Path) -> tuple[int, ClassStats, dict]:
+    """(rounds done, statistics, the rest of the state) of a run folder."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint (was the run folder written by a run that finished a round?)")
+    with np.load(path) as npz:
+        stats = ClassStats(npz["ids"], npz["counts"], npz["sums"])
+        state = json.loads(npz["meta"].tobytes().decode())
+    return int(state.pop("round")), stats, state

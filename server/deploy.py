@@ -1,0 +1,273 @@
+"""A local deployment: one SuperLink and one SuperNode per client on 127.0.0.1.
+
+For trials and tests of the deployment engine (``fedrecon deploy-local``): each
+process gets its own ``FLWR_HOME`` under ``workdir``; with ``tls`` a throw-away CA
+and server certificate are made, with ``auth`` every SuperNode gets a key that is
+registered with the SuperLink. docs/deployment.md gives the same steps by hand.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONNECTION = "local-deployment"
+QUIET = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_certificates(folder: Path) -> dict[str, Path]:
+    """A CA and a server certificate for localhost / 127.0.0.1 (valid one day)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def certificate(subject, key, issuer, signer, ca: bool, san=None):
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = certificate(name("fedrecon local CA"), ca_key, name("fedrecon local CA"), ca_key, True)
+    san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    server = certificate(name("localhost"), server_key, ca.subject, ca_key, False, san)
+    paths = {"ca": folder / "ca.crt", "cert": folder / "server.pem", "key": folder / "server.key"}
+    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths["cert"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths["key"].write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                      serialization.NoEncryption()))
+    return paths
+
+
+def make_node_key(path: Path) -> tuple[Path, Path]:
+    """An ECDSA P-384 key pair in OpenSSH format (what ``ssh-keygen -t ecdsa -b 384`` writes)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                       serialization.NoEncryption()))
+    path.chmod(0o600)
+    public = path.with_suffix(".pub")
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
+    return path, public
+
+
+@dataclass
+class LocalDeployment:
+    """SuperLink and SuperNodes as child processes; ``stop()`` ends exactly those.
+
+    Parameters
+    ----------
+    workdir : Path
+        Certificates, keys, each process's ``FLWR_HOME`` and log files.
+    clients : int
+        SuperNodes to start, with partition ids ``0..clients-1``.
+    tls, auth : bool
+        HTTPS with a throw-away CA; SuperNode authentication with registered keys
+        (needs ``tls``).
+    data_root : str or None
+        ``data-root`` node config of every SuperNode (None: the scenario's path).
+    task_poll : float
+        ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``: how often a SuperExec looks for a new
+        app process to start (Flower's default 1 s).
+    """
+
+    workdir: Path
+    clients: int
+    tls: bool = False
+    auth: bool = False
+    data_root: str | None = None
+    task_poll: float = 0.1
+    port: int = field(default_factory=free_port)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.auth and not self.tls:
+            raise ValueError("SuperNode authentication needs TLS (the SuperLink refuses it otherwise)")
+        self.workdir = Path(self.workdir).resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.certs = make_certificates(self.workdir / "certs") if self.tls else {}
+        self.home = self._home("cli")
+        conn = f'address = "127.0.0.1:{self.port}"\n'
+        conn += f'root-certificates = "{self.certs["ca"]}"\n' if self.tls else "insecure = true\n"
+        (self.home / "config.toml").write_text(f'[superlink]\ndefault = "{CONNECTION}"\n[superlink.{CONNECTION}]\n{conn}')
+
+    # --- processes -------------------------------------------------------------------------------
+
+    def _home(self, name: str) -> Path:
+        home = self.workdir / name
+        home.mkdir(exist_ok=True)
+        return home
+
+    def env(self, home: Path) -> dict[str, str]:
+        bin_dir = Path(sys.executable).parent
+        # The SuperLink and SuperNodes start flower-superexec, flwr-serverapp and
+        # flwr-clientapp by name: this venv's bin folder goes first on PATH.
+        return {**os.environ, **QUIET, "FLWR_HOME": str(home), "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(self.task_poll),
+                "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        home = self._home(name)
+        log = (self.workdir / f"{name}.log").open("w")
+        proc = subprocess.Popen([str(Path(sys.executable).parent / args[0]), *args[1:]], env=self.env(home), cwd=REPO,
+                                stdout=log, stderr=subprocess.STDOUT)
+        self.procs[name] = proc
+        return proc
+
+    def tls_args(self, role: str) -> list[str]:
+        if not self.tls:
+            return ["--insecure"]
+        if role == "superlink":
+            return ["--ssl-ca-certfile", str(self.certs["ca"]), "--ssl-certfile", str(self.certs["cert"]),
+                    "--ssl-keyfile", str(self.certs["key"])]
+        return ["--root-certificates", str(self.certs["ca"])]
+
+    def start_superlink(self) -> None:
+        args = ["flower-superlink", *self.tls_args("superlink"), "--host", "127.0.0.1", "--port", str(self.port),
+                "--database", str(self._home("superlink") / "state.db")]
+        if self.auth:
+            args.append("--enable-supernode-auth")
+        self._spawn("superlink", args)
+        self.wait_for_port()
+
+    def wait_for_port(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.procs["superlink"].poll() is not None:
+                raise RuntimeError(f"the SuperLink exited with code {self.procs['superlink'].returncode}; see {self.workdir / 'superlink.log'}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.2)
+        raise TimeoutError(f"the SuperLink did not listen on port {self.port} within {timeout:.0f} s")
+
+    def node_key(self, partition: int, register: bool = True) -> Path:
+        private, public = make_node_key(self.workdir / "keys" / f"node{partition}")
+        if register:
+            self.flwr("supernode", "register", str(public), CONNECTION, "--name", f"node{partition}")
+        return private
+
+    def start_supernode(self, partition: int, register: bool = True, name: str | None = None) -> subprocess.Popen:
+        """Start the SuperNode of ``partition``; with auth, a key registered unless ``register`` is False."""
+        config = f"partition-id={partition} num-partitions={self.clients}"
+        if self.data_root:
+            config += f' data-root="{self.data_root}"'
+        args = ["flower-supernode", *self.tls_args("supernode"), "--superlink", f"127.0.0.1:{self.port}",
+                "--port", str(free_port()), "--node-config", config]
+        if self.auth:
+            args += ["--auth-supernode-private-key", str(self.node_key(partition, register))]
+        return self._spawn(name or f"supernode{partition}", args)
+
+    def start(self) -> "LocalDeployment":
+        self.start_superlink()
+        for partition in range(self.clients):
+            self.start_supernode(partition)
+        return self
+
+    def stop(self) -> None:
+        """End the processes this deployment started (SuperNodes first), by their handles."""
+        for name in sorted(self.procs, key=lambda n: n == "superlink"):
+            proc = self.procs[name]
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+    def __enter__(self) -> "LocalDeployment":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- the flwr CLI ----------------------------------------------------------------------------
+
+    def flwr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([str(Path(sys.executable).parent / "flwr"), *args], env=self.env(self.home), cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"flwr {' '.join(args)} failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+        return proc
+
+    def submit(self, run_config: dict[str, str | float | int], tries: int = 30) -> int:
+        """``flwr run .`` with the run config; the run id."""
+        text = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
+        answer: dict = {}
+        for _ in range(tries):  # right after start the SuperLink may not answer yet
+            proc = self.flwr("run", ".", CONNECTION, "--format", "json", "--run-config", text, check=False)
+            try:
+                answer = json.loads(proc.stdout)
+            except json.JSONDecodeError:
+                answer = {"error": proc.stdout + proc.stderr}
+            if answer.get("success"):
+                return int(answer["run-id"])
+            time.sleep(1)
+        raise RuntimeError(f"flwr run failed: {answer}")
+
+    def status(self, run_id: int) -> str:
+        listed = self.flwr("list", CONNECTION, "--run-id", str(run_id), "--format", "json", check=False)
+        try:
+            return json.loads(listed.stdout)["runs"][0]["status"]
+        except (json.JSONDecodeError, KeyError, IndexError):
+            return ""
+
+    def wait(self, run_id: int, timeout: float) -> str:
+        """Poll until the run finishes or ``timeout`` seconds pass; its last status."""
+        deadline = time.monotonic() + timeout
+        status = ""
+        while time.monotonic() < deadline and not status.startswith("finished"):
+            time.sleep(1)
+            status = self.status(run_id)
+        return status
+
+    def log(self, run_id: int) -> str:
+        return self.flwr("log", str(run_id), CONNECTION, "--show", check=False).stdout
+
+
+def deploy_and_run(scenario: str | Path, out: str | Path, workdir: str | Path, clients: int, tls: bool = False,
+                   auth: bool = False, timeout: float = 1800.0, poll_interval: float = 0.2, echo=print) -> str:
+    """Start a local deployment, run ``scenario`` on it into ``out``, stop it; the run's final status."""
+    with LocalDeployment(Path(workdir), clients, tls=tls, auth=auth) as deployment:
+        echo(f"fedrecon: SuperLink on 127.0.0.1:{deployment.port} ({'TLS' if tls else 'insecure'}"
+             f"{', SuperNode auth' if auth else ''}), {clients} SuperNodes; logs in {deployment.workdir}")
+        run_id = deployment.submit({"scenario": str(Path(scenario).resolve()), "out": str(Path(out).resolve()),
+                                    "poll_interval": poll_interval})
+        echo(f"fedrecon: run {run_id} submitted")
+        status = deployment.wait(run_id, timeout)
+        if status != "finished:completed":
+            echo(deployment.log(run_id))
+        return status

@@ -1,0 +1,119 @@
+"""Tasks that failed, waiting to be offered again; faults the server asks clients to fake."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from fedrecon.plan import Arrival
+
+# Task-config keys of an injected fault (read by clients/faults.py).
+FAULT_KIND = "fault"
+FAULT_SECONDS = "fault_seconds"
+
+
+def merge_arrivals(parts: list[Arrival], server_round: int) -> Arrival:
+    """One arrival holding every class and sample of ``parts`` (a client gets one
+    message a round, so a retried task travels with the client's new one).
+
+    A class present in several parts keeps all their samples: the client's counts
+    and sums then cover all of them, exactly as if the parts had arrived apart.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    samples: dict[int, list[int]] = {}
+    revisits: set[int] = set()
+    for part in parts:
+        for cls, group in zip(part.classes, part.samples):
+            samples.setdefault(cls, []).extend(group)
+        revisits.update(part.revisits)
+    classes = tuple(sorted(samples))
+    return Arrival(
+        round=server_round,
+        client=parts[0].client,
+        task=max(p.task for p in parts),
+        classes=classes,
+        samples=tuple(tuple(samples[c]) for c in classes),
+        revisits=tuple(sorted(revisits)),
+    )
+
+
+@dataclass
+class Waiting:
+    """A task of the plan that has failed ``tries`` times so far."""
+
+    arrival: Arrival
+    tries: int
+
+
+class RetryBook:
+    """Failed tasks per client, offered again in the client's next message.
+
+    A task is given up after ``limit`` retries (it is then counted as lost);
+    a client that is not connected keeps its tasks without using up a try.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.waiting: dict[int, list[Waiting]] = {}
+        self.retries = 0
+        self.lost: list[dict] = []
+
+    def __bool__(self) -> bool:
+        return any(self.waiting.values())
+
+    def take(self, client: int) -> list[Waiting]:
+        """The client's waiting tasks, removed from the book (they are being sent)."""
+        parts = self.waiting.pop(client, [])
+        self.retries += len(parts)
+        return parts
+
+    def put_back(self, parts: list[Waiting]) -> None:
+        """Tasks that were not sent this round (the client is away): no try used."""
+        for part in parts:
+            self.waiting.setdefault(part.arrival.client, []).append(part)
+
+    def failed(self, parts: list[Waiting], server_round: int, reason: str) -> None:
+        for part in parts:
+            if part.tries >= self.limit:
+                self.lost.append({"round": server_round, "client": part.arrival.client, "task": part.arrival.task,
+                                  "classes": list(part.arrival.classes), "reason": reason})
+                continue
+            self.waiting.setdefault(part.arrival.client, []).append(Waiting(part.arrival, part.tries + 1))
+
+    # --- checkpoint ---------------------------------------------------------------------
+
+    def state(self) -> dict:
+        return {
+            "limit": self.limit,
+            "retries": self.retries,
+            "lost": self.lost,
+            "waiting": [{"arrival": asdict(w.arrival), "tries": w.tries} for ws in self.waiting.values() for w in ws],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> "RetryBook":
+        book = cls(int(state["limit"]))
+        book.retries = int(state["retries"])
+        book.lost = list(state["lost"])
+        book.put_back([Waiting(arrival_from_dict(w["arrival"]), int(w["tries"])) for w in state["waiting"]])
+        return book
+
+
+def arrival_from_dict(d: dict) -> Arrival:
+    """Inverse of ``dataclasses.asdict`` for an :class:`Arrival` read back from JSON."""
+    return Arrival(
+        round=int(d["round"]),
+        client=int(d["client"]),
+        task=int(d["task"]),
+        classes=tuple(int(c) for c in d["classes"]),
+        samples=tuple(tuple(int(i) for i in g) for g in d["samples"]),
+        revisits=tuple(int(c) for c in d["revisits"]),
+    )
+
+
+def fault_plan(inject, timeout: float) -> dict[tuple[int, int], dict]:
+    """(client, round) -> task-config entries that make that client misbehave."""
+    return {
+        (f.client, f.round): {FAULT_KIND: f.kind, FAULT_SECONDS: float(f.seconds if f.seconds is not None else timeout + 2.0)}
+        for f in inject
+    }
