@@ -1,0 +1,62 @@
+"""Merge policies: exact addition, and the two published baselines with their weaknesses."""
+
+import numpy as np
+import pytest
+
+from fedrecon.heads import HeadSettings
+from fedrecon.stats import ClassStats
+from strategies.policies import PROTOTYPE_POLICIES, make_policy
+
+
+def stats(label: int, values: list[float], spec=None) -> ClassStats:
+    x = np.array(values, dtype=float)[:, None] * np.ones((1, 2))
+    return ClassStats.from_features(np.full(len(values), label), x, spec)
+
+
+def run(policy_name: str, rounds: list[list[ClassStats]]) -> ClassStats:
+    policy, merged = make_policy(policy_name), ClassStats.empty(2)
+    for updates in rounds:
+        merged = policy.merge(merged, updates)
+    return merged
+
+
+def test_registry_lists_the_three_policies():
+    assert sorted(PROTOTYPE_POLICIES) == ["exact", "fedproto", "fedrecon"]
+    with pytest.raises(ValueError, match="allowed: exact, fedproto, fedrecon"):
+        make_policy("fedavg")
+
+
+def test_unequal_clients_in_one_round():
+    # A big client (9 samples at 0) and a small one (1 sample at 10) share class 4.
+    rounds = [[stats(4, [0.0] * 9), stats(4, [10.0])]]
+    assert run("exact", rounds).means()[0, 0] == pytest.approx(1.0)
+    assert run("fedrecon", rounds).means()[0, 0] == pytest.approx(1.0)  # online mean: exact for a new class
+    assert run("fedproto", rounds).means()[0, 0] == pytest.approx(5.0)  # unweighted: the small client pulls
+    assert run("fedproto", rounds).counts[0] == 10
+
+
+def test_revisit_is_under_weighted_by_fedrecon():
+    # Round 1: 4 samples at 0. Round 2 (revisit): 4 new samples at 8.
+    rounds = [[stats(4, [0.0] * 4)], [stats(4, [8.0] * 4)]]
+    assert run("exact", rounds).means()[0, 0] == pytest.approx(4.0)
+    # The client's running prototype (0*4 + 8*4) / 8 = 4 enters with weight 4 / 8: 0 + 0.5 * 4 = 2.
+    assert run("fedrecon", rounds).means()[0, 0] == pytest.approx(2.0)
+    assert run("fedrecon", rounds).counts[0] == 8
+
+
+def test_revisit_with_few_samples_counts_fully_in_fedproto():
+    rounds = [[stats(4, [0.0] * 12)], [stats(4, [6.0] * 2)]]
+    assert run("exact", rounds).means()[0, 0] == pytest.approx(12 / 14)
+    assert run("fedproto", rounds).means()[0, 0] == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("name", ["fedrecon", "fedproto"])
+def test_baselines_add_shared_statistics_exactly_and_keep_inputs(name):
+    spec = HeadSettings("ridge", random_features=8).spec()
+    a, b = stats(1, [1.0, 2.0], spec), stats(1, [3.0], spec)
+    before = a.sums.copy()
+    merged = run(name, [[a], [b]])
+    exact = run("exact", [[a], [b]])
+    np.testing.assert_allclose(merged.shared["gram"], exact.shared["gram"])
+    assert merged.extra["rf_sums"].shape == (1, 8)
+    np.testing.assert_array_equal(a.sums, before)
