@@ -13,7 +13,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedrecon import protocol as P
 from fedrecon.plan import Arrival, Plan
-from fedrecon.stats import ClassStats
+from fedrecon.stats import ClassStats, StatsSpec
 from strategies.policies import make_policy
 from strategies.validation import PayloadError, check_update
 
@@ -62,6 +62,8 @@ class ReconStrategy(Strategy):
         self.task_config = task_config
         self.backbone = to_record(backbone)
         self.dim = dim
+        # The statistics the head needs travel in the task config; replies must match.
+        self.spec = StatsSpec.from_config(task_config)
         self.node_wait = node_wait
         self.stats = ClassStats.empty(dim)
         self.nodes: dict[int, int] = {}
@@ -122,7 +124,7 @@ class ReconStrategy(Strategy):
             try:
                 if reply.has_error():
                     raise PayloadError(f"client error {reply.error.code}: {reply.error.reason}")
-                updates.append(check_update(from_record(reply.content[P.STATS]), arrival, self.dim))
+                updates.append(check_update(from_record(reply.content[P.STATS]), arrival, self.dim, self.spec))
             except (PayloadError, KeyError) as exc:
                 self._fail(server_round, arrival, str(exc))
                 continue
