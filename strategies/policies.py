@@ -132,3 +132,16 @@ def make_policy(name: str) -> MergePolicy:
     if name not in PROTOTYPE_POLICIES:
         raise ValueError(f"unknown merge.prototypes {name!r}; allowed: {', '.join(sorted(PROTOTYPE_POLICIES))}")
     return PROTOTYPE_POLICIES[name]()
+
+
+def replay(plan, features: np.ndarray, policy_name: str, spec=None) -> ClassStats:
+    """The server's merges of ``plan`` under a policy, round by round, without Flower.
+
+    ``features[i]`` is the feature of dataset sample ``i`` (rows of unused samples may
+    be anything). For benchmarks and tests of the policies themselves.
+    """
+    policy, merged = make_policy(policy_name), ClassStats.empty(features.shape[1])
+    for r in range(1, plan.rounds + 1):
+        updates = [ClassStats.from_features(a.sample_labels, features[a.sample_index], spec) for a in plan.arrivals_at(r)]
+        merged = policy.merge(merged, updates)
+    return merged
