@@ -145,6 +145,13 @@ def _kind_shorthand(value: Any) -> Any:
 
 # --- data and model ----------------------------------------------------------------
 
+def _registered(value: str, names, what: str) -> str:
+    """``value`` if it names an entry of a registry, else the error listing them."""
+    if value not in names:
+        raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(names)}")
+    return value
+
+
 class DataConfig(Strict):
     """Where the samples come from."""
 
@@ -161,9 +168,7 @@ class DataConfig(Strict):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
-        if value not in DATASETS:
-            raise ValueError(f"unknown dataset {value!r}; allowed: {', '.join(DATASETS)}")
-        return value
+        return _registered(value, DATASETS, "dataset")
 
 
 class ModelConfig(Strict):
@@ -178,9 +183,7 @@ class ModelConfig(Strict):
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, value: str) -> str:
-        if value not in BACKBONES:
-            raise ValueError(f"unknown backbone {value!r}; allowed: {', '.join(sorted(BACKBONES))}")
-        return value
+        return _registered(value, sorted(BACKBONES), "backbone")
 
 
 # --- clients -------------------------------------------------------------------------
@@ -353,9 +356,7 @@ class MergeConfig(Strict):
     @field_validator("head")
     @classmethod
     def _known_head(cls, value: str) -> str:
-        if value not in HEADS:
-            raise ValueError(f"unknown head {value!r}; allowed: {', '.join(HEADS)}")
-        return value
+        return _registered(value, HEADS, "head")
 
 
 class EvaluationConfig(Strict):
