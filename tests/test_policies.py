@@ -101,3 +101,16 @@ def fit_head_from(stats: ClassStats):
     from fedrecon.heads import NearestMean
 
     return NearestMean(stats)
+
+
+def test_lda_survives_means_that_are_not_sample_means():
+    # fedproto's unweighted means can leave S - sum n mu mu^T indefinite; LDA keeps its positive part.
+    from fedrecon.heads import build_head
+
+    rng = np.random.default_rng(5)
+    spec = HeadSettings("lda").spec()
+    big = ClassStats.from_features(np.zeros(200, int), rng.normal(size=(200, 3)) * [1, 1, 1e-4], spec)
+    small = ClassStats.from_features(np.zeros(1, int), np.array([[0.0, 0.0, 50.0]]), spec)
+    merged = run("fedproto", [[big, small]])
+    head = build_head(merged, HeadSettings("lda", shrinkage=0.01))
+    assert np.isfinite(head.scores(np.ones((2, 3)))).all()
