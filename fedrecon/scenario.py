@@ -19,7 +19,10 @@ from pydantic import (
     model_validator,
 )
 
-from fedrecon.backbones import BACKBONES
+from fedrecon.backbones import BACKBONES, MODALITY
+from fedrecon.data import DATASETS
+from fedrecon.data import MODALITY as DATA_MODALITY
+from fedrecon.heads import DEFAULT_RANDOM_FEATURES, DEFAULT_RIDGE_LAMBDA, DEFAULT_SHRINKAGE, HEADS
 
 
 class ScenarioError(ValueError):
@@ -142,13 +145,30 @@ def _kind_shorthand(value: Any) -> Any:
 
 # --- data and model ----------------------------------------------------------------
 
+def _registered(value: str, names, what: str) -> str:
+    """``value`` if it names an entry of a registry, else the error listing them."""
+    if value not in names:
+        raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(names)}")
+    return value
+
+
 class DataConfig(Strict):
     """Where the samples come from."""
 
-    dataset: Literal["omniglot"] = Field("omniglot", description="dataset the classes come from")
+    dataset: str = Field("omniglot", description="omniglot, clinc150, hwu64, text (a CSV/TSV/JSONL file) or image_folder (<class>/<image>)")
     root: str = Field("../shared/data", description="data folder; a relative path is taken from the scenario file's folder")
     subset: Literal["background", "evaluation"] = Field("evaluation", description="Omniglot set the classes come from")
-    image_size: int = Field(28, ge=8, le=105, description="images are resized to this many pixels a side")
+    image_size: int = Field(28, ge=8, le=512, description="images are resized to this many pixels a side (Omniglot: at most 105)")
+    path: str | None = Field(None, description="text: the training file; image_folder: the training folder (relative to the scenario file)")
+    test_path: str | None = Field(None, description="text / image_folder: the official test split, same layout; null: none")
+    text_column: str | None = Field(None, description="text: column (CSV) or key (JSONL) of the text")
+    label_column: str | None = Field(None, description="text: column or key of the class label")
+    group_column: str | None = Field(None, description="text: column or key of a class's group (optional)")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        return _registered(value, DATASETS, "dataset")
 
 
 class ModelConfig(Strict):
@@ -157,13 +177,13 @@ class ModelConfig(Strict):
     backbone: str = Field("conv4", description="feature extractor, by name")
     checkpoint: str | None = Field(None, description="weights file; relative to the scenario file's folder")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
+    embedding_cache: str | None = Field(None, description="folder where frozen-backbone features are kept between runs "
+                                        "(relative to the scenario file); null: in memory only")
 
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, value: str) -> str:
-        if value not in BACKBONES:
-            raise ValueError(f"unknown backbone {value!r}; allowed: {', '.join(sorted(BACKBONES))}")
-        return value
+        return _registered(value, sorted(BACKBONES), "backbone")
 
 
 # --- clients -------------------------------------------------------------------------
@@ -299,8 +319,10 @@ class TasksConfig(Strict):
 
     num_classes: int | None = Field(None, ge=1, description="classes drawn from the dataset (seeded); not with split group or explicit")
     classes_per_task: int | None = Field(None, ge=1, description="classes in one task; not with split group")
-    train_shots: int = Field(ge=1, description="training samples per class (divided between clients that share it)")
-    test_shots: int = Field(ge=1, description="test samples per class, never used for training")
+    train_shots: int | None = Field(ge=1, description="training samples per class (divided between clients that share it); "
+                                    "null: all of the class's training samples")
+    test_shots: int | None = Field(ge=1, description="test samples per class, never used for training; null: every sample "
+                                   "of the dataset's official test split")
     split: Split = Field(default_factory=Disjoint, description="which client holds which classes")
     arrival: Arrival = Field(default_factory=Synchronous, description="when each client's tasks arrive")
     revisits: Revisits | None = Field(None, description="classes that arrive a second time; null: none")
@@ -324,9 +346,17 @@ class TasksConfig(Strict):
 class MergeConfig(Strict):
     """How the server merges the clients' class statistics."""
 
-    prototypes: str = Field("exact", description="merge policy of the class statistics")
-    head: Literal["ncm"] = Field("ncm", description="classifier built from the merged statistics")
-    metric: Literal["euclidean", "cosine"] = Field("euclidean", description="distance of the nearest-class-mean head")
+    prototypes: str = Field("exact", description="merge policy of the class statistics: exact, fedrecon or fedproto")
+    head: str = Field("ncm", description="classifier built from the merged statistics: ncm, lda or ridge")
+    metric: Literal["euclidean", "cosine"] = Field("euclidean", description="ncm: distance to the class means")
+    shrinkage: float = Field(DEFAULT_SHRINKAGE, ge=0.0, le=1.0, description="lda: weight of the scaled identity in the shared covariance")
+    ridge_lambda: float = Field(DEFAULT_RIDGE_LAMBDA, gt=0.0, description="ridge: regularisation added to the Gram matrix")
+    random_features: int = Field(DEFAULT_RANDOM_FEATURES, ge=1, le=20_000, description="ridge: random ReLU features (Gram is this squared)")
+
+    @field_validator("head")
+    @classmethod
+    def _known_head(cls, value: str) -> str:
+        return _registered(value, HEADS, "head")
 
 
 class EvaluationConfig(Strict):
@@ -359,7 +389,7 @@ class FaultsConfig(Strict):
     """What the server does about clients that fail, and faults to inject."""
 
     retries: int = Field(3, ge=0, description="times a failed task is offered again to its client (in its next messages)")
-    max_reply_bytes: int = Field(64_000_000, ge=1024, description="a reply larger than this is rejected unread")
+    max_reply_bytes: int | None = Field(None, ge=1024, description="a reply with more bytes of arrays is rejected unread; default: twice what a valid reply to its task holds, plus 1 MB")
     inject: list[FaultInjection] = Field(default_factory=list, description="faults to inject, one per client and round")
 
 
@@ -656,7 +686,7 @@ def _cross_checks(s: Scenario, source: SourceMap) -> list[str]:
             for cls in set(classes):
                 counts[cls] = counts.get(cls, 0) + 1
         holders = max(counts.values(), default=0)
-    if holders > t.train_shots:
+    if t.train_shots is not None and holders > t.train_shots:
         problem(("tasks", "train_shots"), f"{t.train_shots} is fewer than the {holders} clients that share a class (each needs one sample)")
     if split == "explicit":
         for i, classes in enumerate(t.split.clients):
@@ -682,6 +712,7 @@ def _cross_checks(s: Scenario, source: SourceMap) -> list[str]:
                 if k and event.round < events[k - 1].round:
                     problem(here + ("round",), f"round {event.round} comes before the previous event's round {events[k - 1].round}; list events in order")
     problems += _fault_checks(s, source)
+    problems += _data_checks(s, source)
     if t.revisits is not None:
         if t.revisits.to == "other" and n == 1:
             problem(("tasks", "revisits", "to"), "'other' needs at least two clients (clients.count is 1)")
@@ -705,6 +736,39 @@ def _fault_checks(s: Scenario, source: SourceMap) -> list[str]:
     return problems
 
 
+_HEAD_KEYS = {"metric": "ncm", "shrinkage": "lda", "ridge_lambda": "ridge", "random_features": "ridge"}
+_TEXT_KEYS = ("text_column", "label_column", "group_column")
+
+
+def _data_checks(s: Scenario, source: SourceMap) -> list[str]:
+    """Dataset, backbone and head keys that only make sense together."""
+    problems: list[str] = []
+    d = s.data
+    if d.dataset in ("text", "image_folder") and d.path is None:
+        problems.append(source.error(("data", "path"), f"required key is missing (dataset {d.dataset} reads it)"))
+    if d.dataset == "text":
+        for key in ("text_column", "label_column"):
+            if getattr(d, key) is None:
+                problems.append(source.error(("data", key), "required key is missing (dataset text)"))
+    else:
+        for key in _TEXT_KEYS:
+            if getattr(d, key) is not None:
+                problems.append(source.error(("data", key), f"used only by dataset text, not {d.dataset}; remove it"))
+    if d.dataset not in ("text", "image_folder"):
+        for key in ("path", "test_path"):
+            if getattr(d, key) is not None:
+                problems.append(source.error(("data", key), f"not used by dataset {d.dataset}; remove it"))
+    if d.dataset == "omniglot" and d.image_size > 105:
+        problems.append(source.error(("data", "image_size"), f"Omniglot drawings are 105 pixels; {d.image_size} is more"))
+    reads, gets = MODALITY.get(s.model.backbone), DATA_MODALITY.get(d.dataset)
+    if reads and gets and reads != gets:
+        problems.append(source.error(("model", "backbone"), f"{s.model.backbone} reads {reads}, dataset {d.dataset} is {gets}"))
+    for key, head in _HEAD_KEYS.items():
+        if key in s.merge.model_fields_set and s.merge.head != head:
+            problems.append(source.error(("merge", key), f"used only by head {head}, not {s.merge.head}; remove it"))
+    return problems
+
+
 def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Scenario:
     """Read a scenario file; relative paths in it are made absolute against its folder."""
     path = Path(path)
@@ -712,8 +776,9 @@ def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
         raise ScenarioError([f"{path}: scenario file not found"])
     scenario = parse_scenario(path.read_text(), str(path), overrides)
     base = path.resolve().parent
-    data = scenario.data.model_copy(update={"root": resolve_path(base, scenario.data.root)})
-    model = scenario.model.model_copy(update={"checkpoint": resolve_path(base, scenario.model.checkpoint)})
+    data = scenario.data.model_copy(update={k: resolve_path(base, getattr(scenario.data, k)) for k in ("root", "path", "test_path")})
+    model = scenario.model.model_copy(update={k: resolve_path(base, getattr(scenario.model, k))
+                                              for k in ("checkpoint", "embedding_cache")})
     loaded = scenario.model_copy(update={"data": data, "model": model})
     loaded._source = source_of(scenario)
     return loaded

@@ -1,25 +1,122 @@
-"""Per-class sufficient statistics: counts and feature sums, merged by exact addition."""
+"""Per-class sufficient statistics, merged by exact addition.
+
+Besides counts and feature sums a head may need second-order statistics (see
+:class:`StatsSpec`): the total second moment ``sum x x^T`` of the features (LDA), or
+random ReLU features ``h = max(0, x W)`` summarised by their per-class sums and their
+Gram matrix ``sum h h^T`` (ridge). All of them are sums over samples, so a client's
+statistics of its new samples add to the global ones and any partition, order or
+timing gives the centralized result.
+
+The second moment is uncentred (centring needs the global mean, which no client has),
+so the within-class scatter ``S - sum_c n_c mu_c mu_c^T`` loses about
+``log10(|mean|^2 / variance)`` of float64's ~16 digits: harmless for normalised
+embeddings, worth centring features for if they sit far from the origin.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
+
+# Seed stream of the random projection: np.random.default_rng([seed, _PROJECTION]).
+# The plan's streams are 1..5 (fedrecon/plan.py); this one is apart from them.
+_PROJECTION = 101
+# Rows of features turned into random features at once (bounds memory to ~chunk x M).
+_CHUNK = 2048
+
+# Per-class arrays (one row per id) and shared arrays (one for all classes), by name.
+PER_CLASS = ("sums", "rf_sums")
+SHARED = ("second_moment", "gram")
+
+
+@dataclass(frozen=True)
+class StatsSpec:
+    """What a client computes beyond counts and feature sums.
+
+    Parameters
+    ----------
+    second_moment : bool
+        Send ``sum x x^T`` over all new samples (``(d, d)``, symmetric).
+    random_features : int
+        ``M > 0``: send per-class sums of ``h = relu(x W)`` and their Gram ``sum h h^T``
+        (``(M, M)``), with ``W`` a ``(d, M)`` standard normal matrix drawn from
+        ``projection_seed`` (the same on every client).
+    projection_seed : int
+        Seed of ``W``.
+    """
+
+    second_moment: bool = False
+    random_features: int = 0
+    projection_seed: int = 0
+
+    def to_config(self) -> dict:
+        """Flat scalars for a task message."""
+        return {"second_moment": self.second_moment, "random_features": self.random_features,
+                "projection_seed": self.projection_seed}
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> "StatsSpec":
+        return cls(bool(config.get("second_moment", False)), int(config.get("random_features", 0)),
+                   int(config.get("projection_seed", 0)))
+
+    def keys(self) -> set[str]:
+        """Array names a reply under this spec carries (besides ids, counts, sums)."""
+        return ({"second_moment"} if self.second_moment else set()) | ({"rf_sums", "gram"} if self.random_features else set())
+
+
+@lru_cache(maxsize=4)
+def random_projection(seed: int, dim: int, size: int) -> np.ndarray:
+    """The ``(dim, size)`` standard normal projection of the ridge head (read-only)."""
+    w = np.random.default_rng([seed, _PROJECTION]).standard_normal((dim, size))
+    w.setflags(write=False)
+    return w
+
+
+def random_features(features: np.ndarray, seed: int, size: int) -> np.ndarray:
+    """``relu(features @ W)``, float64 ``(N, size)``."""
+    w = random_projection(seed, features.shape[1], size)
+    return np.maximum(np.asarray(features, dtype=np.float64) @ w, 0.0)
+
+
+def pack_symmetric(a: np.ndarray) -> np.ndarray:
+    """Upper triangle (row-major) of a symmetric matrix: half the bytes on the wire."""
+    return a[np.triu_indices(a.shape[0])]
+
+
+def triangle_side(length: int) -> int | None:
+    """``n`` with ``n (n + 1) / 2 == length``, or None."""
+    n = int((np.sqrt(8 * length + 1) - 1) // 2)
+    return n if n * (n + 1) // 2 == length else None
+
+
+def unpack_symmetric(v: np.ndarray) -> np.ndarray:
+    n = triangle_side(len(v))
+    if n is None:
+        raise ValueError(f"{len(v)} values are not the upper triangle of a square matrix")
+    out = np.zeros((n, n), dtype=v.dtype)
+    out[np.triu_indices(n)] = v
+    out.T[np.triu_indices(n)] = v
+    return out
 
 
 @dataclass(frozen=True)
 class ClassStats:
-    """Counts and feature sums of a set of classes.
+    """Counts, feature sums and optional second-order sums of a set of classes.
 
-    ``ids`` is sorted and unique; row ``i`` of ``counts`` and ``sums`` belongs to
-    class ``ids[i]``. Arrays are float64 so that sums stay exact enough to make any
-    order of merges agree to ~1e-12 relative.
+    ``ids`` is sorted and unique; row ``i`` of ``counts``, ``sums`` and every array of
+    ``extra`` belongs to class ``ids[i]``; ``shared`` holds sums over all samples of
+    all classes (``second_moment``, ``gram``). Arrays are float64 so that sums stay
+    exact enough to make any order of merges agree to ~1e-12 relative.
     """
 
     ids: np.ndarray
     counts: np.ndarray
     sums: np.ndarray
+    extra: Mapping[str, np.ndarray] = field(default_factory=dict)
+    shared: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def dim(self) -> int:
@@ -33,37 +130,78 @@ class ClassStats:
         return cls(np.zeros(0, np.int64), np.zeros(0), np.zeros((0, dim)))
 
     @classmethod
-    def from_features(cls, labels: np.ndarray, features: np.ndarray) -> "ClassStats":
+    def from_features(cls, labels: np.ndarray, features: np.ndarray, spec: StatsSpec | None = None) -> "ClassStats":
         """Statistics of ``features`` (``(N, d)``) grouped by ``labels`` (``(N,)``)."""
         ids, inverse = np.unique(np.asarray(labels, dtype=np.int64), return_inverse=True)
+        features = np.asarray(features, dtype=np.float64)
         counts = np.bincount(inverse, minlength=len(ids)).astype(np.float64)
         sums = np.zeros((len(ids), features.shape[1]))
-        np.add.at(sums, inverse, np.asarray(features, dtype=np.float64))
-        return cls(ids, counts, sums)
+        np.add.at(sums, inverse, features)
+        spec = spec or StatsSpec()
+        extra, shared = {}, {}
+        if spec.second_moment:
+            shared["second_moment"] = features.T @ features
+        if spec.random_features:
+            m = spec.random_features
+            rf_sums, gram = np.zeros((len(ids), m)), np.zeros((m, m))
+            for start in range(0, len(features), _CHUNK):
+                h = random_features(features[start : start + _CHUNK], spec.projection_seed, m)
+                onehot = inverse[start : start + _CHUNK] == np.arange(len(ids))[:, None]
+                rf_sums += onehot @ h
+                gram += h.T @ h
+            extra["rf_sums"] = rf_sums
+            # h.T @ h is symmetric up to rounding; make it exactly so (it is sent as a triangle)
+            shared["gram"] = np.triu(gram) + np.triu(gram, 1).T
+        return cls(ids, counts, sums, extra, shared)
 
     def means(self) -> np.ndarray:
         """Class prototypes: sum / count, one row per id."""
         return self.sums / self.counts[:, None]
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"ids": self.ids, "counts": self.counts, "sums": self.sums}
+        """Flat arrays for a message or a file; shared matrices as upper triangles."""
+        return {"ids": self.ids, "counts": self.counts, "sums": self.sums, **self.extra,
+                **{k: pack_symmetric(v) for k, v in self.shared.items()}}
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "ClassStats":
-        return cls(np.asarray(arrays["ids"]), np.asarray(arrays["counts"]), np.asarray(arrays["sums"]))
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> "ClassStats":
+        extra = {k: np.asarray(arrays[k]) for k in PER_CLASS[1:] if k in arrays}
+        shared = {k: unpack_symmetric(np.asarray(arrays[k])) for k in SHARED if k in arrays}
+        return cls(np.asarray(arrays["ids"]), np.asarray(arrays["counts"]), np.asarray(arrays["sums"]), extra, shared)
+
+    def per_class(self) -> dict[str, np.ndarray]:
+        """``sums`` and every extra per-class array, by name."""
+        return {"sums": self.sums, **self.extra}
+
+    def replace(self, **changes) -> "ClassStats":
+        fields = {"ids": self.ids, "counts": self.counts, "sums": self.sums, "extra": self.extra, "shared": self.shared}
+        return ClassStats(**{**fields, **changes})
 
 
 def add_stats(parts: Iterable[ClassStats], dim: int | None = None) -> ClassStats:
-    """Exact merge: counts and sums added class by class, in one pass."""
+    """Exact merge: counts and per-class sums added class by class, shared sums added."""
     parts = [p for p in parts if len(p)]
     if not parts:
         if dim is None:
             raise ValueError("cannot infer the feature size of an empty merge; pass dim")
         return ClassStats.empty(dim)
-    all_ids = np.concatenate([p.ids for p in parts])
-    ids, inverse = np.unique(all_ids, return_inverse=True)
+    extra_keys, shared_keys = set(parts[0].extra), set(parts[0].shared)
+    for p in parts[1:]:
+        if set(p.extra) != extra_keys or set(p.shared) != shared_keys:
+            raise ValueError(f"cannot add statistics of different kinds: {sorted(p.extra) + sorted(p.shared)} "
+                             f"and {sorted(extra_keys) + sorted(shared_keys)}")
+    ids = np.unique(np.concatenate([p.ids for p in parts]))
     counts = np.zeros(len(ids))
-    sums = np.zeros((len(ids), parts[0].dim))
-    np.add.at(counts, inverse, np.concatenate([p.counts for p in parts]))
-    np.add.at(sums, inverse, np.concatenate([p.sums for p in parts]))
-    return ClassStats(ids, counts, sums)
+    rows = {k: np.zeros((len(ids), *v.shape[1:])) for k, v in parts[0].per_class().items()}
+    for p in parts:
+        where = np.searchsorted(ids, p.ids)  # p.ids are unique: plain fancy-index adds are exact
+        counts[where] += p.counts
+        for k, v in p.per_class().items():
+            rows[k][where] += v
+    shared = {}
+    for k in sorted(shared_keys):
+        shared[k] = parts[0].shared[k].copy()
+        for p in parts[1:]:
+            shared[k] += p.shared[k]
+    sums = rows.pop("sums")
+    return ClassStats(ids, counts, sums, rows, shared)

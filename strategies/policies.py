@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+import numpy as np
+
 from fedrecon.stats import ClassStats, add_stats
 
 
@@ -37,7 +39,109 @@ class ExactMerge:
         return add_stats([current, *updates], dim=current.dim)
 
 
+def _shared_sum(current: ClassStats, updates: list[ClassStats]) -> dict[str, np.ndarray]:
+    """Shared second-order sums are not prototypes: every policy adds them exactly."""
+    parts = [p for p in (current, *updates) if len(p)]
+    if not parts:
+        return {}
+    return dict(add_stats(parts).shared)
+
+
+def _from_means(ids: list[int], counts: dict[int, float], means: dict[int, dict[str, np.ndarray]],
+                shared: dict[str, np.ndarray], dim: int) -> ClassStats:
+    """Statistics whose class means are ``means`` (count x mean as the sums)."""
+    if not ids:
+        return ClassStats.empty(dim)
+    order = sorted(ids)
+    n = np.array([counts[c] for c in order])
+    rows = {k: n[:, None] * np.stack([means[c][k] for c in order]) for k in means[order[0]]}
+    sums = rows.pop("sums")
+    return ClassStats(np.array(order, dtype=np.int64), n, sums, rows, shared)
+
+
+def _class_means(stats: ClassStats) -> tuple[dict[int, float], dict[int, dict[str, np.ndarray]]]:
+    rows = stats.per_class()
+    counts = {int(c): float(n) for c, n in zip(stats.ids, stats.counts)}
+    means = {int(c): {k: v[i] / stats.counts[i] for k, v in rows.items()} for i, c in enumerate(stats.ids)}
+    return counts, means
+
+
+@register("fedrecon")
+class FedReconOnlineMean:
+    """Online prototype averaging as the Federated Reconnaissance code does it
+    (Hendryx et al., 2021, ``FederatedProtoNet.merge_models``), a baseline.
+
+    A client starts a round from the server's prototypes, so its prototype of a class
+    the server already knew averages the server's ``n_old`` samples and its ``m`` new
+    ones; the server then moves its prototype toward that running prototype with the
+    weight of the new samples only, ``p += m / (n_old + m) * (q - p)``. New classes
+    (one or several clients in a round) come out exact; a revisited class's new
+    samples are under-weighted by ``m / (n_old + m)``.
+    """
+
+    def merge(self, current: ClassStats, updates: list[ClassStats]) -> ClassStats:
+        before_n, before_mean = _class_means(current)
+        counts, means = dict(before_n), {c: dict(m) for c, m in before_mean.items()}
+        for update in updates:
+            for i, c in enumerate(update.ids.tolist()):
+                m = float(update.counts[i])
+                new = {k: v[i] for k, v in update.per_class().items()}
+                if c in before_n:  # the client's running prototype includes the server's samples
+                    n_old = before_n[c]
+                    q = {k: (n_old * before_mean[c][k] + new[k]) / (n_old + m) for k in new}
+                else:
+                    q = {k: new[k] / m for k in new}
+                if c in counts:
+                    counts[c] += m
+                    means[c] = {k: means[c][k] + (m / counts[c]) * (q[k] - means[c][k]) for k in q}
+                else:
+                    counts[c], means[c] = m, q
+        return _from_means(list(counts), counts, means, _shared_sum(current, updates), current.dim)
+
+
+@register("fedproto")
+class FedProtoUnweighted:
+    """Unweighted mean of client prototypes (Tan et al., 2022, FedProto's
+    ``proto_aggregation``), a baseline.
+
+    Each reply's class mean counts once, whatever its number of samples: a class
+    held by a big and a small client, or revisited with a few samples, drifts toward
+    the smaller contributions. Keeps the number of contributions per class.
+    """
+
+    def __init__(self):
+        self.contributions: dict[int, int] = {}
+
+    def merge(self, current: ClassStats, updates: list[ClassStats]) -> ClassStats:
+        counts, means = _class_means(current)
+        seen = dict(self.contributions)
+        for update in updates:
+            for i, c in enumerate(update.ids.tolist()):
+                m = float(update.counts[i])
+                q = {k: v[i] / m for k, v in update.per_class().items()}
+                k_old = seen.get(c, 0)
+                means[c] = {k: (k_old * means[c][k] + q[k]) / (k_old + 1) for k in q} if k_old else q
+                counts[c] = counts.get(c, 0.0) + m
+                seen[c] = k_old + 1
+        merged = _from_means(list(counts), counts, means, _shared_sum(current, updates), current.dim)
+        self.contributions = seen
+        return merged
+
+
 def make_policy(name: str) -> MergePolicy:
     if name not in PROTOTYPE_POLICIES:
         raise ValueError(f"unknown merge.prototypes {name!r}; allowed: {', '.join(sorted(PROTOTYPE_POLICIES))}")
     return PROTOTYPE_POLICIES[name]()
+
+
+def replay(plan, features: np.ndarray, policy_name: str, spec=None) -> ClassStats:
+    """The server's merges of ``plan`` under a policy, round by round, without Flower.
+
+    ``features[i]`` is the feature of dataset sample ``i`` (rows of unused samples may
+    be anything). For benchmarks and tests of the policies themselves.
+    """
+    policy, merged = make_policy(policy_name), ClassStats.empty(features.shape[1])
+    for r in range(1, plan.rounds + 1):
+        updates = [ClassStats.from_features(a.sample_labels, features[a.sample_index], spec) for a in plan.arrivals_at(r)]
+        merged = policy.merge(merged, updates)
+    return merged

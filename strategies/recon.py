@@ -14,10 +14,10 @@ from flwr.serverapp.strategy import Strategy
 from fedrecon import protocol as P
 from fedrecon.evaluate import eval_share
 from fedrecon.plan import Arrival, Plan
-from fedrecon.stats import ClassStats
+from fedrecon.stats import ClassStats, StatsSpec
 from strategies.faults import RetryBook, Waiting, merge_arrivals
 from strategies.policies import make_policy
-from strategies.validation import PayloadError, check_update, decode_reply
+from strategies.validation import PayloadError, check_update, decode_reply, reply_limit
 
 
 def message_bytes(messages) -> int:
@@ -60,21 +60,24 @@ class ReconStrategy(Strategy):
     faults : dict
         (client, round) -> task-config entries of an injected fault.
     evaluate_on_clients : dict or None
-        Settings of client-side evaluation (``evaluation.where: clients``): metric and
-        ``every``; None: the server evaluates.
-    max_reply_bytes : int
-        Replies with more bytes of arrays are rejected unread.
+        Settings of client-side evaluation (``evaluation.where: clients``): ``every``
+        and the head's settings (``HeadSettings.to_config``); None: the server evaluates.
+    max_reply_bytes : int or None
+        Replies with more bytes of arrays are rejected unread; None: twice what a
+        valid reply to the task holds, plus 1 MB.
     """
 
     def __init__(self, plan: Plan, policy: str, task_config: dict, backbone: dict, dim: int, node_wait: float = 300.0,
                  retries: int = 3, faults: dict | None = None, evaluate_on_clients: dict | None = None,
-                 max_reply_bytes: int = 64_000_000):
+                 max_reply_bytes: int | None = None):
         self.plan = plan
         self.policy_name = policy
         self.policy = make_policy(policy)
         self.task_config = task_config
         self.backbone = to_record(backbone)
         self.dim = dim
+        # The statistics the head needs travel in the task config; replies must match.
+        self.spec = StatsSpec.from_config(task_config)
         self.node_wait = node_wait
         self.stats = ClassStats.empty(dim)
         self.nodes: dict[int, int] = {}
@@ -182,8 +185,9 @@ class ReconStrategy(Strategy):
             if arrival is None:
                 continue
             try:
-                arrays = decode_reply(reply, self.max_reply_bytes)
-                updates.append(check_update(arrays, arrival, self.dim))
+                limit = self.max_reply_bytes or reply_limit(arrival, self.dim, self.spec)
+                arrays = decode_reply(reply, limit)
+                updates.append(check_update(arrays, arrival, self.dim, self.spec))
             except (PayloadError, KeyError) as exc:
                 self._fail(server_round, arrival, str(exc), self._sent.get(node, []))
                 continue
@@ -220,7 +224,7 @@ class ReconStrategy(Strategy):
         for client, node in sorted(self.nodes.items()):
             index, labels = eval_share(self.plan, seen, client, self.plan.clients)
             content = RecordDict({
-                P.EVAL_CONFIG: ConfigRecord({**self.task_config, "round": server_round, "metric": settings["metric"]}),
+                P.EVAL_CONFIG: ConfigRecord({**self.task_config, **settings, "round": server_round}),
                 P.EVAL_ARRAYS: to_record({"sample_index": index, "sample_labels": labels}),
                 P.MODEL: arrays,
             })

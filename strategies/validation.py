@@ -8,18 +8,23 @@ from flwr.app import ArrayRecord, Message
 
 from fedrecon import protocol as P
 from fedrecon.plan import Arrival
-from fedrecon.stats import ClassStats
+from fedrecon.stats import ClassStats, StatsSpec, triangle_side, unpack_symmetric
 
 
 class PayloadError(ValueError):
     """A client's reply is malformed or does not match the task it was given."""
 
 
-def check_update(arrays: dict[str, np.ndarray], arrival: Arrival, dim: int) -> ClassStats:
-    """Return the reply as :class:`ClassStats` if it is exactly what ``arrival`` allows."""
-    missing = {"ids", "counts", "sums"} - set(arrays)
+def check_update(arrays: dict[str, np.ndarray], arrival: Arrival, dim: int, spec: StatsSpec | None = None) -> ClassStats:
+    """Return the reply as :class:`ClassStats` if it is exactly what ``arrival`` allows
+    (and, under ``spec``, carries exactly the second-order arrays the head needs)."""
+    spec = spec or StatsSpec()
+    missing = ({"ids", "counts", "sums"} | spec.keys()) - set(arrays)
     if missing:
         raise PayloadError(f"missing arrays {sorted(missing)}")
+    unexpected = set(arrays) - {"ids", "counts", "sums"} - spec.keys()
+    if unexpected:
+        raise PayloadError(f"unexpected arrays {sorted(unexpected)}")
     ids, counts, sums = arrays["ids"], arrays["counts"], arrays["sums"]
     if ids.dtype.kind not in "iu" or ids.ndim != 1:
         raise PayloadError(f"ids must be a 1-d integer array, got {ids.dtype} {ids.shape}")
@@ -38,7 +43,16 @@ def check_update(arrays: dict[str, np.ndarray], arrival: Arrival, dim: int) -> C
         if count != expected[cid]:
             raise PayloadError(f"class {cid}: count {count} but the task gave {expected[cid]} samples")
     order = np.argsort(ids)
-    return ClassStats(ids[order].astype(np.int64), counts[order], sums[order])
+    extra, shared = check_second_order(arrays, ids, counts, sums, dim, spec)
+    return ClassStats(ids[order].astype(np.int64), counts[order], sums[order],
+                      {k: v[order] for k, v in extra.items()}, shared)
+
+
+def reply_limit(arrival: Arrival, dim: int, spec: StatsSpec) -> int:
+    """Twice the bytes of arrays a valid reply to ``arrival`` holds, plus 1 MB of slack."""
+    k, m = len(arrival.classes), spec.random_features
+    values = k * (2 + dim + m) + (dim * (dim + 1) // 2 if spec.second_moment else 0) + m * (m + 1) // 2
+    return 2 * 8 * values + 1_000_000
 
 
 def decode_reply(reply: Message, max_bytes: int) -> dict[str, np.ndarray]:
@@ -55,3 +69,55 @@ def decode_reply(reply: Message, max_bytes: int) -> dict[str, np.ndarray]:
         return {k: v.numpy() for k, v in record.items()}
     except Exception as exc:  # a malformed Array: any decoding error means garbage
         raise PayloadError(f"arrays cannot be decoded: {exc}") from None
+
+
+
+def _triangle(arrays: dict, name: str, side: int) -> np.ndarray:
+    """A packed symmetric matrix (upper triangle): float64, finite, of the right side, diagonal >= 0."""
+    v = arrays[name]
+    if v.dtype != np.float64 or v.ndim != 1 or triangle_side(len(v)) != side:
+        raise PayloadError(f"{name} must be the float64 upper triangle of a {side}x{side} matrix "
+                           f"({side * (side + 1) // 2} values), got {v.dtype} {v.shape}")
+    if not np.isfinite(v).all():
+        raise PayloadError(f"{name} holds NaN or inf")
+    full = unpack_symmetric(v)  # symmetric by construction: only one triangle travels
+    if (np.diag(full) < 0).any():
+        raise PayloadError(f"{name} has a negative diagonal entry (a sum of squares)")
+    return full
+
+
+def _tolerance(x: float) -> float:
+    return 1e-9 * max(abs(x), 1.0)
+
+
+def check_second_order(arrays: dict, ids: np.ndarray, counts: np.ndarray, sums: np.ndarray, dim: int,
+                       spec: StatsSpec) -> tuple[dict, dict]:
+    """The second-order arrays of a reply, checked; nothing global is touched.
+
+    Besides shapes, dtypes and finiteness: a second moment must be at least the
+    between-class part its own sums imply (its within-class scatter has a
+    non-negative trace), and random ReLU features are non-negative, so their sums
+    and Gram entries are too, with ``tr(G) >= sum_c |s_c|^2 / n_c``.
+    """
+    extra, shared = {}, {}
+    between = float(np.sum(sums**2 / counts[:, None])) if len(ids) else 0.0
+    if spec.second_moment:
+        moment = _triangle(arrays, "second_moment", dim)
+        if np.trace(moment) < between - _tolerance(between):
+            raise PayloadError("second_moment is smaller than the class means imply (negative within-class scatter)")
+        shared["second_moment"] = moment
+    if spec.random_features:
+        m = spec.random_features
+        rf = arrays["rf_sums"]
+        if rf.dtype != np.float64 or rf.shape != (len(ids), m):
+            raise PayloadError(f"rf_sums must be float64 {(len(ids), m)}, got {rf.dtype} {rf.shape}")
+        if not np.isfinite(rf).all() or (rf < 0).any():
+            raise PayloadError("rf_sums must be finite and non-negative (sums of ReLU features)")
+        gram = _triangle(arrays, "gram", m)
+        if (gram < 0).any():
+            raise PayloadError("gram has a negative entry (ReLU features are non-negative)")
+        implied = float(np.sum(rf**2 / counts[:, None]))
+        if np.trace(gram) < implied - _tolerance(implied):
+            raise PayloadError("gram's trace is smaller than its rf_sums imply")
+        extra["rf_sums"], shared["gram"] = rf, gram
+    return extra, shared

@@ -1,0 +1,95 @@
+"""Replies with second-order statistics: what the server accepts and what it rejects."""
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedrecon.heads import HeadSettings
+from fedrecon.plan import make_plan
+from fedrecon.scenario import parse_scenario
+from fedrecon.stats import ClassStats, StatsSpec, pack_symmetric
+from strategies.recon import ReconStrategy, from_record
+from strategies.validation import PayloadError, check_update
+from tests.test_strategy import reply_with
+
+DIM = 4
+SPEC = StatsSpec(second_moment=True, random_features=6, projection_seed=1)
+
+
+@pytest.fixture(autouse=True)
+def identity():
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+
+
+@pytest.fixture
+def plan():
+    scenario = parse_scenario("name: t\nclients: {count: 2}\ntasks: {num_classes: 4, classes_per_task: 2, train_shots: 3, test_shots: 1}\n")
+    return make_plan(scenario, [np.arange(10 * c, 10 * c + 10) for c in range(8)])
+
+
+def honest(arrival, spec=SPEC) -> dict:
+    x = np.random.default_rng(arrival.client).normal(size=(len(arrival.sample_labels), DIM))
+    return ClassStats.from_features(arrival.sample_labels, x, spec).to_arrays()
+
+
+def test_honest_second_order_reply_is_accepted(plan):
+    arrival = plan.arrivals[0]
+    stats = check_update(honest(arrival), arrival, DIM, SPEC)
+    assert stats.shared["gram"].shape == (6, 6) and stats.shared["second_moment"].shape == (DIM, DIM)
+    np.testing.assert_array_equal(stats.shared["gram"], stats.shared["gram"].T)
+
+
+def tamper(arrays: dict, key: str, value) -> dict:
+    out = dict(arrays)
+    if value is None:
+        del out[key]
+    else:
+        out[key] = value
+    return out
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: tamper(a, "gram", None), "missing arrays \\['gram'\\]"),
+    (lambda a: tamper(a, "gram", a["gram"][:-1]), "upper triangle of a 6x6"),
+    (lambda a: tamper(a, "gram", a["gram"].astype(np.float32)), "float64 upper triangle"),
+    (lambda a: tamper(a, "gram", np.where(np.arange(21) == 3, np.nan, a["gram"])), "gram holds NaN"),
+    (lambda a: tamper(a, "gram", np.where(np.arange(21) == 1, -1.0, a["gram"])), "negative entry"),
+    (lambda a: tamper(a, "gram", a["gram"] * 0.01), "trace is smaller"),
+    (lambda a: tamper(a, "rf_sums", -a["rf_sums"] - 1), "non-negative"),
+    (lambda a: tamper(a, "rf_sums", a["rf_sums"][:, :5]), "rf_sums must be float64"),
+    (lambda a: tamper(a, "second_moment", pack_symmetric(-np.eye(DIM))), "negative diagonal"),
+    (lambda a: tamper(a, "second_moment", a["second_moment"] * 0.001), "smaller than the class means imply"),
+    (lambda a: tamper(a, "extra", np.zeros(3)), "unexpected arrays \\['extra'\\]"),
+])
+def test_malformed_second_order_reply_is_rejected(plan, change, message):
+    arrival = plan.arrivals[0]
+    with pytest.raises(PayloadError, match=message):
+        check_update(change(honest(arrival)), arrival, DIM, SPEC)
+
+
+class TwoNodes:
+    """A grid that only answers which nodes are connected (``strategy.nodes`` is set)."""
+
+    def get_node_ids(self):
+        return [100, 101]
+
+
+def test_rejected_reply_leaves_the_global_statistics_alone(plan):
+    # Prepare
+    settings = HeadSettings("ridge", random_features=6, seed=1)
+    config = {"backbone": "conv4", **settings.spec().to_config()}
+    strategy = ReconStrategy(plan, "exact", config, {"w": np.ones(2, np.float32)}, DIM)
+    strategy.nodes = {0: 100, 1: 101}
+    messages = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), TwoNodes())
+    by_node = {a: strategy.pending[m.metadata.dst_node_id] for a, m in zip(range(2), messages)}
+    good = honest(by_node[0], settings.spec())
+    bad = tamper(honest(by_node[1], settings.spec()), "gram", None)
+    # Execute
+    arrays, metrics = strategy.aggregate_train(1, [reply_with(messages[0], good), reply_with(messages[1], bad)])
+    # Assert
+    merged = ClassStats.from_arrays(from_record(arrays))
+    assert metrics["updates"] == 1 and len(strategy.failures) == 1 and "gram" in strategy.failures[0]["reason"]
+    assert merged.ids.tolist() == sorted(by_node[0].classes)
+    np.testing.assert_array_equal(merged.shared["gram"], ClassStats.from_arrays(good).shared["gram"])
+    assert messages[0].content["task"]["random_features"] == 6
