@@ -49,8 +49,18 @@ class Evaluator:
         counts its samples as wrong (the merged model cannot name it)."""
         if len(classes) == 0:
             return float("nan")
+        correct, total = self.class_counts(stats, classes)
+        return float(correct.sum() / total.sum())
+
+    def class_counts(self, stats: ClassStats, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per class of ``classes``: test samples named right, and test samples."""
         feats, labels = self.features(classes)
-        return count_correct(stats, self.head, feats, labels) / len(labels)
+        total = np.array([len(self._features[int(c)]) for c in classes])
+        if len(stats) == 0 or len(labels) == 0:
+            return np.zeros(len(classes), dtype=np.int64), total
+        hit = build_head(stats, self.head).predict(feats) == labels
+        starts = np.concatenate([[0], np.cumsum(total)[:-1]])
+        return np.add.reduceat(hit.astype(np.int64), starts) if len(hit) else np.zeros(0, np.int64), total
 
 
 def count_correct(stats: ClassStats, head: HeadSettings, features: np.ndarray, labels: np.ndarray) -> int:

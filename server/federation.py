@@ -116,6 +116,7 @@ def run_scenario(grid: Grid, prep: Prepared, out_dir: str | Path, echo=print, re
         echo(f"fedrecon: resuming {out_dir} after round {done}")
     else:
         (recorder.out / "scenario.json").write_text(json.dumps(s.model_dump(), indent=2) + "\n")
+        recorder.write_plan(plan)
     clock = {"last": time.time()}
 
     def evaluate(server_round: int, arrays: ArrayRecord):
@@ -127,8 +128,12 @@ def run_scenario(grid: Grid, prep: Prepared, out_dir: str | Path, echo=print, re
         due = server_round % s.evaluation.every == 0 or server_round >= plan.rounds
         if on_clients is not None:
             accuracy = strategy.client_accuracy(server_round)
+        elif due:
+            correct, total = evaluator.class_counts(stats, seen)
+            accuracy = float(correct.sum() / total.sum()) if total.sum() else float("nan")
+            recorder.record_classes(server_round, seen, correct, total)
         else:
-            accuracy = evaluator.accuracy(stats, seen) if due else None
+            accuracy = None
         now = time.time()
         traffic = strategy.traffic[server_round]
         recorder.record({

@@ -35,6 +35,11 @@ class RunRecorder:
         a line of a round after the checkpoint is dropped, that round runs again)."""
         self.rows = list(rows)
         (self.out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        done = max((r["round"] for r in rows), default=0)
+        path = self.out / "class_accuracy.jsonl"
+        if path.is_file():
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["round"] <= done]
+            path.write_text("".join(line + "\n" for line in kept))
 
     def record(self, row: dict) -> None:
         self.rows.append(row)
@@ -45,6 +50,21 @@ class RunRecorder:
             f"round {row['round']:>3}/{self.rounds}  classes {row['classes_seen']:>5}  accuracy {acc}"
             f"  up {human_bytes(row['bytes_up']):>9}  down {human_bytes(row['bytes_down']):>9}  {row['seconds']:6.2f} s"
         )
+
+    def write_plan(self, plan) -> None:
+        """``plan.json``: who learned which classes when (for per-client and forgetting plots)."""
+        arrivals = [{"round": a.round, "client": a.client, "task": a.task, "classes": list(a.classes),
+                     "revisits": list(a.revisits)} for a in plan.arrivals]
+        (self.out / "plan.json").write_text(json.dumps({"rounds": plan.rounds, "clients": plan.clients,
+                                                        "arrivals": arrivals}) + "\n")
+        (self.out / "class_accuracy.jsonl").write_text("")
+
+    def record_classes(self, server_round: int, ids, correct, total) -> None:
+        """One line of ``class_accuracy.jsonl``: per class seen, test samples right and in all."""
+        line = {"round": server_round, "ids": [int(i) for i in ids], "correct": [int(c) for c in correct],
+                "total": [int(t) for t in total]}
+        with (self.out / "class_accuracy.jsonl").open("a") as f:
+            f.write(json.dumps(line) + "\n")
 
     def finish(self, info: dict) -> dict:
         evaluated = [r for r in self.rows if r["accuracy"] is not None]

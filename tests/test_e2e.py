@@ -62,6 +62,12 @@ def test_fedrecon_run_on_simulation_engine(write_scenario, tmp_path):
     summary = check_run_folder(out, path)
     # 3 clients, 2 tasks each, client c starts in round 1 + c.
     assert summary["rounds"] == 4
+    # Per-class results add up to the round's accuracy, and the report draws them.
+    last = json.loads((out / "class_accuracy.jsonl").read_text().splitlines()[-1])
+    assert sum(last["correct"]) / sum(last["total"]) == pytest.approx(summary["final_accuracy"], abs=1e-12)
+    assert fedrecon(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "forgetting-run.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "clients-run.png").stat().st_size > 1000
 
 
 def _free_port() -> int:

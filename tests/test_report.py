@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 from server.cli import main as fedrecon
 
 
@@ -34,3 +36,15 @@ def test_report_refuses_an_unfinished_run(tmp_path, capsys):
     (tmp_path / "half").mkdir()
     assert fedrecon(["report", str(tmp_path / "half")]) == 2
     assert "no summary.json" in capsys.readouterr().err
+
+
+def test_forgetting_matrix_and_client_curves():
+    from server.compare import client_curves, forgetting_matrix
+
+    plan = {"clients": 2, "arrivals": [{"round": 1, "client": 0, "classes": [1, 2]},
+                                       {"round": 2, "client": 1, "classes": [3]}]}
+    by_round = {1: {1: (5, 5), 2: (3, 5)}, 2: {1: (4, 5), 2: (2, 5), 3: (1, 5)}}
+    m, labels, rounds = forgetting_matrix(plan, by_round)
+    assert labels == ["r1 c0", "r2 c1"] and rounds == [1, 2]
+    np.testing.assert_allclose(m, [[0.8, 0.6], [np.nan, 0.2]])
+    assert client_curves(plan, by_round) == {0: [(1, 0.8), (2, 0.6)], 1: [(2, 0.2)]}
