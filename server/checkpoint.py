@@ -20,7 +20,7 @@ def save_run_state(out_dir: str | Path, done: int, stats: ClassStats, state: dic
     tmp = path.with_name(path.name + ".tmp")
     meta = json.dumps({"round": done, **state}).encode()
     with tmp.open("wb") as f:
-        np.savez(f, ids=stats.ids, counts=stats.counts, sums=stats.sums, meta=np.frombuffer(meta, dtype=np.uint8))
+        np.savez(f, **stats.to_arrays(), meta=np.frombuffer(meta, dtype=np.uint8))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -33,6 +33,6 @@ def load_run_state(run_dir: str | Path) -> tuple[int, ClassStats, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint (was the run folder written by a run that finished a round?)")
     with np.load(path) as npz:
-        stats = ClassStats(npz["ids"], npz["counts"], npz["sums"])
+        stats = ClassStats.from_arrays({k: npz[k] for k in npz.files if k != "meta"})
         state = json.loads(npz["meta"].tobytes().decode())
     return int(state.pop("round")), stats, state

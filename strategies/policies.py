@@ -19,6 +19,16 @@ class MergePolicy(Protocol):
     def merge(self, current: ClassStats, updates: list[ClassStats]) -> ClassStats: ...
 
 
+def policy_state(policy: MergePolicy) -> dict:
+    """JSON-able state a policy keeps besides the statistics (for checkpoints)."""
+    return policy.state() if hasattr(policy, "state") else {}
+
+
+def restore_policy(policy: MergePolicy, state: dict) -> None:
+    if hasattr(policy, "restore"):
+        policy.restore(state)
+
+
 PROTOTYPE_POLICIES: dict[str, Callable[[], MergePolicy]] = {}
 
 
@@ -126,6 +136,12 @@ class FedProtoUnweighted:
         merged = _from_means(list(counts), counts, means, _shared_sum(current, updates), current.dim)
         self.contributions = seen
         return merged
+
+    def state(self) -> dict:
+        return {"contributions": {str(c): k for c, k in self.contributions.items()}}
+
+    def restore(self, state: dict) -> None:
+        self.contributions = {int(c): int(k) for c, k in state.get("contributions", {}).items()}
 
 
 def make_policy(name: str) -> MergePolicy:

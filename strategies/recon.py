@@ -16,7 +16,7 @@ from fedrecon.evaluate import eval_share
 from fedrecon.plan import Arrival, Plan
 from fedrecon.stats import ClassStats, StatsSpec
 from strategies.faults import RetryBook, Waiting, merge_arrivals
-from strategies.policies import make_policy
+from strategies.policies import make_policy, policy_state, restore_policy
 from strategies.validation import PayloadError, check_update, decode_reply, reply_limit
 
 
@@ -278,6 +278,7 @@ class ReconStrategy(Strategy):
             "book": self.book.state(),
             "backbone_sent": sorted(self.backbone_sent),
             "client_eval": {str(r): t for r, t in self.client_eval.items()},
+            "policy": policy_state(self.policy),
         }
 
     def restore(self, state: dict, stats: ClassStats, done: int) -> None:
@@ -289,4 +290,5 @@ class ReconStrategy(Strategy):
         self.book = RetryBook.from_state(state["book"])
         self.backbone_sent = set(state["backbone_sent"])
         self.client_eval = {int(r): t for r, t in state["client_eval"].items()}
+        restore_policy(self.policy, state.get("policy", {}))
         self.resume_after = done

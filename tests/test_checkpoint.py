@@ -1,0 +1,36 @@
+"""Checkpoints keep every statistic a head needs and the state of the merge policy."""
+
+import numpy as np
+
+from fedrecon.heads import HeadSettings
+from fedrecon.stats import ClassStats
+from server.checkpoint import load_run_state, save_run_state
+from strategies.policies import make_policy, policy_state, restore_policy
+
+
+def test_second_order_statistics_survive_a_checkpoint(tmp_path):
+    rng = np.random.default_rng(0)
+    labels, feats = rng.integers(0, 5, 40), rng.normal(size=(40, 6))
+    for head in ("lda", "ridge"):
+        spec = HeadSettings(head, random_features=8, seed=3).spec()
+        stats = ClassStats.from_features(labels, feats, spec)
+        save_run_state(tmp_path, 4, stats, {"note": head})
+        done, loaded, state = load_run_state(tmp_path)
+        assert (done, state) == (4, {"note": head})
+        for key, value in stats.to_arrays().items():
+            assert loaded.to_arrays()[key].tobytes() == value.tobytes(), (head, key)
+
+
+def test_fedproto_counts_of_contributions_survive_a_checkpoint():
+    rng = np.random.default_rng(1)
+    updates = [ClassStats.from_features(np.array([1, 1, 2]), rng.normal(size=(3, 2))) for _ in range(3)]
+    straight = make_policy("fedproto")
+    merged = straight.merge(straight.merge(ClassStats.empty(2), updates[:2]), updates[2:])
+
+    first = make_policy("fedproto")
+    halfway = first.merge(ClassStats.empty(2), updates[:2])
+    resumed = make_policy("fedproto")
+    restore_policy(resumed, policy_state(first))
+    again = resumed.merge(halfway, updates[2:])
+    np.testing.assert_array_equal(again.sums, merged.sums)
+    assert policy_state(make_policy("exact")) == {}
