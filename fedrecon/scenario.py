@@ -346,7 +346,7 @@ class TasksConfig(Strict):
 class MergeConfig(Strict):
     """How the server merges the clients' class statistics."""
 
-    prototypes: str = Field("exact", description="merge policy of the class statistics: exact, fedrecon or fedproto")
+    prototypes: str = Field("exact", description="merge policy of the class statistics: exact, fedrecon, fedproto or local (no merge, a baseline)")
     head: str = Field("ncm", description="classifier built from the merged statistics: ncm, lda or ridge")
     metric: Literal["euclidean", "cosine"] = Field("euclidean", description="ncm: distance to the class means")
     shrinkage: float = Field(DEFAULT_SHRINKAGE, ge=0.0, le=1.0, description="lda: weight of the scaled identity in the shared covariance")

@@ -20,7 +20,7 @@ from fedrecon.evaluate import Evaluator, head_settings
 from fedrecon.plan import Plan, make_plan
 from fedrecon.scenario import Scenario, ScenarioError, source_of
 from fedrecon.stats import ClassStats
-from server.checkpoint import load_run_state, save_run_state
+from server.checkpoint import load_parts, load_run_state, save_run_state
 from server.polling import PollingGrid
 from server.report import RunRecorder
 from strategies import PROTOTYPE_POLICIES, ReconStrategy
@@ -45,6 +45,9 @@ def prepare(scenario: Scenario) -> Prepared:
     if scenario.merge.prototypes not in PROTOTYPE_POLICIES:
         allowed = ", ".join(sorted(PROTOTYPE_POLICIES))
         raise ScenarioError([source.error(("merge", "prototypes"), f"unknown policy {scenario.merge.prototypes!r}; allowed: {allowed}")])
+    if getattr(PROTOTYPE_POLICIES[scenario.merge.prototypes], "per_client", False) and scenario.evaluation.where == "clients":
+        raise ScenarioError([source.error(("merge", "prototypes"), f"policy {scenario.merge.prototypes!r} is scored per client "
+                                          "on the server; use evaluation.where: server")])
     d = scenario.data
     try:
         dataset = load_dataset(d.dataset, d.root, d.subset, d.image_size, **dataset_options(scenario))
@@ -112,6 +115,8 @@ def run_scenario(grid: Grid, prep: Prepared, out_dir: str | Path, echo=print, re
     if resume:
         done, stats, state = load_run_state(out_dir)
         strategy.restore(state["strategy"], stats, done)
+        if strategy.own is not None:
+            strategy.own = load_parts(out_dir)
         recorder.restore(state["rows"])
         echo(f"fedrecon: resuming {out_dir} after round {done}")
     else:
@@ -128,6 +133,9 @@ def run_scenario(grid: Grid, prep: Prepared, out_dir: str | Path, echo=print, re
         due = server_round % s.evaluation.every == 0 or server_round >= plan.rounds
         if on_clients is not None:
             accuracy = strategy.client_accuracy(server_round)
+        elif due and strategy.own is not None:
+            # No merge: each client's own head, averaged over the clients that learned something.
+            accuracy = float(np.mean([evaluator.accuracy(own, seen) for own in strategy.own.values()])) if strategy.own else 0.0
         elif due:
             correct, total = evaluator.class_counts(stats, seen)
             accuracy = float(correct.sum() / total.sum()) if total.sum() else float("nan")
@@ -147,7 +155,8 @@ def run_scenario(grid: Grid, prep: Prepared, out_dir: str | Path, echo=print, re
             "failures": sum(f["round"] == server_round for f in strategy.failures),
             "seconds": round(now - clock["last"], 3),
         })
-        save_run_state(recorder.out, server_round, strategy.stats, {"strategy": strategy.state(), "rows": recorder.rows})
+        save_run_state(recorder.out, server_round, strategy.stats, {"strategy": strategy.state(), "rows": recorder.rows},
+                       strategy.own)
         clock["last"] = now
         return None
 

@@ -49,6 +49,18 @@ class ExactMerge:
         return add_stats([current, *updates], dim=current.dim)
 
 
+@register("local")
+class LocalOnly(ExactMerge):
+    """No merge, a baseline: each client knows only the classes it learned itself.
+
+    The server still adds the statistics (so the run folder shows what a merge would
+    know), but keeps each client's own as well, and evaluation scores every client's
+    own head on the classes seen by the federation and averages over clients.
+    """
+
+    per_client = True
+
+
 def _shared_sum(current: ClassStats, updates: list[ClassStats]) -> dict[str, np.ndarray]:
     """Shared second-order sums are not prototypes: every policy adds them exactly."""
     parts = [p for p in (current, *updates) if len(p)]

@@ -14,7 +14,7 @@ from flwr.serverapp.strategy import Strategy
 from fedrecon import protocol as P
 from fedrecon.evaluate import eval_share
 from fedrecon.plan import Arrival, Plan
-from fedrecon.stats import ClassStats, StatsSpec
+from fedrecon.stats import ClassStats, StatsSpec, add_stats
 from strategies.faults import RetryBook, Waiting, merge_arrivals
 from strategies.policies import make_policy, policy_state, restore_policy
 from strategies.validation import PayloadError, check_update, decode_reply, reply_limit
@@ -80,6 +80,8 @@ class ReconStrategy(Strategy):
         self.spec = StatsSpec.from_config(task_config)
         self.node_wait = node_wait
         self.stats = ClassStats.empty(dim)
+        # Each client's own statistics, kept only for policies scored per client (local).
+        self.own: dict[int, ClassStats] | None = {} if getattr(self.policy, "per_client", False) else None
         self.nodes: dict[int, int] = {}
         self.has_backbone: set[int] = set()
         self.pending: dict[int, Arrival] = {}
@@ -192,6 +194,8 @@ class ReconStrategy(Strategy):
                 self._fail(server_round, arrival, str(exc), self._sent.get(node, []))
                 continue
             self.has_backbone.add(arrival.client)
+            if self.own is not None:
+                self.own[arrival.client] = add_stats([self.own.get(arrival.client, ClassStats.empty(self.dim)), updates[-1]])
         for node, arrival in self.pending.items():
             self._fail(server_round, arrival, "no reply before the timeout", self._sent.get(node, []))
         self.pending = {}

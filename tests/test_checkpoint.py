@@ -4,7 +4,7 @@ import numpy as np
 
 from fedrecon.heads import HeadSettings
 from fedrecon.stats import ClassStats
-from server.checkpoint import load_run_state, save_run_state
+from server.checkpoint import load_parts, load_run_state, save_run_state
 from strategies.policies import make_policy, policy_state, restore_policy
 
 
@@ -34,3 +34,16 @@ def test_fedproto_counts_of_contributions_survive_a_checkpoint():
     again = resumed.merge(halfway, updates[2:])
     np.testing.assert_array_equal(again.sums, merged.sums)
     assert policy_state(make_policy("exact")) == {}
+
+
+def test_per_client_statistics_survive_a_checkpoint(tmp_path):
+    rng = np.random.default_rng(2)
+    parts = {c: ClassStats.from_features(rng.integers(0, 4, 10), rng.normal(size=(10, 3))) for c in (0, 7)}
+    union = ClassStats.from_features(np.arange(3), np.ones((3, 3)))
+    save_run_state(tmp_path, 2, union, {}, parts)
+    _, loaded, _ = load_run_state(tmp_path)
+    assert loaded.ids.tolist() == [0, 1, 2]
+    again = load_parts(tmp_path)
+    assert sorted(again) == [0, 7]
+    for c in parts:
+        np.testing.assert_array_equal(again[c].sums, parts[c].sums)

@@ -20,9 +20,9 @@ def run(policy_name: str, rounds: list[list[ClassStats]]) -> ClassStats:
     return merged
 
 
-def test_registry_lists_the_three_policies():
-    assert sorted(PROTOTYPE_POLICIES) == ["exact", "fedproto", "fedrecon"]
-    with pytest.raises(ValueError, match="allowed: exact, fedproto, fedrecon"):
+def test_registry_lists_the_policies():
+    assert sorted(PROTOTYPE_POLICIES) == ["exact", "fedproto", "fedrecon", "local"]
+    with pytest.raises(ValueError, match="allowed: exact, fedproto, fedrecon, local"):
         make_policy("fedavg")
 
 

@@ -34,14 +34,14 @@ def strategy():
     return make_strategy()
 
 
-def make_strategy(**settings) -> ReconStrategy:
+def make_strategy(policy: str = "exact", **settings) -> ReconStrategy:
     """Three clients, 12 classes, 2 a task, 4-d fake features; partition c is node 100 + c."""
     scenario = parse_scenario(
         "name: t\nclients: {count: 3}\n"
         "tasks: {num_classes: 12, classes_per_task: 2, train_shots: 4, test_shots: 2}\n"
     )
     plan = make_plan(scenario, [np.arange(10 * c, 10 * c + 10) for c in range(30)])
-    s = ReconStrategy(plan, "exact", {"backbone": "conv4"}, {"w": np.ones(3, np.float32)}, DIM, **settings)
+    s = ReconStrategy(plan, policy, {"backbone": "conv4"}, {"w": np.ones(3, np.float32)}, DIM, **settings)
     s.nodes = {0: 100, 1: 101, 2: 102}  # as if the identify query had run
     return s
 
@@ -137,3 +137,17 @@ def test_error_and_missing_replies_are_counted_and_backbone_resent(strategy):
     assert "boom" in strategy.failures[0]["reason"] + strategy.failures[1]["reason"]
     resent = {m.metadata.dst_node_id: P.BACKBONE in m.content for m in strategy.configure_train(2, ArrayRecord(), ConfigRecord(), NODES)}
     assert resent == {100: False, 101: True, 102: True}
+
+
+def test_local_policy_keeps_each_clients_own_classes_apart():
+    # Prepare
+    strategy = make_strategy("local")
+    # Execute
+    for r in (1, 2):
+        strategy.aggregate_train(r, [honest_reply(m) for m in strategy.configure_train(r, ArrayRecord(), ConfigRecord(), NODES)])
+    # Assert: the server still knows the union, each client only its own.
+    assert len(strategy.stats) == 12
+    for client, own in strategy.own.items():
+        mine = sorted(c for a in strategy.plan.arrivals if a.client == client and a.round <= 2 for c in a.classes)
+        assert own.ids.tolist() == mine
+    assert make_strategy("exact").own is None
