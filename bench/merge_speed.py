@@ -13,8 +13,13 @@ import time
 
 import numpy as np
 
-from fedrecon.stats import ClassStats
-from strategies.policies import make_policy
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fedrecon.stats import ClassStats  # noqa: E402
+from strategies.policies import make_policy  # noqa: E402
 
 
 def main() -> None:
@@ -23,6 +28,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -41,6 +47,16 @@ def main() -> None:
     print(f"merge of {args.clients} clients x {args.classes} classes x {args.dim}-d ({rows:,} class rows) "
           f"into {len(merged)} classes")
     print(f"best of {args.repeat}: {min(times):.3f} s ({rows / min(times) / 1e6:.2f} M class rows/s); peak RSS {peak:.0f} MiB")
+    if not args.no_doc:
+        from bench.docs import write_section
+
+        text = ("## Server merge time\n\nCommand: `.venv/bin/python bench/merge_speed.py` (exact policy, one call "
+                "folding every reply of a round into the global statistics; each client sends its classes drawn from "
+                "a pool of twice as many, so classes overlap across clients).\n\n"
+                "| clients | classes per client | feature size | merged classes | seconds (best of "
+                f"{args.repeat}) | peak memory MiB |\n|---|---|---|---|---|---|\n"
+                f"| {args.clients} | {args.classes} | {args.dim} | {len(merged)} | {min(times):.3f} | {peak:.0f} |")
+        print(f"wrote {write_section('merge', text)}")
 
 
 if __name__ == "__main__":

@@ -87,16 +87,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 100])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.clients:
             results.append(run(n, args.rounds, Path(tmp) / f"run-{n}"))
             print(json.dumps(results[-1]), flush=True)
-    print("\n| clients | rounds | wall s | first round s | median later round s | peak memory (MiB, all processes) |")
-    print("|---|---|---|---|---|---|")
-    for r in results:
-        print(f"| {r['clients']} | {r['rounds']} | {r['wall_s']} | {r['first_round_s']:.2f} | {r['median_later_round_s']:.2f} | {r['peak_rss_mib']} |")
+    lines = ["| clients | rounds | wall s | first round s | median later round s | peak memory (MiB, all processes) |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['clients']} | {r['rounds']} | {r['wall_s']} | {r['first_round_s']:.2f} | "
+              f"{r['median_later_round_s']:.2f} | {r['peak_rss_mib']} |" for r in results]
+    text = ("## Simulation: virtual clients\n\nCommand: `.venv/bin/python bench/sim_scale.py` (`fedrecon run` of the "
+            "quickstart scenario with N clients, each learning one class from 5 drawings a round, 2 clients at a time "
+            "on 2 cores; the first round holds Ray's start-up and the backbone download; memory: the sum over "
+            "`fedrecon run` and every process it started, sampled every 0.2 s).\n\n" + "\n".join(lines))
+    print("\n" + text)
+    if not args.no_doc:
+        sys.path.insert(0, str(REPO))
+        from bench.docs import write_section
+
+        print(f"wrote {write_section('simulation', text)}")
 
 
 if __name__ == "__main__":
