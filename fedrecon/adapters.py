@@ -543,3 +543,98 @@ def compensate(stats, drift: np.ndarray):
         cross = stats.sums.T @ drift
         shared["second_moment"] = shared["second_moment"] + cross + cross.T + (stats.counts[:, None] * drift).T @ drift
     return stats.replace(sums=sums, shared=shared)
+
+
+# --- one client task and the server's adapter state (the apps and the bench call these) -----
+
+def adapter_settings(scenario) -> AdapterSettings:
+    """The scenario's ``adapters`` section and ``merge.adapters`` as flat settings."""
+    a = scenario.adapters
+    return AdapterSettings(schedule=a.schedule, merge=scenario.merge.adapters, rank=a.rank, alpha=a.alpha,
+                           targets=",".join(a.targets or []), lr=a.lr, lr_later=a.lr_later, epochs=a.epochs,
+                           batch_size=a.batch_size, loss=a.loss, temperature=a.temperature, seed=scenario.seed,
+                           staleness=a.staleness, drift_sigma=a.drift_sigma, amp=a.mixed_precision)
+
+
+@dataclass
+class TaskResult:
+    """What a client's task under adapters gives: statistics (under its adapter after
+    training), the factors it sends (empty: it did not train, or policy ``none``), its
+    own factors to keep (policy ``none``), and drift sums (``compensate``) or None."""
+
+    stats: object
+    factors: dict
+    local: dict
+    drift: tuple[np.ndarray, np.ndarray] | None
+    loss: float
+    seconds: float
+
+
+def client_task(adapted: Adapted, start: Mapping[str, np.ndarray], inputs: np.ndarray, labels: np.ndarray,
+                task_number: int, device: torch.device, spec=None, prototypes: np.ndarray | None = None) -> TaskResult:
+    """One task on a client: load the adapter it starts from, train it if the schedule
+    says so, then summarise the task's samples under the adapter it ends with.
+
+    ``prototypes`` (the server's class means, ``compensate`` only) are what the drift
+    sums are measured against: features of the task's samples before and after training.
+    """
+    import time
+
+    from fedrecon.stats import ClassStats
+
+    s = adapted.settings
+    begin = time.perf_counter()
+    adapted.load(start)
+    lr = s.lr_for(task_number)
+    measure = lr > 0 and s.staleness == "compensate" and prototypes is not None and len(prototypes) > 0
+    before = embed_adapted(adapted.model, inputs, device, s.amp) if measure else None
+    loss = float("nan")
+    if lr > 0:
+        loss = train_adapter(adapted, inputs, labels, lr, device, factors=make_adapter_policy(s.merge).replies or "AB",
+                             seed=task_number)["loss"]
+    feats = embed_adapted(adapted.model, inputs, device, s.amp)
+    stats = ClassStats.from_features(labels, feats, spec)
+    factors = reply_factors(adapted, s.merge) if lr > 0 else {}
+    local = adapted.factors() if s.merge == "none" else {}
+    drift = drift_sums(before, feats, prototypes, s.drift_sigma) if measure else None
+    return TaskResult(stats, factors, local, drift, loss, time.perf_counter() - begin)
+
+
+class AdapterServer:
+    """The server's adapter state under a merge policy, and the staleness policy.
+
+    ``version`` counts the merges that changed the global adapter: statistics merged
+    before a change were computed under an older adapter (stale under ``keep``).
+    """
+
+    def __init__(self, shapes: Mapping[str, tuple[int, int]], settings: AdapterSettings):
+        self.shapes, self.settings = dict(shapes), settings
+        self.policy = make_adapter_policy(settings.merge)
+        self.state = self.policy.init(self.shapes, settings)
+        self.version = 0
+
+    def start_for(self, client: int, round: int, local: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Factors client ``client`` starts a task of ``round`` from (``none``: its own)."""
+        base = (local or {}) if self.settings.merge == "none" else self.state
+        return self.policy.client_start(base, self.shapes, self.settings, client, round)
+
+    def merge(self, factors: list[Mapping[str, np.ndarray]], weights: list[float]) -> bool:
+        """Fold a round's (already validated) factors in; True if the global adapter changed."""
+        if not factors or not self.policy.replies:
+            return False
+        self.state = self.policy.merge(self.state, factors, weights, self.settings)
+        self.version += 1
+        return True
+
+    def refresh(self, stats, drifts: list[tuple[np.ndarray, np.ndarray]]):
+        """Old statistics after a change of the adapter: as they are (``keep``) or moved
+        by the drift the round's clients measured (``compensate``)."""
+        if self.settings.staleness != "compensate" or not drifts or not len(stats):
+            return stats
+        sums = sum(d[0] for d in drifts)
+        weights = sum(d[1] for d in drifts)
+        return compensate(stats, drift_from_sums(sums, weights))
+
+    def payload(self) -> dict[str, np.ndarray]:
+        """The global state as it travels down (factors only, never the backbone)."""
+        return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self.state.items()}
