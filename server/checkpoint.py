@@ -13,14 +13,19 @@ from fedrecon.stats import ClassStats
 CHECKPOINT = "checkpoint.npz"
 
 
-def save_run_state(out_dir: str | Path, done: int, stats: ClassStats, state: dict) -> Path:
+ADAPTER_PREFIX = "adapter/"  # npz names of the server's adapter arrays
+
+
+def save_run_state(out_dir: str | Path, done: int, stats: ClassStats, state: dict, adapter: dict | None = None) -> Path:
     """Write the state after round ``done``: a temp file, flushed, then renamed over the
-    old one, so a crash at any moment leaves either the old or the new checkpoint."""
+    old one, so a crash at any moment leaves either the old or the new checkpoint.
+    ``adapter``: the server's merged adapter arrays (adapters travel with the round)."""
     path = Path(out_dir) / CHECKPOINT
     tmp = path.with_name(path.name + ".tmp")
     meta = json.dumps({"round": done, **state}).encode()
     with tmp.open("wb") as f:
-        np.savez(f, ids=stats.ids, counts=stats.counts, sums=stats.sums, meta=np.frombuffer(meta, dtype=np.uint8))
+        np.savez(f, ids=stats.ids, counts=stats.counts, sums=stats.sums, meta=np.frombuffer(meta, dtype=np.uint8),
+                 **{ADAPTER_PREFIX + k: v for k, v in (adapter or {}).items()})
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -35,4 +40,7 @@ def load_run_state(run_dir: str | Path) -> tuple[int, ClassStats, dict]:
     with np.load(path) as npz:
         stats = ClassStats(npz["ids"], npz["counts"], npz["sums"])
         state = json.loads(npz["meta"].tobytes().decode())
+        adapter = {k[len(ADAPTER_PREFIX):]: npz[k] for k in npz.files if k.startswith(ADAPTER_PREFIX)}
+    if adapter:
+        state["adapter_arrays"] = adapter
     return int(state.pop("round")), stats, state
