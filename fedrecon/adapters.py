@@ -370,6 +370,12 @@ def _normalised(weights: list[float]) -> np.ndarray:
     return w / w.sum()
 
 
+def _weighted_mean(current, updates, weights) -> dict[str, np.ndarray]:
+    """Each array of ``current``'s keys averaged over ``updates`` (in float64, sent as float32)."""
+    w = _normalised(weights)
+    return {k: sum(wi * np.asarray(u[k], np.float64) for wi, u in zip(w, updates)).astype(np.float32) for k in current}
+
+
 def _shared_start(shapes, settings) -> dict[str, np.ndarray]:
     """A from the shared seed, B zero: every client and the server agree without a message."""
     state = {}
@@ -409,9 +415,7 @@ class FedAvgFactors:
         return dict(state)
 
     def merge(self, current, updates, weights, settings):
-        w = _normalised(weights)
-        return {k: sum(wi * np.asarray(u[k], np.float64) for wi, u in zip(w, updates)).astype(np.float32)
-                for k in current}
+        return _weighted_mean(current, updates, weights)
 
 
 @register("ffa")
@@ -430,9 +434,7 @@ class FrozenA:
         return start
 
     def merge(self, current, updates, weights, settings):
-        w = _normalised(weights)
-        return {k: sum(wi * np.asarray(u[k], np.float64) for wi, u in zip(w, updates)).astype(np.float32)
-                for k in current}
+        return _weighted_mean(current, updates, weights)
 
 
 @register("stack")
