@@ -138,15 +138,18 @@ def run(path: str, overrides: list[str], device: torch.device, every: int) -> di
 
 def evaluate(model, adapted, server, local, dataset, plan, stats, head, r, device, settings) -> float:
     """Accuracy on the test samples of the classes seen by round ``r``, under the global
-    adapter (``none``: each client scores with its own adapter; the mean of clients)."""
+    adapter (``none``: the mean of three clients' scores, each under its own adapter)."""
     seen = plan.classes_seen(r)
     index, labels = plan.test_set(seen)
     inputs = dataset.inputs[index]
     if adapted is None:
         return count_correct(stats, head, embed_adapted(model, inputs, device), labels) / len(labels)
     if settings.merge == "none":
+        # every client scores with its own adapter; three of them (first, middle, last)
+        # stand for all, to keep the cost of a row near the others'
+        clients = sorted(local) or [0]
         scores = []
-        for client in sorted(local) or [0]:
+        for client in sorted({clients[0], clients[len(clients) // 2], clients[-1]}):
             adapted.load(server.start_for(client, r, local.get(client)))
             scores.append(count_correct(stats, head, embed_adapted(model, inputs, device, settings.amp), labels) / len(labels))
         return float(np.mean(scores))
@@ -168,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--quick", action="store_true", help="CLINC150 subset, evaluation every other round")
+    parser.add_argument("--every", type=int, default=None, help="evaluate every N rounds (always the last); default 1, --quick 2")
     parser.add_argument("--scenarios", nargs="*", default=list(SCENARIOS), choices=list(SCENARIOS))
     parser.add_argument("--rows", nargs="*", default=None, help="labels of the rows to run (default: all)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="scenario override key=value (all runs)")
@@ -177,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    every = 2 if args.quick else 1
+    every = args.every or (2 if args.quick else 1)
     rows = []
     for name in args.scenarios:
         path, settings, quick = SCENARIOS[name]
