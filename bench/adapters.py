@@ -60,9 +60,9 @@ ROWS = [
 # Settings of each benchmarked scenario: its file, adapter settings, and what --quick changes.
 SCENARIOS = {
     "clinc150": ("scenarios/clinc150-domains.yaml",
-                 ["merge.head=ridge", "adapters.rank=8", "adapters.lr=2e-3", "adapters.lr_later=2e-4", "adapters.epochs=3",
-                  "adapters.alpha=16", "adapters.drift_sigma=0.3"],
-                 ["tasks.train_shots=20", "tasks.test_shots=10", "adapters.epochs=2"]),
+                 ["merge.head=ridge", "adapters.rank=8", "adapters.lr=3e-4", "adapters.lr_later=3e-5", "adapters.epochs=1",
+                  "adapters.alpha=16", "adapters.batch_size=64", "adapters.drift_sigma=0.3"],
+                 ["tasks.train_shots=20", "tasks.test_shots=10"]),
     "omniglot": ("scenarios/omniglot-alphabets.yaml",
                  ["merge.head=ncm", "adapters.rank=4", "adapters.lr=2e-4", "adapters.lr_later=2e-5", "adapters.epochs=2",
                   "adapters.batch_size=32", "adapters.loss=prototypical", "adapters.drift_sigma=3.0"],
