@@ -204,11 +204,13 @@ class Adapted:
         return {n: tuple(m.D.shape) for n, m in self.lora.items()}
 
     def factors(self) -> dict[str, np.ndarray]:
-        """``<layer>.A`` and ``<layer>.B`` as float32 arrays."""
+        """``<layer>.A`` and ``<layer>.B`` as float32 arrays (copies: on CPU ``.numpy()``
+        would share memory with the parameters, and the next task's training would
+        rewrite a reply already handed over)."""
         out = {}
         for n, m in self.lora.items():
-            out[f"{n}.A"] = m.A.detach().float().cpu().numpy()
-            out[f"{n}.B"] = m.B.detach().float().cpu().numpy()
+            out[f"{n}.A"] = m.A.detach().float().cpu().numpy().copy()
+            out[f"{n}.B"] = m.B.detach().float().cpu().numpy().copy()
         return out
 
     @torch.no_grad()

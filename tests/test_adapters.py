@@ -176,6 +176,9 @@ def test_training_moves_only_the_adapter_and_fits_the_task():
         cur = base[name] if name in base else dict(model.named_buffers())[name]
         assert torch.equal(cur, v)
     assert embed_adapted(model, inputs[:4], torch.device("cpu")).shape == (4, 64)
+    # a reply is a copy: the next task's training must not rewrite it
+    train_adapter(adapted, inputs, labels, settings.lr, torch.device("cpu"), factors="B")
+    assert any(np.abs(after[k] - v).max() > 0 for k, v in adapted.factors().items())
 
 
 def test_settings_round_trip_through_a_task_config():
