@@ -16,6 +16,7 @@ from fedrecon import protocol as P
 
 app = ClientApp()
 HELD = "held"  # Context.state key: digest of the backbone this node keeps
+LOCAL_ADAPTER = "local_adapter"  # Context.state key: this client's own factors (merge.adapters: none)
 
 
 def _numpy(record: ArrayRecord) -> dict:
@@ -44,15 +45,20 @@ def train(msg: Message, context: Context) -> Message:
     faults.before_task(task)
     arrays = _numpy(msg.content[P.TASK_ARRAYS])
     backbone = _backbone(msg, context, task)
-    stats = learn_task(task, arrays["sample_index"], arrays["sample_labels"], backbone, _data_root(context, task))
-
     progress = context.state.get("progress", ConfigRecord({"tasks": 0, "samples": 0}))
+    extra = {}
+    if task.get("adapter_schedule", "frozen") == "frozen":
+        stats = learn_task(task, arrays["sample_index"], arrays["sample_labels"], backbone, _data_root(context, task))
+    else:
+        stats, extra = _learn_adapted(msg, context, task, arrays, backbone, int(progress["tasks"]))
+
     progress["tasks"] = int(progress["tasks"]) + 1
     progress["samples"] = int(progress["samples"]) + len(arrays["sample_index"])
     context.state["progress"] = progress
 
     reply = RecordDict({
         P.STATS: ArrayRecord({k: Array(v) for k, v in faults.spoil(task, stats.to_arrays()).items()}),
+        **extra,
         P.METRICS: MetricRecord({
             "task": int(task["task"]),
             "samples": len(arrays["sample_index"]),
@@ -60,6 +66,25 @@ def train(msg: Message, context: Context) -> Message:
         }),
     })
     return Message(reply, reply_to=msg)
+
+
+def _learn_adapted(msg: Message, context: Context, task: dict, arrays: dict, backbone: dict | None,
+                   task_number: int) -> tuple:
+    """Train the adapter on the task; the reply's adapter update (and drift sums) as records.
+    Under ``merge.adapters: none`` the client's own factors stay in its context."""
+    from clients.learner import learn_task_adapted
+
+    global_state = _numpy(msg.content[P.ADAPTER]) if P.ADAPTER in msg.content else {}
+    local_state = _numpy(context.state[LOCAL_ADAPTER]) if LOCAL_ADAPTER in context.state else {}
+    result = learn_task_adapted(task, arrays["sample_index"], arrays["sample_labels"], backbone, _data_root(context, task),
+                                int(context.node_config["partition-id"]), global_state, local_state, task_number,
+                                arrays.get("prototypes"))
+    if result.local:
+        context.state[LOCAL_ADAPTER] = ArrayRecord({k: Array(v) for k, v in result.local.items()})
+    extra = {P.ADAPTER_UPDATE: ArrayRecord({k: Array(v) for k, v in result.factors.items()})}
+    if result.drift is not None:
+        extra[P.DRIFT] = ArrayRecord({"sums": Array(result.drift[0]), "weights": Array(result.drift[1])})
+    return result.stats, extra
 
 
 @app.evaluate()

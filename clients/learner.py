@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 
 import numpy as np
 from torch import nn
+
+from fedrecon.adapters import Adapted, AdapterSettings, TaskResult, client_task, make_adapter_policy
 
 from fedrecon.backbones import PRETRAINED, build_backbone, model_from_numpy, pick_device, state_to_numpy
 from fedrecon.cache import EmbeddingCache, embed_samples
@@ -80,3 +83,36 @@ def task_features(
     model = frozen_backbone(config["backbone"], config["backbone_digest"], backbone_state)
     cache = EmbeddingCache(config["backbone_digest"], ds.fingerprint, config.get("embedding_cache") or None)
     return embed_samples(model, ds, sample_index, pick_device(config["device"]), cache)
+
+
+# Adapted copies of a backbone, by (digest, settings): one per process is enough, as
+# ``Adapted.load`` sets every factor before each task (virtual clients take turns).
+_ADAPTED: dict[tuple, Adapted] = {}
+
+
+def adapted_backbone(name: str, digest: str, state: dict[str, np.ndarray] | None, settings: AdapterSettings) -> Adapted:
+    key = (digest, settings)
+    if key not in _ADAPTED:
+        # a copy: training must not touch the frozen backbone other tasks share
+        _ADAPTED[key] = Adapted(copy.deepcopy(frozen_backbone(name, digest, state)), name, settings)
+    return _ADAPTED[key]
+
+
+def learn_task_adapted(task: dict, sample_index: np.ndarray, sample_labels: np.ndarray,
+                       backbone_state: dict[str, np.ndarray] | None, data_root: str, client: int,
+                       global_state: dict[str, np.ndarray], local_state: dict[str, np.ndarray], task_number: int,
+                       prototypes: np.ndarray | None) -> TaskResult:
+    """A task under adapters: start from the server's adapter (``none``: this client's
+    own), train it as the schedule says, and summarise the task under the result.
+    Features under a moving adapter never go through the embedding cache."""
+    settings = AdapterSettings.from_config(task)
+    ds = load_dataset(task["dataset"], data_root, task["subset"], int(task["image_size"]), **data_options(task))
+    if len(sample_index) and (sample_index.min() < 0 or sample_index.max() >= len(ds.labels)):
+        raise ValueError(f"sample index outside the dataset's {len(ds.labels)} samples")
+    if not np.array_equal(ds.labels[sample_index], sample_labels):
+        raise ValueError("the server's labels disagree with this client's copy of the dataset")
+    adapted = adapted_backbone(task["backbone"], task["backbone_digest"], backbone_state, settings)
+    base = local_state if settings.merge == "none" else global_state
+    start = make_adapter_policy(settings.merge).client_start(base, adapted.shapes(), settings, client, int(task["round"]))
+    return client_task(adapted, start, ds.inputs[sample_index], sample_labels, task_number, pick_device(task["device"]),
+                       StatsSpec.from_config(task), prototypes)

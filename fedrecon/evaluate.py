@@ -33,6 +33,10 @@ class Evaluator:
         self.cache = cache
         self._features: dict[int, np.ndarray] = {}
 
+    def reset(self) -> None:
+        """Forget the test features (the model changed: a merged adapter)."""
+        self._features = {}
+
     def features(self, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         new = [int(c) for c in classes if int(c) not in self._features]
         if new:

@@ -4,10 +4,13 @@
 TASK_CONFIG = "task"  # ConfigRecord: round, task, dataset spec, backbone name/digest, device
 TASK_ARRAYS = "task_arrays"  # ArrayRecord: sample_index, sample_labels, classes
 BACKBONE = "backbone"  # ArrayRecord: backbone state, sent on a client's first task
+ADAPTER = "adapter"  # ArrayRecord: the server's adapter state (factors only; merge.adapters other than none)
 
 # client -> server
 STATS = "stats"  # ArrayRecord: ids, counts, sums (only the classes of this task)
 METRICS = "metrics"  # MetricRecord: samples, seconds, task
+ADAPTER_UPDATE = "adapter_update"  # ArrayRecord: <layer>.A / <layer>.B the client trained (empty: it did not)
+DRIFT = "drift"  # ArrayRecord: sums, weights of the drift of the server's prototypes (staleness: compensate)
 
 # server -> client, message type "query.identify"; reply ConfigRecord IDENTITY
 IDENTIFY = "identify"

@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from fedrecon.adapters import ADAPTER_POLICIES, DEFAULT_TARGETS
 from fedrecon.backbones import BACKBONES, MODALITY
 from fedrecon.data import DATASETS
 from fedrecon.data import MODALITY as DATA_MODALITY
@@ -352,11 +353,41 @@ class MergeConfig(Strict):
     shrinkage: float = Field(DEFAULT_SHRINKAGE, ge=0.0, le=1.0, description="lda: weight of the scaled identity in the shared covariance")
     ridge_lambda: float = Field(DEFAULT_RIDGE_LAMBDA, gt=0.0, description="ridge: regularisation added to the Gram matrix")
     random_features: int = Field(DEFAULT_RANDOM_FEATURES, ge=1, le=20_000, description="ridge: random ReLU features (Gram is this squared)")
+    adapters: str = Field("none", description="merge policy of the clients' LoRA adapters: none (each keeps its own), fedavg (A and B "
+                          "averaged: inexact), ffa (A frozen at a shared seed, B averaged: exact) or stack (ranks stacked and folded: exact)")
 
     @field_validator("head")
     @classmethod
     def _known_head(cls, value: str) -> str:
         return _registered(value, HEADS, "head")
+
+    @field_validator("adapters")
+    @classmethod
+    def _known_adapter_policy(cls, value: str) -> str:
+        return _registered(value, ADAPTER_POLICIES, "adapter merge policy")
+
+
+class AdaptersConfig(Strict):
+    """LoRA adapters the clients fine-tune on their tasks (docs/adapters.md); frozen: none."""
+
+    schedule: Literal["frozen", "first_task", "every_task"] = Field(
+        "frozen", description="frozen: no adapter; first_task: a client adapts on its first task, then keeps it; "
+                              "every_task: on each task, the later ones at lr_later")
+    rank: int = Field(4, ge=1, le=256, description="rank of each adapter")
+    alpha: float = Field(8.0, gt=0.0, description="scale of the update is alpha / rank")
+    targets: list[str] | None = Field(None, description="module-name substrings to adapt; null: the backbone's default "
+                                                        "(conv4: every conv; MiniLM: attention and MLP linears; EfficientNet: pointwise convs)")
+    lr: float = Field(1e-3, gt=0.0, description="learning rate (AdamW) of a client's first task")
+    lr_later: float = Field(1e-4, gt=0.0, description="every_task: learning rate of the later tasks (slow, so old prototypes stay near)")
+    epochs: int = Field(1, ge=1, le=1000, description="passes over a task's samples")
+    batch_size: int = Field(32, ge=1, description="samples per step")
+    loss: Literal["cross_entropy", "prototypical"] = Field(
+        "cross_entropy", description="over the task's classes only: cosine classifier started at the class means, or distances to the means")
+    temperature: float = Field(0.1, gt=0.0, description="of the cosine logits")
+    staleness: Literal["keep", "compensate"] = Field(
+        "keep", description="statistics computed under an older adapter: keep them, or move them by the drift the current data shows (SDC)")
+    drift_sigma: float = Field(0.5, gt=0.0, description="compensate: width of the Gaussian weighting drifts by distance to a prototype (feature units)")
+    mixed_precision: bool = Field(True, description="bf16 autocast when training on a GPU")
 
 
 class EvaluationConfig(Strict):
@@ -404,6 +435,7 @@ class Scenario(Strict):
     tasks: TasksConfig = Field(description="classes, tasks, split, arrival and revisits")
     rounds: int | None = Field(None, ge=1, description="rounds to run; null: until the last arrival")
     merge: MergeConfig = Field(default_factory=MergeConfig, description="how the server merges")
+    adapters: AdaptersConfig = Field(default_factory=AdaptersConfig, description="LoRA adapters fine-tuned by the clients")
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="when accuracy is measured")
     simulation: SimulationConfig = Field(default_factory=SimulationConfig, description="Flower simulation resources")
     faults: FaultsConfig = Field(default_factory=FaultsConfig, description="retries of failed tasks and injected faults")
@@ -632,6 +664,7 @@ def _cross_checks(s: Scenario, source: SourceMap) -> list[str]:
 
     t, c, n = s.tasks, s.clients, s.clients.count
     split, arrival = t.split.kind, t.arrival.kind
+    problems += _adapter_checks(s, source)
     chooses_classes = split not in ("group", "explicit")
     if chooses_classes and t.num_classes is None:
         problem(("tasks", "num_classes"), f"required key is missing (split {split} draws this many classes)")
@@ -718,6 +751,24 @@ def _cross_checks(s: Scenario, source: SourceMap) -> list[str]:
             problem(("tasks", "revisits", "to"), "'other' needs at least two clients (clients.count is 1)")
         if s.rounds is not None and t.revisits.after >= s.rounds:
             problem(("tasks", "revisits", "after"), f"{t.revisits.after} rounds after a first arrival is past the last round ({s.rounds})")
+    return problems
+
+
+def _adapter_checks(s: Scenario, source: SourceMap) -> list[str]:
+    a, problems = s.adapters, []
+    if a.schedule == "frozen":
+        if s.merge.adapters != "none":
+            problems.append(source.error(("merge", "adapters"), f"{s.merge.adapters!r} merges adapters, but adapters.schedule is "
+                                                                  "frozen (no adapter): set a schedule or remove it"))
+        return problems
+    if a.targets is None and s.model.backbone not in DEFAULT_TARGETS:
+        problems.append(source.error(("adapters", "schedule"), f"backbone {s.model.backbone} has no layers to adapt "
+                                                               f"(adapters work on {', '.join(sorted(DEFAULT_TARGETS))})"))
+    if s.evaluation.where == "clients":
+        problems.append(source.error(("evaluation", "where"), "clients do not score under adapters yet: use server"))
+    if a.staleness == "compensate" and s.merge.head == "ridge":
+        problems.append(source.error(("adapters", "staleness"), "compensate cannot move the ridge head's random-feature "
+                                                                "statistics: use keep, or head ncm or lda"))
     return problems
 
 

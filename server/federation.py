@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from flwr.serverapp import Grid
 from torch import nn
 
 from clients.learner import DATA_OPTIONS, state_digest
+from fedrecon.adapters import Adapted, adapter_settings
 from fedrecon.backbones import PRETRAINED, embed, load_checkpoint, pick_device, state_to_numpy
 from fedrecon.cache import EmbeddingCache
 from fedrecon.data import ClassDataset, load_dataset
@@ -74,6 +76,7 @@ def extra_task_config(scenario: Scenario) -> dict:
         **{f"data_{k}": getattr(scenario.data, k) or "" for k in DATA_OPTIONS},
         "embedding_cache": scenario.model.embedding_cache or "",
         **head_settings(scenario).spec().to_config(),
+        **(adapter_settings(scenario).to_config() if scenario.adapters.schedule != "frozen" else {}),
     }
 
 
@@ -106,15 +109,23 @@ def run_scenario(grid: Grid, prep: Prepared, out_dir: str | Path, echo=print, re
     }
     head = head_settings(s)
     on_clients = {"every": s.evaluation.every, **head.to_config()} if s.evaluation.where == "clients" else None
+    adapted = None
+    if s.adapters.schedule != "frozen":
+        # the server's own copy, to score the head under the merged adapter
+        adapted = Adapted(copy.deepcopy(prep.model), s.model.backbone, adapter_settings(s))
     strategy = ReconStrategy(plan, s.merge.prototypes, task_config, backbone, prep.dim, retries=s.faults.retries,
                              faults=fault_plan(s.faults.inject, s.simulation.timeout), evaluate_on_clients=on_clients,
-                             max_reply_bytes=s.faults.max_reply_bytes)
+                             max_reply_bytes=s.faults.max_reply_bytes, adapter_shapes=adapted.shapes() if adapted else None)
     cache = EmbeddingCache(digest, prep.dataset.fingerprint, s.model.embedding_cache)
     evaluator = Evaluator(prep.dataset, prep.model, plan, head, pick_device(s.model.device), cache)
+    scored_version = {"version": -1}
+    if adapted is not None:
+        # features under a moving adapter: no embedding cache, recomputed when the adapter changes
+        evaluator = Evaluator(prep.dataset, adapted.model, plan, head, pick_device(s.model.device), None)
     recorder = RunRecorder(out_dir, plan.rounds, echo)
     if resume:
         done, stats, state = load_run_state(out_dir)
-        strategy.restore(state["strategy"], stats, done)
+        strategy.restore(state["strategy"], stats, done, state.get("adapter_arrays"))
         if strategy.own is not None:
             strategy.own = load_parts(out_dir)
         recorder.restore(state["rows"])
@@ -131,6 +142,11 @@ def run_scenario(grid: Grid, prep: Prepared, out_dir: str | Path, echo=print, re
         stats = ClassStats.from_arrays(from_record(arrays))
         seen = plan.classes_seen(server_round)
         due = server_round % s.evaluation.every == 0 or server_round >= plan.rounds
+        if on_clients is None and due and strategy.adapters is not None and strategy.adapters.version != scored_version["version"]:
+            # score under the merged adapter (merge.adapters none: the server holds none, the frozen backbone)
+            adapted.load(strategy.adapters.start_for(0, server_round + 1))
+            evaluator.reset()
+            scored_version["version"] = strategy.adapters.version
         if on_clients is not None:
             accuracy = strategy.client_accuracy(server_round)
         elif due and strategy.own is not None:
@@ -156,7 +172,7 @@ def run_scenario(grid: Grid, prep: Prepared, out_dir: str | Path, echo=print, re
             "seconds": round(now - clock["last"], 3),
         })
         save_run_state(recorder.out, server_round, strategy.stats, {"strategy": strategy.state(), "rows": recorder.rows},
-                       strategy.own)
+                       strategy.own, strategy.adapter_arrays())
         clock["last"] = now
         return None
 
@@ -171,6 +187,7 @@ def run_scenario(grid: Grid, prep: Prepared, out_dir: str | Path, echo=print, re
         "scenario": s.name,
         "clients": s.clients.count,
         "merge": s.merge.prototypes,
+        "adapters": f"{s.adapters.schedule}/{s.merge.adapters}",
         "head": s.merge.head,
         "backbone": s.model.backbone,
         "evaluation": s.evaluation.where,

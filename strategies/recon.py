@@ -12,12 +12,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedrecon import protocol as P
+from fedrecon.adapters import AdapterServer, AdapterSettings
 from fedrecon.evaluate import eval_share
 from fedrecon.plan import Arrival, Plan
 from fedrecon.stats import ClassStats, StatsSpec, add_stats
 from strategies.faults import RetryBook, Waiting, merge_arrivals
 from strategies.policies import make_policy, policy_state, restore_policy
-from strategies.validation import PayloadError, check_update, decode_reply, reply_limit
+from strategies.validation import PayloadError, check_adapter_update, check_drift, check_update, decode_reply, reply_limit
 
 
 def message_bytes(messages) -> int:
@@ -65,11 +66,14 @@ class ReconStrategy(Strategy):
     max_reply_bytes : int or None
         Replies with more bytes of arrays are rejected unread; None: twice what a
         valid reply to the task holds, plus 1 MB.
+    adapter_shapes : dict or None
+        (out, fan_in) of each adapted layer when the task config's adapter settings
+        (``AdapterSettings.to_config``) train adapters; None: a frozen backbone.
     """
 
     def __init__(self, plan: Plan, policy: str, task_config: dict, backbone: dict, dim: int, node_wait: float = 300.0,
                  retries: int = 3, faults: dict | None = None, evaluate_on_clients: dict | None = None,
-                 max_reply_bytes: int | None = None):
+                 max_reply_bytes: int | None = None, adapter_shapes: dict | None = None):
         self.plan = plan
         self.policy_name = policy
         self.policy = make_policy(policy)
@@ -97,10 +101,16 @@ class ReconStrategy(Strategy):
         self.resume_after = 0  # rounds already done before a resume: skipped
         self._sent: dict[int, list[Waiting]] = {}  # node -> the plan tasks its message carries
         self._eval_nodes: dict[int, int] = {}
+        settings = AdapterSettings.from_config(task_config)
+        self.adapters = AdapterServer(adapter_shapes, settings) if settings.active and adapter_shapes else None
+        self._prototypes = 0  # prototypes sent this round (drift sums must match)
 
     def summary(self) -> None:
         log(INFO, "\t├── Prototype merge policy: %s", self.policy_name)
         log(INFO, "\t├── Clients: %d, rounds: %d, tasks: %d", self.plan.clients, self.plan.rounds, len(self.plan.arrivals))
+        if self.adapters is not None:
+            a = self.adapters.settings
+            log(INFO, "\t├── Adapters: %s, merge %s, rank %d, staleness %s", a.schedule, a.merge, a.rank, a.staleness)
         log(INFO, "\t└── Backbone: %s (%d-d features)", self.task_config["backbone"], self.dim)
 
     def identify(self, grid: Grid) -> None:
@@ -147,6 +157,7 @@ class ReconStrategy(Strategy):
         self.identify(grid)
         due = {a.client: Waiting(a, 0) for a in self.plan.arrivals_at(server_round)}
         messages = []
+        adapter = self._adapter_records()
         for client in sorted(set(due) | set(self.book.waiting)):
             parts = self.book.take(client) + ([due[client]] if client in due else [])
             if client not in self.nodes:
@@ -158,7 +169,9 @@ class ReconStrategy(Strategy):
                                  **self.faults.get((client, server_round), {})})
             content = RecordDict({
                 P.TASK_CONFIG: task,
-                P.TASK_ARRAYS: to_record({"sample_index": arrival.sample_index, "sample_labels": arrival.sample_labels}),
+                P.TASK_ARRAYS: to_record({"sample_index": arrival.sample_index, "sample_labels": arrival.sample_labels,
+                                          **adapter[1]}),
+                **adapter[0],
             })
             self._add_backbone(content, client, server_round)
             node = self.nodes[client]
@@ -167,6 +180,31 @@ class ReconStrategy(Strategy):
             self._sent[node] = parts
         self.traffic[server_round]["bytes_down"] += message_bytes(messages)
         return messages
+
+    def _adapter_records(self) -> tuple[dict, dict]:
+        """The global adapter (a record) and, under ``compensate``, the prototypes whose
+        drift the clients measure (task arrays)."""
+        if self.adapters is None:
+            return {}, {}
+        records = {P.ADAPTER: to_record(self.adapters.payload())} if self.adapters.policy.replies else {}
+        arrays = {}
+        self._prototypes = 0
+        if self.adapters.settings.staleness == "compensate" and len(self.stats):
+            arrays["prototypes"] = self.stats.means()
+            self._prototypes = len(self.stats)
+        return records, arrays
+
+    def _adapter_reply(self, reply: Message) -> tuple[dict | None, tuple | None]:
+        """The reply's checked adapter factors and drift sums (None: none sent)."""
+        if self.adapters is None:
+            return None, None
+        a = self.adapters
+        record = reply.content[P.ADAPTER_UPDATE] if P.ADAPTER_UPDATE in reply.content else ArrayRecord({})
+        factors = check_adapter_update(from_record(record), a.shapes, a.settings.rank, a.policy.replies)
+        drift = None
+        if P.DRIFT in reply.content and self._prototypes:
+            drift = check_drift(from_record(reply.content[P.DRIFT]), self._prototypes, self.dim)
+        return factors, drift
 
     def _add_backbone(self, content: RecordDict, client: int, server_round: int) -> None:
         """Attach the backbone for a client that does not hold it; count a re-send apart."""
@@ -180,7 +218,7 @@ class ReconStrategy(Strategy):
     def aggregate_train(self, server_round: int, replies) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         self.traffic[server_round]["bytes_up"] += message_bytes(r for r in replies if not r.has_error())
-        updates = []
+        updates, factors, weights, drifts = [], [], [], []
         for reply in replies:
             node = reply.metadata.src_node_id
             arrival = self.pending.pop(node, None)
@@ -189,16 +227,27 @@ class ReconStrategy(Strategy):
             try:
                 limit = self.max_reply_bytes or reply_limit(arrival, self.dim, self.spec)
                 arrays = decode_reply(reply, limit)
-                updates.append(check_update(arrays, arrival, self.dim, self.spec))
+                update = check_update(arrays, arrival, self.dim, self.spec)
+                factor, drift = self._adapter_reply(reply)
             except (PayloadError, KeyError) as exc:
                 self._fail(server_round, arrival, str(exc), self._sent.get(node, []))
                 continue
+            # only a reply whose every part passed counts: a rejected one leaves statistics and adapter as they were
+            updates.append(update)
+            if factor is not None:
+                factors.append(factor)
+                weights.append(float(len(arrival.sample_labels)))
+            if drift is not None:
+                drifts.append(drift)
             self.has_backbone.add(arrival.client)
             if self.own is not None:
                 self.own[arrival.client] = add_stats([self.own.get(arrival.client, ClassStats.empty(self.dim)), updates[-1]])
         for node, arrival in self.pending.items():
             self._fail(server_round, arrival, "no reply before the timeout", self._sent.get(node, []))
         self.pending = {}
+        if self.adapters is not None and self.adapters.merge(factors, weights):
+            # statistics merged so far were computed under the adapter that just changed
+            self.stats = self.adapters.refresh(self.stats, drifts)
         if updates:  # no update: the global statistics stay bit for bit as they were
             self.stats = self.policy.merge(self.stats, updates)
         metrics = MetricRecord({"updates": len(updates), "classes": len(self.stats)})
@@ -283,9 +332,14 @@ class ReconStrategy(Strategy):
             "backbone_sent": sorted(self.backbone_sent),
             "client_eval": {str(r): t for r, t in self.client_eval.items()},
             "policy": policy_state(self.policy),
+            "adapter_version": self.adapters.version if self.adapters is not None else 0,
         }
 
-    def restore(self, state: dict, stats: ClassStats, done: int) -> None:
+    def adapter_arrays(self) -> dict:
+        """The server's adapter state, checkpointed beside the statistics."""
+        return dict(self.adapters.state) if self.adapters is not None else {}
+
+    def restore(self, state: dict, stats: ClassStats, done: int, adapter: dict | None = None) -> None:
         """Continue after round ``done``. Which clients hold the backbone is not restored:
         a new run gives every node a fresh context, so the identify answers say."""
         self.stats = stats
@@ -295,4 +349,7 @@ class ReconStrategy(Strategy):
         self.backbone_sent = set(state["backbone_sent"])
         self.client_eval = {int(r): t for r, t in state["client_eval"].items()}
         restore_policy(self.policy, state.get("policy", {}))
+        if self.adapters is not None and adapter:
+            self.adapters.state = dict(adapter)
+            self.adapters.version = int(state.get("adapter_version", 0))
         self.resume_after = done

@@ -72,6 +72,44 @@ def decode_reply(reply: Message, max_bytes: int) -> dict[str, np.ndarray]:
 
 
 
+def check_adapter_update(arrays: dict[str, np.ndarray], shapes: dict[str, tuple[int, int]], rank: int,
+                         factors: str) -> dict[str, np.ndarray] | None:
+    """A reply's adapter factors, checked: None when empty (the client did not train),
+    else exactly ``<layer>.<f>`` for every adapted layer and every ``f`` in ``factors``,
+    float32, ``A`` of shape (rank, fan_in), ``B`` (out, rank), finite."""
+    if not arrays:
+        return None
+    expected = {f"{n}.{f}" for n in shapes for f in factors}
+    if set(arrays) != expected:
+        missing, unexpected = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
+        raise PayloadError(f"adapter update: missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                           f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+    for key, v in arrays.items():
+        out, fan_in = shapes[key[:-2]]
+        shape = (rank, fan_in) if key.endswith(".A") else (out, rank)
+        if v.dtype != np.float32 or v.shape != shape:
+            raise PayloadError(f"adapter update {key} must be float32 {shape}, got {v.dtype} {v.shape}")
+        if not np.isfinite(v).all():
+            raise PayloadError(f"adapter update {key} holds NaN or inf")
+    return arrays
+
+
+def check_drift(arrays: dict[str, np.ndarray], prototypes: int, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Drift sums of a reply (staleness ``compensate``): None when empty, else float64
+    ``sums`` (prototypes, dim) and non-negative ``weights`` (prototypes,), finite."""
+    if not arrays:
+        return None
+    if set(arrays) != {"sums", "weights"}:
+        raise PayloadError(f"drift must hold exactly sums and weights, got {sorted(arrays)}")
+    sums, weights = arrays["sums"], arrays["weights"]
+    if sums.dtype != np.float64 or sums.shape != (prototypes, dim) or weights.dtype != np.float64 or weights.shape != (prototypes,):
+        raise PayloadError(f"drift sums must be float64 {(prototypes, dim)} and weights {(prototypes,)}, "
+                           f"got {sums.dtype} {sums.shape} and {weights.dtype} {weights.shape}")
+    if not (np.isfinite(sums).all() and np.isfinite(weights).all()) or (weights < 0).any():
+        raise PayloadError("drift holds NaN, inf or a negative weight")
+    return sums, weights
+
+
 def _triangle(arrays: dict, name: str, side: int) -> np.ndarray:
     """A packed symmetric matrix (upper triangle): float64, finite, of the right side, diagonal >= 0."""
     v = arrays[name]

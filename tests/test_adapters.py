@@ -1,0 +1,214 @@
+"""LoRA adapters: injection, exactness of the merge policies, training, drift compensation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedrecon.adapters import (
+    ADAPTER_POLICIES,
+    Adapted,
+    AdapterSettings,
+    compensate,
+    drift_from_sums,
+    drift_sums,
+    embed_adapted,
+    global_updates,
+    make_adapter_policy,
+    refactor,
+    reply_factors,
+    target_layers,
+    train_adapter,
+)
+from fedrecon.backbones import Conv4
+from fedrecon.stats import ClassStats, StatsSpec
+
+SHAPES = {"a": (6, 5), "b": (4, 9)}
+
+
+def _client_factors(policy: str, start: dict, rng: np.random.Generator, settings: AdapterSettings) -> dict:
+    """What a client's training could return: its start factors moved at random."""
+    out = {}
+    for n in SHAPES:
+        a = np.asarray(start[f"{n}.A"], np.float64)
+        b = np.asarray(start[f"{n}.B"], np.float64)
+        if "A" in make_adapter_policy(policy).replies:
+            a = a + rng.normal(size=a.shape)
+        out[f"{n}.A"], out[f"{n}.B"] = a.astype(np.float32), (b + rng.normal(size=b.shape)).astype(np.float32)
+    return out
+
+
+def _client_weight(policy: str, state: dict, factors: dict, settings: AdapterSettings, n: str) -> np.ndarray:
+    """The full weight update of layer ``n`` a client trained to (stack: the folded
+    global update plus its fresh adapter; ffa: its B with the shared, untrained A)."""
+    d = state[f"{n}.U"] @ state[f"{n}.V"] if policy == "stack" else 0.0
+    return d + settings.scale * np.asarray(factors[f"{n}.B"], np.float64) @ np.asarray(factors[f"{n}.A"], np.float64)
+
+
+def _round(policy: str, rounds: int = 3, clients: int = 3):
+    # Prepare
+    settings = AdapterSettings(schedule="every_task", merge=policy, rank=2, alpha=3.0, seed=5)
+    p = make_adapter_policy(policy)
+    rng = np.random.default_rng(0)
+    state = p.init(SHAPES, settings)
+    for r in range(1, rounds + 1):
+        before = global_updates(policy, state, SHAPES, settings)
+        starts = [p.client_start(state, SHAPES, settings, c, r) for c in range(clients)]
+        factors = [_client_factors(policy, s, rng, settings) for s in starts]
+        weights = list(rng.integers(1, 50, size=clients).astype(float))
+        # Execute
+        merged = p.merge(state, [{k: v for k, v in f.items() if k[-1] in p.replies} for f in factors], weights, settings)
+        after = global_updates(policy, merged, SHAPES, settings)
+        yield settings, state, factors, weights, before, after
+        state = merged
+
+
+@pytest.mark.parametrize("policy", ["ffa", "stack"])
+def test_exact_policies_give_the_average_of_the_clients_weight_updates(policy):
+    for settings, state, factors, weights, before, after in _round(policy):
+        w = np.asarray(weights) / sum(weights)
+        for n in SHAPES:
+            clients = [_client_weight(policy, state, f, settings, n) for f in factors]
+            average_update = sum(wi * (c - before[n]) for wi, c in zip(w, clients))
+            # Assert
+            np.testing.assert_allclose(after[n] - before[n], average_update, rtol=1e-5, atol=1e-5)
+
+
+def test_fedavg_misses_exactly_the_cross_term():
+    for settings, state, factors, weights, before, after in _round("fedavg"):
+        w = np.asarray(weights) / sum(weights)
+        for n in SHAPES:
+            a = [np.asarray(f[f"{n}.A"], np.float64) for f in factors]
+            b = [np.asarray(f[f"{n}.B"], np.float64) for f in factors]
+            average = settings.scale * sum(wi * bi @ ai for wi, ai, bi in zip(w, a, b))
+            a_bar, b_bar = sum(wi * ai for wi, ai in zip(w, a)), sum(wi * bi for wi, bi in zip(w, b))
+            cross = settings.scale * sum(wi * (bi - b_bar) @ (ai - a_bar) for wi, ai, bi in zip(w, a, b))
+            # Assert: not the average, and off by the weighted covariance of the factors
+            assert np.abs(after[n] - average).max() > 1e-2
+            np.testing.assert_allclose(average - after[n], cross, rtol=1e-4, atol=1e-4)
+
+
+def test_stack_rank_stays_bounded():
+    for settings, state, factors, weights, before, after in _round("stack", rounds=6, clients=4):
+        pass
+    merged = make_adapter_policy("stack").merge(state, factors, weights, settings)
+    for n, (out, fan_in) in SHAPES.items():
+        assert merged[f"{n}.U"].shape[1] <= min(out, fan_in)
+
+
+def test_refactor_keeps_the_product_and_drops_zero_directions():
+    rng = np.random.default_rng(1)
+    u, v = rng.normal(size=(30, 3)), rng.normal(size=(3, 40))
+    u2, v2 = refactor(np.concatenate([u, u], 1), np.concatenate([v, v], 0))  # rank 3 written as 6
+    assert u2.shape[1] == 3
+    np.testing.assert_allclose(u2 @ v2, 2 * u @ v, atol=1e-10)
+
+
+def test_unknown_policy_lists_the_registered_ones():
+    with pytest.raises(ValueError, match="fedavg, ffa, none, stack"):
+        make_adapter_policy("mean")
+    assert set(ADAPTER_POLICIES) == {"none", "fedavg", "ffa", "stack"}
+
+
+def test_default_targets_of_each_backbone():
+    assert len(target_layers(Conv4(), "conv4")) == 4
+
+    class Tiny(nn.Module):  # MiniLM's names without its weights
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Module()
+            self.encoder.layer = nn.ModuleList([nn.Module()])
+            self.encoder.layer[0].query = nn.Linear(4, 4)
+            self.encoder.layer[0].intermediate = nn.Linear(4, 8)
+            self.pooler = nn.Linear(4, 4)
+
+    assert target_layers(Tiny(), "all-minilm-l6-v2") == ["encoder.layer.0.query", "encoder.layer.0.intermediate"]
+    pointwise = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1))
+    assert target_layers(pointwise, "efficientnet-lite0") == ["1"]
+    with pytest.raises(ValueError, match="no layer"):
+        target_layers(Conv4(), "conv4", "nothing")
+
+
+def test_adapter_changes_the_weight_by_exactly_its_update():
+    torch.manual_seed(0)
+    model = Conv4().eval()
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        base = model(x)
+    adapted = Adapted(model, "conv4", AdapterSettings(schedule="every_task", rank=2))
+    with torch.no_grad():
+        assert torch.equal(model(x), base)  # B = 0: the backbone unchanged
+    settings = adapted.settings
+    p = make_adapter_policy("stack")
+    state = p.init(adapted.shapes(), settings)
+    state = p.merge(state, [{k: v + 0.01 for k, v in p.client_start(state, adapted.shapes(), settings, 0, 1).items()}], [1.0],
+                    settings)
+    start = p.client_start(state, adapted.shapes(), settings, 1, 2)
+    adapted.load(start)
+    for n, u in adapted.updates().items():
+        np.testing.assert_allclose(u, global_updates("stack", state, adapted.shapes(), settings)[n], atol=1e-5)
+    assert set(reply_factors(adapted, "ffa")) == {f"{n}.B" for n in adapted.names}
+
+
+def test_training_moves_only_the_adapter_and_fits_the_task():
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    model = Conv4().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    inputs = rng.random((24, 1, 28, 28)).astype(np.float32)
+    labels = np.repeat([3, 7, 9], 8)
+    settings = AdapterSettings(schedule="every_task", rank=2, lr=1e-2, epochs=3, batch_size=8)
+    adapted = Adapted(model, "conv4", settings)
+    adapted.load(make_adapter_policy("ffa").client_start({}, adapted.shapes(), settings, 0, 1))
+    a_before = adapted.factors()
+    result = train_adapter(adapted, inputs, labels, settings.lr, torch.device("cpu"), factors="B")
+    assert np.isfinite(result["loss"])
+    after = adapted.factors()
+    for n in adapted.names:
+        np.testing.assert_array_equal(after[f"{n}.A"], a_before[f"{n}.A"])  # ffa: A frozen
+        assert np.abs(after[f"{n}.B"]).max() > 0
+    base = dict(model.named_parameters())
+    for k, v in before.items():  # the backbone's own weights never move
+        name = k.replace("weight", "parametrizations.weight.original") if k.endswith("weight") and k[:-7] in adapted.names \
+            else k
+        cur = base[name] if name in base else dict(model.named_buffers())[name]
+        assert torch.equal(cur, v)
+    assert embed_adapted(model, inputs[:4], torch.device("cpu")).shape == (4, 64)
+    # a reply is a copy: the next task's training must not rewrite it
+    train_adapter(adapted, inputs, labels, settings.lr, torch.device("cpu"), factors="B")
+    assert any(np.abs(after[k] - v).max() > 0 for k, v in adapted.factors().items())
+
+
+def test_settings_round_trip_through_a_task_config():
+    s = AdapterSettings(schedule="first_task", merge="stack", rank=8, lr=3e-4, amp=False)
+    assert AdapterSettings.from_config(s.to_config()) == s
+    assert AdapterSettings.from_config({}).active is False
+    assert [s.lr_for(i) for i in range(2)] == [3e-4, 0.0]
+
+
+def test_drift_compensation_moves_sums_and_second_moment_exactly():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 5)), np.repeat([0, 1, 2, 3], 10)
+    drift = rng.normal(size=(4, 5))
+    stats = ClassStats.from_features(y, x, StatsSpec(second_moment=True))
+    moved = ClassStats.from_features(y, x + drift[y], StatsSpec(second_moment=True))
+    out = compensate(stats, drift)
+    np.testing.assert_allclose(out.sums, moved.sums, atol=1e-12)
+    np.testing.assert_allclose(out.shared["second_moment"], moved.shared["second_moment"], atol=1e-10)
+    with pytest.raises(ValueError, match="random-feature"):
+        compensate(ClassStats.from_features(y, x, StatsSpec(random_features=8)), drift)
+
+
+def test_drift_sums_add_across_clients_and_recover_a_translation():
+    rng = np.random.default_rng(0)
+    old = rng.normal(size=(60, 3))
+    protos = rng.normal(size=(2, 3))
+    shift = np.array([0.5, -1.0, 2.0])
+    s1, w1 = drift_sums(old[:30], old[:30] + shift, protos, 1.0)
+    s2, w2 = drift_sums(old[30:], old[30:] + shift, protos, 1.0)
+    s, w = drift_sums(old, old + shift, protos, 1.0)
+    np.testing.assert_allclose(s1 + s2, s)
+    np.testing.assert_allclose(drift_from_sums(s, w), np.tile(shift, (2, 1)))
+    assert not drift_from_sums(np.zeros((1, 3)), np.zeros(1)).any()
