@@ -47,7 +47,8 @@ class RunRecorder:
             f.write(json.dumps(row) + "\n")
         acc = "   -  " if row["accuracy"] is None else f"{row['accuracy']:.4f}"
         self.echo(
-            f"round {row['round']:>3}/{self.rounds}  classes {row['classes_seen']:>5}  accuracy {acc}"
+            # rounds after the plan's last one only offer failed tasks again
+            f"round {row['round']:>3}/{self.rounds}{' (retries)' if row['round'] > self.rounds else ''}  classes {row['classes_seen']:>5}  accuracy {acc}"
             f"  up {human_bytes(row['bytes_up']):>9}  down {human_bytes(row['bytes_down']):>9}  {row['seconds']:6.2f} s"
         )
 
