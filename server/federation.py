@@ -21,13 +21,11 @@ from fedrecon.data import ClassDataset, load_dataset
 from fedrecon.evaluate import Evaluator, head_settings
 from fedrecon.plan import Plan, make_plan
 from fedrecon.scenario import Scenario, ScenarioError, source_of
-from fedrecon.stats import ClassStats
 from server.checkpoint import load_parts, load_run_state, save_run_state
 from server.polling import PollingGrid
 from server.report import RunRecorder
 from strategies import PROTOTYPE_POLICIES, ReconStrategy
 from strategies.faults import fault_plan
-from strategies.recon import from_record
 
 
 @dataclass(frozen=True)
@@ -139,7 +137,7 @@ def run_scenario(grid: Grid, prep: Prepared, out_dir: str | Path, echo=print, re
         if server_round <= strategy.resume_after or not strategy.active(server_round):
             clock["last"] = time.time()
             return None
-        stats = ClassStats.from_arrays(from_record(arrays))
+        stats = strategy.stats  # what ``arrays`` encodes, without decoding it again
         seen = plan.classes_seen(server_round)
         due = server_round % s.evaluation.every == 0 or server_round >= plan.rounds
         if on_clients is None and due and strategy.adapters is not None and strategy.adapters.version != scored_version["version"]:

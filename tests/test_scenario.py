@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -12,8 +11,7 @@ from fedrecon.plan import make_plan, timeline
 from fedrecon.scenario import ScenarioError, key_table, load_scenario, parse_scenario, schema_text
 from server.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
-DATA_ROOT = Path(os.environ.get("FEDRECON_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
+from tests.conftest import REPO
 GALLERY = sorted((REPO / "scenarios").glob("omniglot-*.yaml"))  # text scenarios: tests/test_text.py
 SMALL = """name: small
 clients: {count: 3}
@@ -22,12 +20,9 @@ tasks: {num_classes: 12, classes_per_task: 2, train_shots: 5, test_shots: 5}
 
 
 @pytest.fixture(scope="module")
-def omniglot():
-    if not (DATA_ROOT / "omniglot").is_dir():
-        pytest.skip(f"no Omniglot data at {DATA_ROOT}")
-    from fedrecon.data import load_omniglot
-
-    return load_omniglot(DATA_ROOT, "evaluation", 28)
+def omniglot(evaluation_set):
+    """The real evaluation set: some errors and plans are only visible against the data."""
+    return evaluation_set
 
 
 def test_scenarios_folder_holds_yaml_only_and_the_gallery():

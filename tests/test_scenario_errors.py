@@ -3,7 +3,6 @@ its file, line and key; the first line of each file says which line and what tex
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -12,20 +11,15 @@ import pytest
 from fedrecon.plan import make_plan
 from fedrecon.scenario import ScenarioError, load_scenario
 
-REPO = Path(__file__).resolve().parents[1]
-DATA_ROOT = Path(os.environ.get("FEDRECON_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
+from tests.conftest import REPO
 BAD = sorted((Path(__file__).parent / "bad_scenarios").glob("*.yaml"))
 HEADER = re.compile(r"^# (?:line (\d+)|error): (.+)$")
 
 
 @pytest.fixture(scope="module")
-def omniglot():
-    """The real evaluation set: some errors are only visible against the data."""
-    if not (DATA_ROOT / "omniglot").is_dir():
-        pytest.skip(f"no Omniglot data at {DATA_ROOT}")
-    from fedrecon.data import load_omniglot
-
-    return load_omniglot(DATA_ROOT, "evaluation", 28)
+def omniglot(evaluation_set):
+    """The real evaluation set: some errors and plans are only visible against the data."""
+    return evaluation_set
 
 
 def test_corpus_is_large_and_distinct():
