@@ -87,6 +87,24 @@ def _learn_adapted(msg: Message, context: Context, task: dict, arrays: dict, bac
     return result.stats, extra
 
 
+@app.train(P.FINETUNE)
+def finetune(msg: Message, context: Context) -> Message:
+    """A task of the fedavg_finetune baseline: fine-tune the global model, send it back."""
+    from clients.learner import learn_task_finetune
+
+    task = dict(msg.content[P.TASK_CONFIG])
+    faults.before_task(task)
+    arrays = _numpy(msg.content[P.TASK_ARRAYS])
+    model, info = learn_task_finetune(task, arrays["sample_index"], arrays["sample_labels"], _numpy(msg.content[P.MODEL]),
+                                      _data_root(context, task))
+    reply = RecordDict({
+        P.MODEL_UPDATE: ArrayRecord({k: Array(v) for k, v in faults.spoil(task, model).items()}),
+        P.METRICS: MetricRecord({"task": int(task["task"]), "samples": len(arrays["sample_index"]),
+                                 "seconds": info["seconds"], "loss": info["loss"]}),
+    })
+    return Message(reply, reply_to=msg)
+
+
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     from clients.evaluator import score_share

@@ -26,7 +26,9 @@ def before_task(task: dict) -> None:
 
 
 def spoil(task: dict, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Garbage instead of statistics when asked (NaN sums), else ``arrays`` unchanged."""
+    """Garbage instead of a reply when asked (NaN sums, or NaN in a model's largest
+    float array), else ``arrays`` unchanged."""
     if task.get(FAULT_KIND) != "garbage":
         return arrays
-    return {**arrays, "sums": np.full_like(arrays["sums"], np.nan)}
+    key = "sums" if "sums" in arrays else max((k for k, v in arrays.items() if v.dtype.kind == "f"), key=lambda k: arrays[k].size)
+    return {**arrays, key: np.full_like(arrays[key], np.nan)}

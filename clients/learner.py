@@ -13,6 +13,7 @@ from fedrecon.adapters import Adapted, AdapterSettings, TaskResult, client_task,
 from fedrecon.backbones import PRETRAINED, build_backbone, model_from_numpy, pick_device, state_to_numpy
 from fedrecon.cache import EmbeddingCache, embed_samples
 from fedrecon.data import load_dataset
+from fedrecon.finetune import FinetuneSettings, train_task
 from fedrecon.stats import ClassStats, StatsSpec
 
 # Frozen backbones by content digest: immutable, so virtual clients that share a
@@ -67,6 +68,21 @@ def learn_task(
     return ClassStats.from_features(sample_labels, features, StatsSpec.from_config(task))
 
 
+def checked_dataset(config: dict, sample_index: np.ndarray, sample_labels: np.ndarray, data_root: str):
+    """The task's dataset, after checking the server's sample indices and labels against ours."""
+    ds = load_dataset(config["dataset"], data_root, config["subset"], int(config["image_size"]), **data_options(config))
+    if len(sample_index) and (sample_index.min() < 0 or sample_index.max() >= len(ds.labels)):
+        raise ValueError(f"sample index outside the dataset's {len(ds.labels)} samples")
+    if not np.array_equal(ds.labels[sample_index], sample_labels):
+        raise ValueError("the server's labels disagree with this client's copy of the dataset")
+    return ds
+
+
+def task_inputs(config: dict, sample_index: np.ndarray, sample_labels: np.ndarray, data_root: str) -> np.ndarray:
+    """Raw inputs (images, sentences) of the samples the server named."""
+    return checked_dataset(config, sample_index, sample_labels, data_root).inputs[sample_index]
+
+
 def task_features(
     config: dict,
     sample_index: np.ndarray,
@@ -75,11 +91,7 @@ def task_features(
     data_root: str,
 ) -> np.ndarray:
     """Features of the samples the server named, after checking its labels against ours."""
-    ds = load_dataset(config["dataset"], data_root, config["subset"], int(config["image_size"]), **data_options(config))
-    if len(sample_index) and (sample_index.min() < 0 or sample_index.max() >= len(ds.labels)):
-        raise ValueError(f"sample index outside the dataset's {len(ds.labels)} samples")
-    if not np.array_equal(ds.labels[sample_index], sample_labels):
-        raise ValueError("the server's labels disagree with this client's copy of the dataset")
+    ds = checked_dataset(config, sample_index, sample_labels, data_root)
     model = frozen_backbone(config["backbone"], config["backbone_digest"], backbone_state)
     cache = EmbeddingCache(config["backbone_digest"], ds.fingerprint, config.get("embedding_cache") or None)
     return embed_samples(model, ds, sample_index, pick_device(config["device"]), cache)
@@ -106,13 +118,25 @@ def learn_task_adapted(task: dict, sample_index: np.ndarray, sample_labels: np.n
     own), train it as the schedule says, and summarise the task under the result.
     Features under a moving adapter never go through the embedding cache."""
     settings = AdapterSettings.from_config(task)
-    ds = load_dataset(task["dataset"], data_root, task["subset"], int(task["image_size"]), **data_options(task))
-    if len(sample_index) and (sample_index.min() < 0 or sample_index.max() >= len(ds.labels)):
-        raise ValueError(f"sample index outside the dataset's {len(ds.labels)} samples")
-    if not np.array_equal(ds.labels[sample_index], sample_labels):
-        raise ValueError("the server's labels disagree with this client's copy of the dataset")
+    inputs = task_inputs(task, sample_index, sample_labels, data_root)
     adapted = adapted_backbone(task["backbone"], task["backbone_digest"], backbone_state, settings)
     base = local_state if settings.merge == "none" else global_state
     start = make_adapter_policy(settings.merge).client_start(base, adapted.shapes(), settings, client, int(task["round"]))
-    return client_task(adapted, start, ds.inputs[sample_index], sample_labels, task_number, pick_device(task["device"]),
+    return client_task(adapted, start, inputs, sample_labels, task_number, pick_device(task["device"]),
                        StatsSpec.from_config(task), prototypes)
+
+
+# One module per backbone and process to fine-tune in: every task loads the global
+# weights into it first (virtual clients take turns).
+_TRAINABLE: dict[str, nn.Module] = {}
+
+
+def learn_task_finetune(task: dict, sample_index: np.ndarray, sample_labels: np.ndarray, model: dict[str, np.ndarray],
+                        data_root: str) -> tuple[dict[str, np.ndarray], dict]:
+    """A ``fedavg_finetune`` task: fine-tune the global model on the task's samples."""
+    inputs = task_inputs(task, sample_index, sample_labels, data_root)
+    name = task["backbone"]
+    if name not in _TRAINABLE:
+        _TRAINABLE[name] = build_backbone(name)
+    return train_task(_TRAINABLE[name], model, inputs, sample_labels, FinetuneSettings.from_config(task),
+                      pick_device(task["device"]), task_seed=int(task["round"]))

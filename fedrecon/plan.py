@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -79,6 +79,18 @@ class Plan:
         seen = {c for a in self.arrivals if a.round <= round for c in a.classes}
         return np.array(sorted(seen), dtype=np.int64)
 
+    def at_one_site(self) -> "Plan":
+        """The same arrivals, all at one site (client 0): each round's tasks of every
+        client become one task there. The ``centralized`` baseline: one site holding all
+        training data of the classes seen so far."""
+        arrivals = []
+        for r in range(1, self.rounds + 1):
+            due = self.arrivals_at(r)
+            if due:
+                arrivals.append(replace(merge_arrivals(due, r), client=0, task=len(arrivals)))
+        present = tuple(frozenset({0}) for _ in range(self.rounds))
+        return replace(self, clients=1, arrivals=tuple(arrivals), present=present)
+
     def test_set(self, classes: np.ndarray, part: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
         """Sample indices and labels of the test samples of ``classes`` (``part`` of each class's)."""
         index = [np.array(self.test_samples[int(c)][part], dtype=np.int64) for c in classes]
@@ -86,6 +98,32 @@ class Plan:
         if not index:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         return np.concatenate(index), np.concatenate(labels)
+
+
+def merge_arrivals(parts: list[Arrival], server_round: int) -> Arrival:
+    """One arrival holding every class and sample of ``parts`` (client and task of the
+    first and last part).
+
+    A class present in several parts keeps all their samples: its counts and sums then
+    cover all of them, exactly as if the parts had arrived apart.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    samples: dict[int, list[int]] = {}
+    revisits: set[int] = set()
+    for part in parts:
+        for cls, group in zip(part.classes, part.samples):
+            samples.setdefault(cls, []).extend(group)
+        revisits.update(part.revisits)
+    classes = tuple(sorted(samples))
+    return Arrival(
+        round=server_round,
+        client=parts[0].client,
+        task=max(p.task for p in parts),
+        classes=classes,
+        samples=tuple(tuple(samples[c]) for c in classes),
+        revisits=tuple(sorted(revisits)),
+    )
 
 
 @dataclass

@@ -347,7 +347,11 @@ class TasksConfig(Strict):
 class MergeConfig(Strict):
     """How the server merges the clients' class statistics."""
 
-    prototypes: str = Field("exact", description="merge policy of the class statistics: exact, fedrecon, fedproto or local (no merge, a baseline)")
+    method: Literal["prototypes", "fedavg_finetune"] = Field(
+        "prototypes", description="prototypes: clients send class statistics, merged by merge.prototypes; fedavg_finetune: a "
+                                  "baseline, FedAvg of the backbone and a growing linear head fine-tuned on each task (section finetune)")
+    prototypes: str = Field("exact", description="merge policy of the class statistics: exact, fedrecon, fedproto, or the "
+                                                 "baselines local (no merge) and centralized (one site learns every arrival)")
     head: str = Field("ncm", description="classifier built from the merged statistics: ncm, lda or ridge")
     metric: Literal["euclidean", "cosine"] = Field("euclidean", description="ncm: distance to the class means")
     shrinkage: float = Field(DEFAULT_SHRINKAGE, ge=0.0, le=1.0, description="lda: weight of the scaled identity in the shared covariance")
@@ -388,6 +392,16 @@ class AdaptersConfig(Strict):
         "keep", description="statistics computed under an older adapter: keep them, or move them by the drift the current data shows (SDC)")
     drift_sigma: float = Field(0.5, gt=0.0, description="compensate: width of the Gaussian weighting drifts by distance to a prototype (feature units)")
     mixed_precision: bool = Field(True, description="bf16 autocast when training on a GPU")
+
+
+class FinetuneConfig(Strict):
+    """Training of the ``merge.method: fedavg_finetune`` baseline (each task, on its samples only)."""
+
+    lr: float = Field(1e-4, gt=0.0, description="learning rate (AdamW) of the backbone")
+    head_lr: float = Field(1e-2, gt=0.0, description="learning rate of the linear head")
+    epochs: int = Field(3, ge=1, le=1000, description="passes over a task's samples")
+    batch_size: int = Field(32, ge=1, description="samples per step")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
 
 
 class EvaluationConfig(Strict):
@@ -436,6 +450,7 @@ class Scenario(Strict):
     rounds: int | None = Field(None, ge=1, description="rounds to run; null: until the last arrival")
     merge: MergeConfig = Field(default_factory=MergeConfig, description="how the server merges")
     adapters: AdaptersConfig = Field(default_factory=AdaptersConfig, description="LoRA adapters fine-tuned by the clients")
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="training of the fedavg_finetune baseline")
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="when accuracy is measured")
     simulation: SimulationConfig = Field(default_factory=SimulationConfig, description="Flower simulation resources")
     faults: FaultsConfig = Field(default_factory=FaultsConfig, description="retries of failed tasks and injected faults")
@@ -665,6 +680,7 @@ def _cross_checks(s: Scenario, source: SourceMap) -> list[str]:
     t, c, n = s.tasks, s.clients, s.clients.count
     split, arrival = t.split.kind, t.arrival.kind
     problems += _adapter_checks(s, source)
+    problems += _method_checks(s, source)
     chooses_classes = split not in ("group", "explicit")
     if chooses_classes and t.num_classes is None:
         problem(("tasks", "num_classes"), f"required key is missing (split {split} draws this many classes)")
@@ -769,6 +785,30 @@ def _adapter_checks(s: Scenario, source: SourceMap) -> list[str]:
     if a.staleness == "compensate" and s.merge.head == "ridge":
         problems.append(source.error(("adapters", "staleness"), "compensate cannot move the ridge head's random-feature "
                                                                 "statistics: use keep, or head ncm or lda"))
+    return problems
+
+
+def _method_checks(s: Scenario, source: SourceMap) -> list[str]:
+    """``fedavg_finetune`` trains its own head: the keys of the prototype heads and
+    adapters do not apply, and are refused rather than silently ignored."""
+    if s.merge.method == "prototypes":
+        if "finetune" in s.model_fields_set:
+            return [source.error(("finetune",), "used only by merge.method fedavg_finetune; remove it")]
+        return []
+    problems = []
+    for key in ("prototypes", "head", *_HEAD_KEYS):
+        # a default written out (shipped scenarios say head: ncm) changes nothing; another value would be ignored
+        if getattr(s.merge, key) != MergeConfig.model_fields[key].default:
+            problems.append(source.error(("merge", key), "not used by merge.method fedavg_finetune (a linear head "
+                                                         "trained with cross-entropy); remove it"))
+    if s.adapters.schedule != "frozen":
+        problems.append(source.error(("adapters", "schedule"), "fedavg_finetune trains the whole backbone: "
+                                                               "adapters.schedule must be frozen"))
+    if s.evaluation.where == "clients":
+        problems.append(source.error(("evaluation", "where"), "clients do not score fedavg_finetune models: use server"))
+    if s.model.backbone == "pixels":
+        problems.append(source.error(("model", "backbone"), "pixels has no weights to fine-tune; use conv4, "
+                                                            "all-minilm-l6-v2 or efficientnet-lite0"))
     return problems
 
 

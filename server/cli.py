@@ -42,7 +42,7 @@ def cmd_run(args) -> int:
     out = Path(args.resume or args.out or default_out_dir(scenario))
     sim = scenario.simulation
     classes = len(prep.plan.test_samples)
-    print(f"fedrecon: {scenario.name}: {scenario.clients.count} clients, {prep.plan.rounds} rounds, "
+    print(f"fedrecon: {scenario.name}: {prep.plan.clients} clients, {prep.plan.rounds} rounds, "
           f"{classes} classes -> {out}", flush=True)
     for warning in prep.plan.warnings:
         print(f"fedrecon: warning: {warning}", flush=True)
@@ -56,7 +56,7 @@ def cmd_run(args) -> int:
     run_simulation(
         server_app=make_app(prep, out, resume=bool(args.resume)),
         client_app=client_app,
-        num_supernodes=scenario.clients.count,
+        num_supernodes=prep.plan.clients,
         backend_config={
             "client_resources": {"num_cpus": sim.num_cpus, "num_gpus": sim.num_gpus},
             "init_args": {"logging_level": "ERROR", "log_to_driver": True},

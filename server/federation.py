@@ -19,6 +19,8 @@ from fedrecon.backbones import PRETRAINED, embed, load_checkpoint, pick_device, 
 from fedrecon.cache import EmbeddingCache
 from fedrecon.data import ClassDataset, load_dataset
 from fedrecon.evaluate import Evaluator, head_settings
+from fedrecon.finetune import class_counts as finetune_counts
+from fedrecon.finetune import finetune_settings, initial_model
 from fedrecon.plan import Plan, make_plan
 from fedrecon.scenario import Scenario, ScenarioError, source_of
 from server.checkpoint import load_parts, load_run_state, save_run_state
@@ -26,6 +28,7 @@ from server.polling import PollingGrid
 from server.report import RunRecorder
 from strategies import PROTOTYPE_POLICIES, ReconStrategy
 from strategies.faults import fault_plan
+from strategies.finetune import FedAvgFinetune
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ def prepare(scenario: Scenario) -> Prepared:
         raise ScenarioError([source.error(("model", "checkpoint"), str(exc))]) from None
     train_indices, test_indices = dataset.split_indices()
     plan = make_plan(scenario, train_indices, dataset.groups, test_indices)
+    if getattr(PROTOTYPE_POLICIES[scenario.merge.prototypes], "one_site", False):
+        plan = plan.at_one_site()
     dim = embed(model, dataset.inputs[:1]).shape[1]
     return Prepared(scenario, dataset, plan, model, dim)
 
@@ -75,6 +80,7 @@ def extra_task_config(scenario: Scenario) -> dict:
         "embedding_cache": scenario.model.embedding_cache or "",
         **head_settings(scenario).spec().to_config(),
         **(adapter_settings(scenario).to_config() if scenario.adapters.schedule != "frozen" else {}),
+        **(finetune_settings(scenario).to_config() if scenario.merge.method == "fedavg_finetune" else {}),
     }
 
 
@@ -111,9 +117,15 @@ def run_scenario(grid: Grid, prep: Prepared, out_dir: str | Path, echo=print, re
     if s.adapters.schedule != "frozen":
         # the server's own copy, to score the head under the merged adapter
         adapted = Adapted(copy.deepcopy(prep.model), s.model.backbone, adapter_settings(s))
-    strategy = ReconStrategy(plan, s.merge.prototypes, task_config, backbone, prep.dim, retries=s.faults.retries,
-                             faults=fault_plan(s.faults.inject, s.simulation.timeout), evaluate_on_clients=on_clients,
-                             max_reply_bytes=s.faults.max_reply_bytes, adapter_shapes=adapted.shapes() if adapted else None)
+    common = {"retries": s.faults.retries, "faults": fault_plan(s.faults.inject, s.simulation.timeout),
+              "max_reply_bytes": s.faults.max_reply_bytes}
+    finetuning = s.merge.method == "fedavg_finetune"
+    if finetuning:
+        strategy = FedAvgFinetune(plan, task_config, initial_model(prep.model, prep.dim), prep.dim, **common)
+        tuned = copy.deepcopy(prep.model)  # the server's module to score the global model in
+    else:
+        strategy = ReconStrategy(plan, s.merge.prototypes, task_config, backbone, prep.dim, evaluate_on_clients=on_clients,
+                                 adapter_shapes=adapted.shapes() if adapted else None, **common)
     cache = EmbeddingCache(digest, prep.dataset.fingerprint, s.model.embedding_cache)
     evaluator = Evaluator(prep.dataset, prep.model, plan, head, pick_device(s.model.device), cache)
     scored_version = {"version": -1}
@@ -145,7 +157,11 @@ def run_scenario(grid: Grid, prep: Prepared, out_dir: str | Path, echo=print, re
             adapted.load(strategy.adapters.start_for(0, server_round + 1))
             evaluator.reset()
             scored_version["version"] = strategy.adapters.version
-        if on_clients is not None:
+        if due and finetuning:
+            correct, total = finetune_counts(tuned, strategy.model, prep.dataset, plan, seen, pick_device(s.model.device))
+            accuracy = float(correct.sum() / total.sum()) if total.sum() else float("nan")
+            recorder.record_classes(server_round, seen, correct, total)
+        elif on_clients is not None:
             accuracy = strategy.client_accuracy(server_round)
         elif due and strategy.own is not None:
             # No merge: each client's own head, averaged over the clients that learned something.
@@ -161,7 +177,7 @@ def run_scenario(grid: Grid, prep: Prepared, out_dir: str | Path, echo=print, re
         recorder.record({
             "round": server_round,
             "classes_seen": int(len(seen)),
-            "classes_learned": int(len(stats)),
+            "classes_learned": strategy.classes_learned(),
             "accuracy": accuracy,
             "bytes_up": traffic["bytes_up"],
             "bytes_down": traffic["bytes_down"],
@@ -184,7 +200,7 @@ def run_scenario(grid: Grid, prep: Prepared, out_dir: str | Path, echo=print, re
     return recorder.finish({
         "scenario": s.name,
         "clients": s.clients.count,
-        "merge": s.merge.prototypes,
+        "merge": s.merge.prototypes if not finetuning else s.merge.method,
         "adapters": f"{s.adapters.schedule}/{s.merge.adapters}",
         "head": s.merge.head,
         "backbone": s.model.backbone,

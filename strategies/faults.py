@@ -11,32 +11,6 @@ FAULT_KIND = "fault"
 FAULT_SECONDS = "fault_seconds"
 
 
-def merge_arrivals(parts: list[Arrival], server_round: int) -> Arrival:
-    """One arrival holding every class and sample of ``parts`` (a client gets one
-    message a round, so a retried task travels with the client's new one).
-
-    A class present in several parts keeps all their samples: the client's counts
-    and sums then cover all of them, exactly as if the parts had arrived apart.
-    """
-    if len(parts) == 1:
-        return parts[0]
-    samples: dict[int, list[int]] = {}
-    revisits: set[int] = set()
-    for part in parts:
-        for cls, group in zip(part.classes, part.samples):
-            samples.setdefault(cls, []).extend(group)
-        revisits.update(part.revisits)
-    classes = tuple(sorted(samples))
-    return Arrival(
-        round=server_round,
-        client=parts[0].client,
-        task=max(p.task for p in parts),
-        classes=classes,
-        samples=tuple(tuple(samples[c]) for c in classes),
-        revisits=tuple(sorted(revisits)),
-    )
-
-
 @dataclass
 class Waiting:
     """A task of the plan that has failed ``tries`` times so far."""

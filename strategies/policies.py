@@ -61,6 +61,16 @@ class LocalOnly(ExactMerge):
     per_client = True
 
 
+@register("centralized")
+class Centralized(ExactMerge):
+    """One site learns every arrival, a baseline: the ceiling of all training data of
+    the classes seen so far in one place. The run's plan moves each round's tasks of
+    every client to one client (``Plan.at_one_site``); the merge adds, as ``exact``.
+    """
+
+    one_site = True
+
+
 def _shared_sum(current: ClassStats, updates: list[ClassStats]) -> dict[str, np.ndarray]:
     """Shared second-order sums are not prototypes: every policy adds them exactly."""
     parts = [p for p in (current, *updates) if len(p)]

@@ -14,9 +14,9 @@ from flwr.serverapp.strategy import Strategy
 from fedrecon import protocol as P
 from fedrecon.adapters import AdapterServer, AdapterSettings
 from fedrecon.evaluate import eval_share
-from fedrecon.plan import Arrival, Plan
+from fedrecon.plan import Arrival, Plan, merge_arrivals
 from fedrecon.stats import ClassStats, StatsSpec, add_stats
-from strategies.faults import RetryBook, Waiting, merge_arrivals
+from strategies.faults import RetryBook, Waiting
 from strategies.policies import make_policy, policy_state, restore_policy
 from strategies.validation import PayloadError, check_adapter_update, check_drift, check_update, decode_reply, reply_limit
 
@@ -70,6 +70,8 @@ class ReconStrategy(Strategy):
         (out, fan_in) of each adapted layer when the task config's adapter settings
         (``AdapterSettings.to_config``) train adapters; None: a frozen backbone.
     """
+
+    message_type = MessageType.TRAIN  # the ClientApp's handler of a task
 
     def __init__(self, plan: Plan, policy: str, task_config: dict, backbone: dict, dim: int, node_wait: float = 300.0,
                  retries: int = 3, faults: dict | None = None, evaluate_on_clients: dict | None = None,
@@ -157,33 +159,35 @@ class ReconStrategy(Strategy):
         self.identify(grid)
         due = {a.client: Waiting(a, 0) for a in self.plan.arrivals_at(server_round)}
         messages = []
-        adapter = self._adapter_records()
+        records, task_arrays = self._round_records()
         for client in sorted(set(due) | set(self.book.waiting)):
             parts = self.book.take(client) + ([due[client]] if client in due else [])
             if client not in self.nodes:
                 self.book.put_back(parts)
                 self.failures.append({"round": server_round, "client": client, "task": parts[-1].arrival.task, "reason": "not connected"})
                 continue
+            # one message a round: a retried task travels merged with the client's new one
             arrival = merge_arrivals([p.arrival for p in parts], server_round)
             task = ConfigRecord({**self.task_config, "round": server_round, "task": arrival.task,
                                  **self.faults.get((client, server_round), {})})
             content = RecordDict({
                 P.TASK_CONFIG: task,
                 P.TASK_ARRAYS: to_record({"sample_index": arrival.sample_index, "sample_labels": arrival.sample_labels,
-                                          **adapter[1]}),
-                **adapter[0],
+                                          **task_arrays}),
+                **records,
             })
             self._add_backbone(content, client, server_round)
             node = self.nodes[client]
-            messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
+            messages.append(Message(content, dst_node_id=node, message_type=self.message_type))
             self.pending[node] = arrival
             self._sent[node] = parts
         self.traffic[server_round]["bytes_down"] += message_bytes(messages)
         return messages
 
-    def _adapter_records(self) -> tuple[dict, dict]:
-        """The global adapter (a record) and, under ``compensate``, the prototypes whose
-        drift the clients measure (task arrays)."""
+    def _round_records(self) -> tuple[dict, dict]:
+        """Records every task message of the round carries, and arrays added to its task
+        arrays: the global adapter and, under ``compensate``, the prototypes whose drift
+        the clients measure."""
         if self.adapters is None:
             return {}, {}
         records = {P.ADAPTER: to_record(self.adapters.payload())} if self.adapters.policy.replies else {}
@@ -218,40 +222,55 @@ class ReconStrategy(Strategy):
     def aggregate_train(self, server_round: int, replies) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         self.traffic[server_round]["bytes_up"] += message_bytes(r for r in replies if not r.has_error())
-        updates, factors, weights, drifts = [], [], [], []
+        accepted = []
         for reply in replies:
             node = reply.metadata.src_node_id
             arrival = self.pending.pop(node, None)
             if arrival is None:
                 continue
             try:
-                limit = self.max_reply_bytes or reply_limit(arrival, self.dim, self.spec)
-                arrays = decode_reply(reply, limit)
-                update = check_update(arrays, arrival, self.dim, self.spec)
-                factor, drift = self._adapter_reply(reply)
+                checked = self.check_reply(reply, arrival)
             except (PayloadError, KeyError) as exc:
                 self._fail(server_round, arrival, str(exc), self._sent.get(node, []))
                 continue
-            # only a reply whose every part passed counts: a rejected one leaves statistics and adapter as they were
+            # only a reply whose every part passed counts: a rejected one leaves the global state as it was
+            accepted.append((arrival, checked))
+            self.has_backbone.add(arrival.client)
+        for node, arrival in self.pending.items():
+            self._fail(server_round, arrival, "no reply before the timeout", self._sent.get(node, []))
+        self.pending = {}
+        self.fold(accepted)
+        metrics = MetricRecord({"updates": len(accepted), "classes": self.classes_learned()})
+        return to_record(self.stats.to_arrays()), metrics
+
+    def check_reply(self, reply: Message, arrival: Arrival) -> tuple:
+        """The reply's statistics, adapter factors and drift sums, every part checked
+        (raises :class:`PayloadError`)."""
+        limit = self.max_reply_bytes or reply_limit(arrival, self.dim, self.spec)
+        update = check_update(decode_reply(reply, limit), arrival, self.dim, self.spec)
+        factor, drift = self._adapter_reply(reply)
+        return update, factor, drift
+
+    def fold(self, accepted: list[tuple[Arrival, tuple]]) -> None:
+        """Merge a round's checked replies into the global state (none: it stays bit for bit)."""
+        updates, factors, weights, drifts = [], [], [], []
+        for arrival, (update, factor, drift) in accepted:
             updates.append(update)
             if factor is not None:
                 factors.append(factor)
                 weights.append(float(len(arrival.sample_labels)))
             if drift is not None:
                 drifts.append(drift)
-            self.has_backbone.add(arrival.client)
             if self.own is not None:
-                self.own[arrival.client] = add_stats([self.own.get(arrival.client, ClassStats.empty(self.dim)), updates[-1]])
-        for node, arrival in self.pending.items():
-            self._fail(server_round, arrival, "no reply before the timeout", self._sent.get(node, []))
-        self.pending = {}
+                self.own[arrival.client] = add_stats([self.own.get(arrival.client, ClassStats.empty(self.dim)), update])
         if self.adapters is not None and self.adapters.merge(factors, weights):
             # statistics merged so far were computed under the adapter that just changed
             self.stats = self.adapters.refresh(self.stats, drifts)
-        if updates:  # no update: the global statistics stay bit for bit as they were
+        if updates:
             self.stats = self.policy.merge(self.stats, updates)
-        metrics = MetricRecord({"updates": len(updates), "classes": len(self.stats)})
-        return to_record(self.stats.to_arrays()), metrics
+
+    def classes_learned(self) -> int:
+        return len(self.stats)
 
     def _fail(self, server_round: int, arrival: Arrival, reason: str, parts: list[Waiting] = ()) -> None:
         log(WARNING, "round %d: client %d task %d rejected: %s", server_round, arrival.client, arrival.task, reason)

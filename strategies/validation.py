@@ -7,6 +7,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 
 from fedrecon import protocol as P
+from fedrecon.finetune import BIAS, IDS, WEIGHT, grow_head
 from fedrecon.plan import Arrival
 from fedrecon.stats import ClassStats, StatsSpec, triangle_side, unpack_symmetric
 
@@ -55,13 +56,14 @@ def reply_limit(arrival: Arrival, dim: int, spec: StatsSpec) -> int:
     return 2 * 8 * values + 1_000_000
 
 
-def decode_reply(reply: Message, max_bytes: int) -> dict[str, np.ndarray]:
-    """The arrays of a train reply, refused unread when it is an error or too large."""
+def decode_reply(reply: Message, max_bytes: int, name: str = P.STATS) -> dict[str, np.ndarray]:
+    """The arrays of a train reply's record ``name``, refused unread when the reply is
+    an error or too large."""
     if reply.has_error():
         raise PayloadError(f"client error {reply.error.code}: {reply.error.reason}")
-    record = reply.content.get(P.STATS) if P.STATS in reply.content else None
+    record = reply.content.get(name) if name in reply.content else None
     if not isinstance(record, ArrayRecord):
-        raise PayloadError(f"no ArrayRecord {P.STATS!r} in the reply")
+        raise PayloadError(f"no ArrayRecord {name!r} in the reply")
     size = sum(len(a.data) for a in record.values())
     if size > max_bytes:
         raise PayloadError(f"{size} bytes of arrays, more than the {max_bytes} allowed (faults.max_reply_bytes)")
@@ -159,3 +161,34 @@ def check_second_order(arrays: dict, ids: np.ndarray, counts: np.ndarray, sums: 
             raise PayloadError("gram's trace is smaller than its rf_sums imply")
         extra["rf_sums"], shared["gram"] = rf, gram
     return extra, shared
+
+
+def check_model_update(arrays: dict[str, np.ndarray], current: dict[str, np.ndarray], arrival: Arrival) -> dict[str, np.ndarray]:
+    """A fedavg_finetune reply, checked against the global model it started from: the
+    same backbone entries (shape, dtype, finite), and a head whose rows are exactly the
+    global classes plus the task's, sorted, float32 and finite."""
+    if set(arrays) != set(current):
+        missing, unexpected = sorted(set(current) - set(arrays)), sorted(set(arrays) - set(current))
+        raise PayloadError(f"model update: missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                           f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+    expected_ids = grow_head(current, arrival.classes)[IDS]
+    ids = arrays[IDS]
+    if ids.dtype.kind not in "iu" or not np.array_equal(ids, expected_ids):
+        raise PayloadError(f"model update: head rows {ids.tolist()[:8]}... are not the global classes and the task's, sorted")
+    dim = current[WEIGHT].shape[1]
+    shapes = {WEIGHT: ((len(ids), dim), np.float32), BIAS: ((len(ids),), np.float32)}
+    for key, v in arrays.items():
+        if key == IDS:
+            continue
+        shape, dtype = shapes.get(key, (current[key].shape, current[key].dtype))
+        if v.shape != shape or v.dtype != dtype:
+            raise PayloadError(f"model update {key} must be {np.dtype(dtype)} {shape}, got {v.dtype} {v.shape}")
+        if v.dtype.kind == "f" and not np.isfinite(v).all():
+            raise PayloadError(f"model update {key} holds NaN or inf")
+    return arrays
+
+
+def model_reply_limit(current: dict[str, np.ndarray], arrival: Arrival) -> int:
+    """Twice the bytes of a valid fedavg_finetune reply to ``arrival``, plus 1 MB."""
+    rows = len(arrival.classes) * (current[WEIGHT].shape[1] + 2) * 8
+    return 2 * (sum(v.nbytes for v in current.values()) + rows) + 1_000_000

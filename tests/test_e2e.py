@@ -119,3 +119,28 @@ def test_flwr_run_with_scenario_in_run_config(write_scenario, tmp_path):
         link.terminate()
         link.wait(timeout=30)
     check_run_folder(out, path)
+
+
+def test_baselines_centralized_and_fedavg_finetune_run_in_the_same_harness(write_scenario, tmp_path):
+    """``centralized``: one site, the same statistics and accuracy as the exact merge.
+    ``fedavg_finetune``: the whole model travels each way with every task."""
+    tasks = {**small_scenario()["tasks"], "schedule": {"kind": "staggered", "offset": 1}}
+    path = write_scenario(small_scenario(tasks=tasks, merge={"prototypes": "centralized"}))
+    out = tmp_path / "central"
+    assert fedrecon(["run", str(path), "--out", str(out)]) == 0
+    check_run_folder(out, path)  # statistics and accuracy of one site holding every sample
+    assert json.loads((out / "plan.json").read_text())["clients"] == 1
+
+    path = write_scenario(small_scenario(tasks=tasks, merge={"method": "fedavg_finetune"},
+                                         finetune={"lr": 1e-3, "epochs": 2}), "finetune.yaml")
+    out = tmp_path / "finetune"
+    assert fedrecon(["run", str(path), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert summary["merge"] == "fedavg_finetune" and summary["failures"] == 0
+    assert summary["classes_learned"] == summary["classes_seen"] == 12
+    model_bytes = 111_936 * 4  # conv4's parameters alone, float32
+    assert all(r["bytes_down"] > model_bytes and r["bytes_up"] > model_bytes for r in rows)
+    assert 0.0 <= summary["final_accuracy"] < 1.0
+    last = json.loads((out / "class_accuracy.jsonl").read_text().splitlines()[-1])
+    assert sum(last["correct"]) / sum(last["total"]) == pytest.approx(summary["final_accuracy"], abs=1e-12)

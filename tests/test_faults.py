@@ -4,8 +4,8 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, RecordDict
 
 from fedrecon import protocol as P
-from fedrecon.plan import Arrival
-from strategies.faults import RetryBook, Waiting, merge_arrivals
+from fedrecon.plan import Arrival, merge_arrivals
+from strategies.faults import RetryBook, Waiting
 from strategies.recon import from_record
 from fedrecon.stats import ClassStats
 from tests.test_strategy import DIM, NODES, honest_reply, identity, make_strategy, reply_with  # noqa: F401 (fixture)

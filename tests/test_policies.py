@@ -21,8 +21,8 @@ def run(policy_name: str, rounds: list[list[ClassStats]]) -> ClassStats:
 
 
 def test_registry_lists_the_policies():
-    assert sorted(PROTOTYPE_POLICIES) == ["exact", "fedproto", "fedrecon", "local"]
-    with pytest.raises(ValueError, match="allowed: exact, fedproto, fedrecon, local"):
+    assert sorted(PROTOTYPE_POLICIES) == ["centralized", "exact", "fedproto", "fedrecon", "local"]
+    with pytest.raises(ValueError, match="allowed: centralized, exact, fedproto, fedrecon, local"):
         make_policy("fedavg")
 
 

@@ -1,0 +1,68 @@
+"""Flower strategy of the ``fedavg_finetune`` baseline: FedAvg of a backbone and a growing head."""
+
+from __future__ import annotations
+
+from logging import INFO
+
+from flwr.app import Message, MessageType
+from flwr.common.logger import log
+
+from fedrecon import protocol as P
+from fedrecon.finetune import IDS, fedavg
+from fedrecon.plan import Arrival, Plan
+from strategies.recon import ReconStrategy, to_record
+from strategies.validation import check_model_update, decode_reply, model_reply_limit
+
+
+class FedAvgFinetune(ReconStrategy):
+    """The standard federated recipe on class-incremental tasks, a baseline.
+
+    The plan, clock, retries, faults and traffic accounting are ReconStrategy's; what
+    travels differs. Each task message carries the whole global model (backbone and
+    head); each reply the client's fine-tuned model, which the server averages
+    (``fedrecon.finetune.fedavg``, weights: the tasks' sample counts). No class
+    statistics: ``stats`` stays empty.
+
+    Parameters
+    ----------
+    model : dict of ndarray
+        The global model before any task (``fedrecon.finetune.initial_model``).
+    Other parameters as :class:`ReconStrategy`.
+    """
+
+    message_type = f"{MessageType.TRAIN}.{P.FINETUNE}"
+
+    def __init__(self, plan: Plan, task_config: dict, model: dict, dim: int, **kwargs):
+        super().__init__(plan, "exact", task_config, {}, dim, **kwargs)
+        self.model = dict(model)
+
+    def summary(self) -> None:
+        log(INFO, "\t├── fedavg_finetune: %d model arrays sent with every task", len(self.model))
+        log(INFO, "\t├── Clients: %d, rounds: %d, tasks: %d", self.plan.clients, self.plan.rounds, len(self.plan.arrivals))
+        log(INFO, "\t└── Backbone: %s (%d-d features)", self.task_config["backbone"], self.dim)
+
+    def _round_records(self) -> tuple[dict, dict]:
+        return {P.MODEL: to_record(self.model)}, {}
+
+    def _add_backbone(self, content, client: int, server_round: int) -> None:
+        """Nothing: the model, backbone included, travels with every task."""
+
+    def check_reply(self, reply: Message, arrival: Arrival) -> dict:
+        limit = self.max_reply_bytes or model_reply_limit(self.model, arrival)
+        return check_model_update(decode_reply(reply, limit, P.MODEL_UPDATE), self.model, arrival)
+
+    def fold(self, accepted: list[tuple[Arrival, dict]]) -> None:
+        if accepted:
+            self.model = fedavg(self.model, [m for _, m in accepted], [float(len(a.sample_labels)) for a, _ in accepted])
+
+    def classes_learned(self) -> int:
+        return len(self.model[IDS])
+
+    def adapter_arrays(self) -> dict:
+        """The global model, checkpointed beside the (empty) statistics."""
+        return dict(self.model)
+
+    def restore(self, state: dict, stats, done: int, adapter: dict | None = None) -> None:
+        super().restore(state, stats, done)
+        if adapter:
+            self.model = dict(adapter)
