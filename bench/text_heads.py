@@ -11,8 +11,6 @@ samples the plan deals out, at one site; bench/heads.py) and the final accuracy 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.docs import write_section  # noqa: E402
+from bench.harness import fedrecon_run  # noqa: E402
 from bench.heads import pooled_features  # noqa: E402
 from fedrecon.evaluate import head_settings  # noqa: E402
 from fedrecon.heads import fit_head  # noqa: E402
@@ -36,11 +35,8 @@ def ceiling(pooled, head: str) -> float:
 
 def federated(path: str, head: str, out: Path) -> tuple[dict, float]:
     start = time.time()
-    cmd = [sys.executable, "-m", "server.cli", "run", path, "--set", f"merge.head={head}", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return json.loads((out / "summary.json").read_text()), time.time() - start
+    summary, _ = fedrecon_run(path, [f"merge.head={head}"], out)
+    return summary, time.time() - start
 
 
 def main() -> None:

@@ -1,0 +1,33 @@
+"""Run `fedrecon run` for a benchmark and read back its run folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fedrecon_run(scenario: str, overrides: list[str], out: Path) -> tuple[dict, list[dict]]:
+    """``fedrecon run SCENARIO --set ... --out OUT`` in a fresh process (as a user runs
+    it: Flower's simulation engine, Ray workers); its summary and per-round rows."""
+    cmd = [sys.executable, "-m", "server.cli", "run", scenario, "--out", str(out)]
+    for o in overrides:
+        cmd += ["--set", o]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return json.loads((out / "summary.json").read_text()), rows
+
+
+def accuracy_at(rows: list[dict], checkpoints) -> dict[int, float]:
+    """Accuracy of the last evaluated round at or below each number of classes seen."""
+    at = {}
+    for r in rows:
+        for c in checkpoints:
+            if r["accuracy"] is not None and r["classes_seen"] <= c:
+                at[c] = r["accuracy"]
+    return at
