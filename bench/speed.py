@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.docs import write_section  # noqa: E402
+from bench.harness import fedrecon_run  # noqa: E402
 from fedrecon.backbones import embed  # noqa: E402
 from fedrecon.scenario import load_scenario  # noqa: E402
 from server.federation import prepare  # noqa: E402
@@ -72,15 +72,9 @@ def time_embed(path: str) -> dict:
 
 def time_run(path: str, overrides: list[str], out: Path) -> tuple[float, list[dict]]:
     """Wall seconds of `fedrecon run` and the rows of its metrics.jsonl."""
-    cmd = [sys.executable, "-m", "server.cli", "run", path, "--out", str(out)]
-    for o in CPU_NO_CACHE + overrides:
-        cmd += ["--set", o]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return wall, [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    _, rows = fedrecon_run(path, CPU_NO_CACHE + overrides, out)
+    return time.perf_counter() - start, rows
 
 
 def measure(name: str, out: Path) -> dict:
