@@ -191,6 +191,16 @@ def _export_minilm(out: Path) -> None:
               str(out / "model.safetensors"))
 
 
+def pooled(setup: Setup) -> Setup:
+    """The same rows with every training sample in one task at one site (round 1): the
+    adapter trains on all classes at once, so no statistic goes stale. Not continual
+    learning: the upper bound of what the adapter can give the head."""
+    arrivals = setup.plan.arrivals
+    one = Arrival(1, 0, np.concatenate([a.sample_index for a in arrivals]), np.concatenate([a.sample_labels for a in arrivals]))
+    return Setup(setup.data, Plan(1, (one,), setup.plan.test_samples), setup.backbone, setup.checkpoint, setup.adapters,
+                 setup.head)
+
+
 def run(setup: Setup, device: torch.device, every: int) -> dict:
     """One federation; returns the row's metrics."""
     dataset, plan, settings, head = _load(setup.data), setup.plan, setup.adapters, setup.head
@@ -297,6 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", help="also write the rows to this file")
     parser.add_argument("--bundle", type=Path, help="run from a bundle made by --export (no pydantic, wheel or data needed)")
     parser.add_argument("--export", type=Path, help="write the bundle for another machine to this folder, and stop")
+    parser.add_argument("--pooled", action="store_true", help="every training sample in one task at one site: the upper bound")
     args = parser.parse_args(argv)
     if args.export:
         export_bundle(args.export, args.scenarios)
@@ -320,6 +331,8 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 setup = from_scenario(path, [*settings, *(quick if args.quick else []), *change,
                                              "model.embedding_cache=null", *args.overrides])
+            if args.pooled:
+                setup, label = pooled(setup), f"{label} (pooled)"
             row = {"scenario": name, "run": label, **run(setup, device, every)}
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -10,15 +10,23 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def fedrecon_run(scenario: str, overrides: list[str], out: Path) -> tuple[dict, list[dict]]:
+def fedrecon_run(scenario: str, overrides: list[str], out: Path, reuse: bool = False) -> tuple[dict, list[dict]]:
     """``fedrecon run SCENARIO --set ... --out OUT`` in a fresh process (as a user runs
-    it: Flower's simulation engine, Ray workers); its summary and per-round rows."""
+    it: Flower's simulation engine, Ray workers); its summary and per-round rows.
+    ``reuse``: a finished run already in ``out`` is read instead (the caller vouches
+    that it ran with the same settings)."""
+    if reuse and (out / "summary.json").is_file():
+        return _read(out)
     cmd = [sys.executable, "-m", "server.cli", "run", scenario, "--out", str(out)]
     for o in overrides:
         cmd += ["--set", o]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return _read(out)
+
+
+def _read(out: Path) -> tuple[dict, list[dict]]:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return json.loads((out / "summary.json").read_text()), rows
 

@@ -111,8 +111,13 @@ def evaluate(msg: Message, context: Context) -> Message:
 
     config = dict(msg.content[P.EVAL_CONFIG])
     arrays = _numpy(msg.content[P.EVAL_ARRAYS])
+    adapter = None
+    if config.get("adapter_schedule", "frozen") != "frozen":
+        # the server's merged adapter; under merge.adapters none, this client's own
+        own = context.state[LOCAL_ADAPTER] if LOCAL_ADAPTER in context.state else ArrayRecord({})
+        adapter = _numpy(msg.content[P.ADAPTER] if P.ADAPTER in msg.content else own)
     correct, samples = score_share(config, _numpy(msg.content[P.MODEL]), arrays["sample_index"], arrays["sample_labels"],
-                                   _backbone(msg, context, config), _data_root(context, config))
+                                   _backbone(msg, context, config), _data_root(context, config), adapter)
     return Message(RecordDict({P.METRICS: MetricRecord({"correct": correct, "samples": samples})}), reply_to=msg)
 
 

@@ -8,7 +8,7 @@ import hashlib
 import numpy as np
 from torch import nn
 
-from fedrecon.adapters import Adapted, AdapterSettings, TaskResult, client_task, make_adapter_policy
+from fedrecon.adapters import Adapted, AdapterSettings, TaskResult, client_task, embed_adapted, make_adapter_policy
 
 from fedrecon.backbones import PRETRAINED, build_backbone, model_from_numpy, pick_device, state_to_numpy
 from fedrecon.cache import EmbeddingCache, embed_samples
@@ -108,6 +108,20 @@ def adapted_backbone(name: str, digest: str, state: dict[str, np.ndarray] | None
         # a copy: training must not touch the frozen backbone other tasks share
         _ADAPTED[key] = Adapted(copy.deepcopy(frozen_backbone(name, digest, state)), name, settings)
     return _ADAPTED[key]
+
+
+def adapted_features(config: dict, sample_index: np.ndarray, sample_labels: np.ndarray,
+                     backbone_state: dict[str, np.ndarray] | None, data_root: str,
+                     base: dict[str, np.ndarray]) -> np.ndarray:
+    """Features of the named samples under the adapter ``base`` (the server's, or under
+    ``merge.adapters: none`` this client's own), as the server scores a merged adapter:
+    the factors a client would start its next task from, never trained here."""
+    settings = AdapterSettings.from_config(config)
+    inputs = task_inputs(config, sample_index, sample_labels, data_root)
+    adapted = adapted_backbone(config["backbone"], config["backbone_digest"], backbone_state, settings)
+    # any client id: a fresh stack adapter's B is zero, so only the folded update counts
+    adapted.load(make_adapter_policy(settings.merge).client_start(base, adapted.shapes(), settings, 0, int(config["round"]) + 1))
+    return embed_adapted(adapted.model, inputs, pick_device(config["device"]), settings.amp)
 
 
 def learn_task_adapted(task: dict, sample_index: np.ndarray, sample_labels: np.ndarray,

@@ -780,8 +780,6 @@ def _adapter_checks(s: Scenario, source: SourceMap) -> list[str]:
     if a.targets is None and s.model.backbone not in DEFAULT_TARGETS:
         problems.append(source.error(("adapters", "schedule"), f"backbone {s.model.backbone} has no layers to adapt "
                                                                f"(adapters work on {', '.join(sorted(DEFAULT_TARGETS))})"))
-    if s.evaluation.where == "clients":
-        problems.append(source.error(("evaluation", "where"), "clients do not score under adapters yet: use server"))
     if a.staleness == "compensate" and s.merge.head == "ridge":
         problems.append(source.error(("adapters", "staleness"), "compensate cannot move the ridge head's random-feature "
                                                                 "statistics: use keep, or head ncm or lda"))

@@ -293,12 +293,15 @@ class ReconStrategy(Strategy):
             return []
         seen = self.plan.classes_seen(server_round)
         messages = []
+        # the merged adapter, if any, goes with the model (merge.adapters none: clients use their own)
+        adapter = {P.ADAPTER: to_record(self.adapters.payload())} if self.adapters and self.adapters.policy.replies else {}
         for client, node in sorted(self.nodes.items()):
             index, labels = eval_share(self.plan, seen, client, self.plan.clients)
             content = RecordDict({
                 P.EVAL_CONFIG: ConfigRecord({**self.task_config, **settings, "round": server_round}),
                 P.EVAL_ARRAYS: to_record({"sample_index": index, "sample_labels": labels}),
                 P.MODEL: arrays,
+                **adapter,
             })
             self._add_backbone(content, client, server_round)
             messages.append(Message(content, dst_node_id=node, message_type=MessageType.EVALUATE))

@@ -38,3 +38,21 @@ def test_ffa_adapters_with_drift_compensation_run_and_checkpoint(write_scenario,
     # traffic stays far below conv4's weights (~450 KB)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[1]["bytes_down"] + rows[1]["bytes_up"] < 100_000
+
+
+def test_clients_score_under_the_merged_adapter_as_the_server_does(write_scenario, tmp_path):
+    """evaluation.where: clients under ffa: each client embeds its test share under the
+    merged adapter, and the counts add up to the server's own accuracy, round by round."""
+    base = small_scenario()
+    accuracies = {}
+    for where in ("server", "clients"):
+        scenario = {**base, "tasks": {**base["tasks"], "num_classes": 12},
+                    "merge": {"prototypes": "exact", "adapters": "ffa"},
+                    "adapters": {"schedule": "every_task", "rank": 2, "lr": 1e-3, "epochs": 1, "batch_size": 10},
+                    "evaluation": {"where": where}}
+        out = tmp_path / where
+        assert fedrecon(["run", str(write_scenario(scenario, f"{where}.yaml")), "--out", str(out)]) == 0
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        accuracies[where] = [r["accuracy"] for r in rows]
+    assert accuracies["clients"] == pytest.approx(accuracies["server"], abs=1e-12)
+    assert all(a is not None and a > 0.5 for a in accuracies["clients"])
