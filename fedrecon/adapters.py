@@ -253,7 +253,7 @@ def forward_features(model: nn.Module, batch: np.ndarray, device: torch.device) 
     return model(torch.as_tensor(np.asarray(batch, dtype=np.float32)).to(device))
 
 
-def _autocast(device: torch.device, amp: bool):
+def autocast_bf16(device: torch.device, amp: bool):
     # bf16 keeps float32's exponent range: no loss scaling needed, unlike fp16
     enabled = amp and device.type == "cuda"
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
@@ -289,20 +289,29 @@ def train_adapter(adapted: Adapted, inputs: np.ndarray, labels: np.ndarray, lr: 
     for epoch in range(s.epochs):
         if head is None and epoch:
             means = torch.as_tensor(_class_means(model, inputs, y, len(classes), device), device=device, dtype=torch.float32)
-        order, total, batches = rng.permutation(len(labels)), 0.0, 0
-        for b in range(0, len(order), s.batch_size):
-            idx = order[b : b + s.batch_size]
-            with _autocast(device, s.amp):
+
+        def loss_of(idx: np.ndarray) -> torch.Tensor:
+            with autocast_bf16(device, s.amp):
                 feats = forward_features(model, inputs[idx], device).float()
             weights = head if head is not None else means
             logits = F.normalize(feats, dim=1) @ F.normalize(weights, dim=1).T / s.temperature
-            loss = F.cross_entropy(logits, y_all[idx])
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-            total, batches = total + float(loss.detach()), batches + 1
-        last = total / max(batches, 1)
+            return F.cross_entropy(logits, y_all[idx])
+
+        last = train_epoch(optim, rng.permutation(len(labels)), s.batch_size, loss_of)
     return {"loss": last, "seconds": time.perf_counter() - start}
+
+
+def train_epoch(optim: torch.optim.Optimizer, order: np.ndarray, batch_size: int,
+                loss_of: Callable[[np.ndarray], torch.Tensor]) -> float:
+    """One pass over the samples in ``order``, a step a batch; the mean batch loss."""
+    total, batches = 0.0, 0
+    for b in range(0, len(order), batch_size):
+        loss = loss_of(order[b : b + batch_size])
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        total, batches = total + float(loss.detach()), batches + 1
+    return total / max(batches, 1)
 
 
 @torch.no_grad()
@@ -322,7 +331,7 @@ def embed_adapted(model: nn.Module, inputs: np.ndarray, device: torch.device, am
     model = model.to(device).eval()
     out = []
     for b in range(0, len(inputs), batch_size):
-        with _autocast(device, amp):
+        with autocast_bf16(device, amp):
             out.append(forward_features(model, inputs[b : b + batch_size], device).double().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0))
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedrecon.adapters import forward_features
+from fedrecon.adapters import autocast_bf16, forward_features, train_epoch
 from fedrecon.backbones import state_to_numpy
 
 BACKBONE, IDS, WEIGHT, BIAS = "backbone.", "head.ids", "head.weight", "head.bias"
@@ -107,7 +107,7 @@ def train_task(module: nn.Module, model: Mapping[str, np.ndarray], inputs: np.nd
     The head is grown by the task's classes first; the loss is cross-entropy over every
     row of the head (old classes included, which no sample supports any more).
     """
-    start = time.perf_counter()
+    start, device = time.perf_counter(), torch.device(device)
     model = grow_head(model, np.unique(labels))
     ids = model[IDS]
     module = load_backbone(module, model).to(device)
@@ -119,18 +119,15 @@ def train_task(module: nn.Module, model: Mapping[str, np.ndarray], inputs: np.nd
     optim = torch.optim.AdamW([{"params": list(module.parameters()), "lr": settings.lr},
                                {"params": [weight, bias], "lr": settings.head_lr}], weight_decay=settings.weight_decay)
     rng = np.random.default_rng([settings.seed, _FINETUNE, task_seed])
+
+    def loss_of(idx: np.ndarray) -> torch.Tensor:
+        with autocast_bf16(device, True):  # bf16 on CUDA only
+            feats = forward_features(module, inputs[idx], device).float()
+        return F.cross_entropy(feats @ weight.T + bias, y_all[idx])
+
     last = float("nan")
     for _ in range(settings.epochs):
-        order, total, batches = rng.permutation(len(labels)), 0.0, 0
-        for b in range(0, len(order), settings.batch_size):
-            idx = order[b : b + settings.batch_size]
-            logits = forward_features(module, inputs[idx], device).float() @ weight.T + bias
-            loss = F.cross_entropy(logits, y_all[idx])
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-            total, batches = total + float(loss.detach()), batches + 1
-        last = total / max(batches, 1)
+        last = train_epoch(optim, rng.permutation(len(labels)), settings.batch_size, loss_of)
     module.eval()
     trained = {**_backbone_arrays(module),
                IDS: ids, WEIGHT: weight.detach().cpu().numpy(), BIAS: bias.detach().cpu().numpy()}

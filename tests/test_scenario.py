@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from fedrecon.plan import make_plan, timeline
-from fedrecon.scenario import ScenarioError, key_table, load_scenario, parse_scenario, schema_text
+from fedrecon.scenario import ScenarioError, key_table, load_scenario, parse_scenario
 from server.cli import main
 
 from tests.conftest import REPO

@@ -11,7 +11,6 @@ import pytest
 from fedrecon.plan import make_plan
 from fedrecon.scenario import ScenarioError, load_scenario
 
-from tests.conftest import REPO
 BAD = sorted((Path(__file__).parent / "bad_scenarios").glob("*.yaml"))
 HEADER = re.compile(r"^# (?:line (\d+)|error): (.+)$")
 
