@@ -815,6 +815,10 @@ def _fault_checks(s: Scenario, source: SourceMap) -> list[str]:
     problems, seen = [], set()
     for k, fault in enumerate(s.faults.inject):
         here = ("faults", "inject", k)
+        if s.merge.prototypes == "centralized" and fault.client != 0:
+            problems.append(source.error(here + ("client",), f"centralized runs one site (client 0): every task goes there, "
+                                                             f"so client {fault.client} never gets one"))
+            continue
         if fault.client >= s.clients.count:
             problems.append(source.error(here + ("client",), f"no client {fault.client}: ids are 0..{s.clients.count - 1}"))
         if s.rounds is not None and fault.round > s.rounds:
