@@ -23,6 +23,10 @@ def _numpy(record: ArrayRecord) -> dict:
     return {k: v.numpy() for k, v in record.items()}
 
 
+def _record(arrays: dict) -> ArrayRecord:
+    return ArrayRecord({k: Array(v) for k, v in arrays.items()})
+
+
 def _backbone(msg: Message, context: Context, config: dict) -> dict | None:
     """The backbone this message brings (kept in the node's context), else the kept one."""
     if P.BACKBONE in msg.content:
@@ -57,7 +61,7 @@ def train(msg: Message, context: Context) -> Message:
     context.state["progress"] = progress
 
     reply = RecordDict({
-        P.STATS: ArrayRecord({k: Array(v) for k, v in faults.spoil(task, stats.to_arrays()).items()}),
+        P.STATS: _record(faults.spoil(task, stats.to_arrays())),
         **extra,
         P.METRICS: MetricRecord({
             "task": int(task["task"]),
@@ -80,10 +84,10 @@ def _learn_adapted(msg: Message, context: Context, task: dict, arrays: dict, bac
                                 int(context.node_config["partition-id"]), global_state, local_state, task_number,
                                 arrays.get("prototypes"))
     if result.local:
-        context.state[LOCAL_ADAPTER] = ArrayRecord({k: Array(v) for k, v in result.local.items()})
-    extra = {P.ADAPTER_UPDATE: ArrayRecord({k: Array(v) for k, v in result.factors.items()})}
+        context.state[LOCAL_ADAPTER] = _record(result.local)
+    extra = {P.ADAPTER_UPDATE: _record(result.factors)}
     if result.drift is not None:
-        extra[P.DRIFT] = ArrayRecord({"sums": Array(result.drift[0]), "weights": Array(result.drift[1])})
+        extra[P.DRIFT] = _record({"sums": result.drift[0], "weights": result.drift[1]})
     return result.stats, extra
 
 
@@ -98,7 +102,7 @@ def finetune(msg: Message, context: Context) -> Message:
     model, info = learn_task_finetune(task, arrays["sample_index"], arrays["sample_labels"], _numpy(msg.content[P.MODEL]),
                                       _data_root(context, task))
     reply = RecordDict({
-        P.MODEL_UPDATE: ArrayRecord({k: Array(v) for k, v in faults.spoil(task, model).items()}),
+        P.MODEL_UPDATE: _record(faults.spoil(task, model)),
         P.METRICS: MetricRecord({"task": int(task["task"]), "samples": len(arrays["sample_index"]),
                                  "seconds": info["seconds"], "loss": info["loss"]}),
     })

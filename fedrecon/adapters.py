@@ -39,6 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from fedrecon.registry import create, registrar
+
 # Seed stream of adapter initialisations: np.random.default_rng([seed, _ADAPTER, layer, ...]).
 # The plan's streams are 1..5 and the ridge projection is 101; this one is apart.
 _ADAPTER = 202
@@ -360,18 +362,11 @@ class AdapterMerge(Protocol):
 ADAPTER_POLICIES: dict[str, Callable[[], AdapterMerge]] = {}
 
 
-def register(name: str):
-    def add(cls):
-        ADAPTER_POLICIES[name] = cls
-        return cls
-
-    return add
+register = registrar(ADAPTER_POLICIES)
 
 
 def make_adapter_policy(name: str) -> AdapterMerge:
-    if name not in ADAPTER_POLICIES:
-        raise ValueError(f"unknown merge.adapters {name!r}; allowed: {', '.join(sorted(ADAPTER_POLICIES))}")
-    return ADAPTER_POLICIES[name]()
+    return create(ADAPTER_POLICIES, name, "merge.adapters")
 
 
 def _normalised(weights: list[float]) -> np.ndarray:

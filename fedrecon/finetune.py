@@ -195,6 +195,7 @@ def class_counts(module: nn.Module, model: Mapping[str, np.ndarray], dataset, pl
     """Per class of ``classes``: test samples the model names right, and test samples."""
     index, labels = plan.test_set(classes)
     hit = predict(module, model, dataset.inputs[index], device) == labels
-    total = np.array([int((labels == c).sum()) for c in classes])
-    correct = np.array([int(hit[labels == c].sum()) for c in classes])
-    return correct, total
+    # test_set lists each class's samples in one block, in the order of ``classes``
+    total = np.array([len(plan.test_samples[int(c)]) for c in classes], dtype=np.int64)
+    block = np.repeat(np.arange(len(classes)), total)
+    return np.bincount(block, weights=hit, minlength=len(classes)).astype(np.int64), total

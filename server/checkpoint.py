@@ -13,22 +13,25 @@ from fedrecon.stats import ClassStats
 CHECKPOINT = "checkpoint.npz"
 
 
-ADAPTER_PREFIX = "adapter/"  # npz names of the server's adapter arrays
+# npz names of the arrays the server keeps besides the statistics: the merged adapter's
+# factors, or the fedavg_finetune model (the prefix predates the latter; kept so that
+# older run folders still resume)
+MODEL_PREFIX = "adapter/"
 
 
 def save_run_state(out_dir: str | Path, done: int, stats: ClassStats, state: dict,
-                   parts: dict[int, ClassStats] | None = None, adapter: dict | None = None) -> Path:
+                   parts: dict[int, ClassStats] | None = None, model: dict | None = None) -> Path:
     """Write the state after round ``done``: a temp file, flushed, then renamed over the
     old one, so a crash at any moment leaves either the old or the new checkpoint.
-    ``parts`` are statistics kept per client (policy ``local``); ``adapter`` the server's
-    merged adapter arrays."""
+    ``parts`` are statistics kept per client (policy ``local``); ``model`` the server's
+    other arrays (``ReconStrategy.model_arrays``)."""
     path = Path(out_dir) / CHECKPOINT
     tmp = path.with_name(path.name + ".tmp")
     meta = json.dumps({"round": done, **state}).encode()
     with tmp.open("wb") as f:
         per_client = {f"client{c}.{k}": v for c, part in (parts or {}).items() for k, v in part.to_arrays().items()}
         np.savez(f, **stats.to_arrays(), **per_client, meta=np.frombuffer(meta, dtype=np.uint8),
-                 **{ADAPTER_PREFIX + k: v for k, v in (adapter or {}).items()})
+                 **{MODEL_PREFIX + k: v for k, v in (model or {}).items()})
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -42,11 +45,11 @@ def load_run_state(run_dir: str | Path) -> tuple[int, ClassStats, dict]:
         raise FileNotFoundError(f"{path}: no checkpoint (was the run folder written by a run that finished a round?)")
     with np.load(path) as npz:
         stats = ClassStats.from_arrays({k: npz[k] for k in npz.files
-                                        if k != "meta" and "." not in k and not k.startswith(ADAPTER_PREFIX)})
+                                        if k != "meta" and "." not in k and not k.startswith(MODEL_PREFIX)})
         state = json.loads(npz["meta"].tobytes().decode())
-        adapter = {k[len(ADAPTER_PREFIX):]: npz[k] for k in npz.files if k.startswith(ADAPTER_PREFIX)}
-    if adapter:
-        state["adapter_arrays"] = adapter
+        model = {k[len(MODEL_PREFIX):]: npz[k] for k in npz.files if k.startswith(MODEL_PREFIX)}
+    if model:
+        state["model_arrays"] = model
     return int(state.pop("round")), stats, state
 
 

@@ -126,16 +126,21 @@ def run_scenario(grid: Grid, prep: Prepared, out_dir: str | Path, echo=print, re
     else:
         strategy = ReconStrategy(plan, s.merge.prototypes, task_config, backbone, prep.dim, evaluate_on_clients=on_clients,
                                  adapter_shapes=adapted.shapes() if adapted else None, **common)
-    cache = EmbeddingCache(digest, prep.dataset.fingerprint, s.model.embedding_cache)
-    evaluator = Evaluator(prep.dataset, prep.model, plan, head, pick_device(s.model.device), cache)
+    device = pick_device(s.model.device)
+    # under adapters, features move with the merged adapter: no embedding cache, recomputed when it changes
+    cache = None if adapted else EmbeddingCache(digest, prep.dataset.fingerprint, s.model.embedding_cache)
+    evaluator = Evaluator(prep.dataset, adapted.model if adapted else prep.model, plan, head, device, cache)
     scored_version = {"version": -1}
-    if adapted is not None:
-        # features under a moving adapter: no embedding cache, recomputed when the adapter changes
-        evaluator = Evaluator(prep.dataset, adapted.model, plan, head, pick_device(s.model.device), None)
+
+    def class_counts(seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per class seen: test samples the global model names right, and test samples."""
+        if finetuning:
+            return finetune_counts(tuned, strategy.model, prep.dataset, plan, seen, device)
+        return evaluator.class_counts(strategy.stats, seen)  # the merged statistics, not decoded again
     recorder = RunRecorder(out_dir, plan.rounds, echo)
     if resume:
         done, stats, state = load_run_state(out_dir)
-        strategy.restore(state["strategy"], stats, done, state.get("adapter_arrays"))
+        strategy.restore(state["strategy"], stats, done, state.get("model_arrays"))
         if strategy.own is not None:
             strategy.own = load_parts(out_dir)
         recorder.restore(state["rows"])
@@ -149,7 +154,6 @@ def run_scenario(grid: Grid, prep: Prepared, out_dir: str | Path, echo=print, re
         if server_round <= strategy.resume_after or not strategy.active(server_round):
             clock["last"] = time.time()
             return None
-        stats = strategy.stats  # what ``arrays`` encodes, without decoding it again
         seen = plan.classes_seen(server_round)
         due = server_round % s.evaluation.every == 0 or server_round >= plan.rounds
         if on_clients is None and due and strategy.adapters is not None and strategy.adapters.version != scored_version["version"]:
@@ -157,17 +161,13 @@ def run_scenario(grid: Grid, prep: Prepared, out_dir: str | Path, echo=print, re
             adapted.load(strategy.adapters.start_for(0, server_round + 1))
             evaluator.reset()
             scored_version["version"] = strategy.adapters.version
-        if due and finetuning:
-            correct, total = finetune_counts(tuned, strategy.model, prep.dataset, plan, seen, pick_device(s.model.device))
-            accuracy = float(correct.sum() / total.sum()) if total.sum() else float("nan")
-            recorder.record_classes(server_round, seen, correct, total)
-        elif on_clients is not None:
+        if on_clients is not None:
             accuracy = strategy.client_accuracy(server_round)
         elif due and strategy.own is not None:
             # No merge: each client's own head, averaged over the clients that learned something.
             accuracy = float(np.mean([evaluator.accuracy(own, seen) for own in strategy.own.values()])) if strategy.own else 0.0
         elif due:
-            correct, total = evaluator.class_counts(stats, seen)
+            correct, total = class_counts(seen)
             accuracy = float(correct.sum() / total.sum()) if total.sum() else float("nan")
             recorder.record_classes(server_round, seen, correct, total)
         else:
@@ -186,7 +186,7 @@ def run_scenario(grid: Grid, prep: Prepared, out_dir: str | Path, echo=print, re
             "seconds": round(now - clock["last"], 3),
         })
         save_run_state(recorder.out, server_round, strategy.stats, {"strategy": strategy.state(), "rows": recorder.rows},
-                       strategy.own, strategy.adapter_arrays())
+                       strategy.own, strategy.model_arrays())
         clock["last"] = now
         return None
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from logging import INFO
-
 from flwr.app import Message, MessageType
-from flwr.common.logger import log
 
 from fedrecon import protocol as P
 from fedrecon.finetune import IDS, fedavg
@@ -36,10 +33,8 @@ class FedAvgFinetune(ReconStrategy):
         super().__init__(plan, "exact", task_config, {}, dim, **kwargs)
         self.model = dict(model)
 
-    def summary(self) -> None:
-        log(INFO, "\t├── fedavg_finetune: %d model arrays sent with every task", len(self.model))
-        log(INFO, "\t├── Clients: %d, rounds: %d, tasks: %d", self.plan.clients, self.plan.rounds, len(self.plan.arrivals))
-        log(INFO, "\t└── Backbone: %s (%d-d features)", self.task_config["backbone"], self.dim)
+    def method(self) -> str:
+        return f"fedavg_finetune: {len(self.model)} model arrays sent with every task"
 
     def _round_records(self) -> tuple[dict, dict]:
         return {P.MODEL: to_record(self.model)}, {}
@@ -58,11 +53,11 @@ class FedAvgFinetune(ReconStrategy):
     def classes_learned(self) -> int:
         return len(self.model[IDS])
 
-    def adapter_arrays(self) -> dict:
+    def model_arrays(self) -> dict:
         """The global model, checkpointed beside the (empty) statistics."""
         return dict(self.model)
 
-    def restore(self, state: dict, stats, done: int, adapter: dict | None = None) -> None:
+    def restore(self, state: dict, stats, done: int, model: dict | None = None) -> None:
         super().restore(state, stats, done)
-        if adapter:
-            self.model = dict(adapter)
+        if model:
+            self.model = dict(model)

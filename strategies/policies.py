@@ -7,6 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
+from fedrecon.registry import create, registrar
 from fedrecon.stats import ClassStats, add_stats
 
 
@@ -32,12 +33,7 @@ def restore_policy(policy: MergePolicy, state: dict) -> None:
 PROTOTYPE_POLICIES: dict[str, Callable[[], MergePolicy]] = {}
 
 
-def register(name: str):
-    def add(cls):
-        PROTOTYPE_POLICIES[name] = cls
-        return cls
-
-    return add
+register = registrar(PROTOTYPE_POLICIES)
 
 
 @register("exact")
@@ -167,9 +163,7 @@ class FedProtoUnweighted:
 
 
 def make_policy(name: str) -> MergePolicy:
-    if name not in PROTOTYPE_POLICIES:
-        raise ValueError(f"unknown merge.prototypes {name!r}; allowed: {', '.join(sorted(PROTOTYPE_POLICIES))}")
-    return PROTOTYPE_POLICIES[name]()
+    return create(PROTOTYPE_POLICIES, name, "merge.prototypes")
 
 
 def replay(plan, features: np.ndarray, policy_name: str, spec=None) -> ClassStats:

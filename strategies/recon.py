@@ -108,12 +108,16 @@ class ReconStrategy(Strategy):
         self._prototypes = 0  # prototypes sent this round (drift sums must match)
 
     def summary(self) -> None:
-        log(INFO, "\t├── Prototype merge policy: %s", self.policy_name)
+        log(INFO, "\t├── %s", self.method())
         log(INFO, "\t├── Clients: %d, rounds: %d, tasks: %d", self.plan.clients, self.plan.rounds, len(self.plan.arrivals))
         if self.adapters is not None:
             a = self.adapters.settings
             log(INFO, "\t├── Adapters: %s, merge %s, rank %d, staleness %s", a.schedule, a.merge, a.rank, a.staleness)
         log(INFO, "\t└── Backbone: %s (%d-d features)", self.task_config["backbone"], self.dim)
+
+    def method(self) -> str:
+        """What the clients learn and the server merges, for the run's summary."""
+        return f"Prototype merge policy: {self.policy_name}"
 
     def identify(self, grid: Grid) -> None:
         """Map partition ids to node ids, waiting for every client the first time.
@@ -357,11 +361,12 @@ class ReconStrategy(Strategy):
             "adapter_version": self.adapters.version if self.adapters is not None else 0,
         }
 
-    def adapter_arrays(self) -> dict:
-        """The server's adapter state, checkpointed beside the statistics."""
+    def model_arrays(self) -> dict:
+        """Arrays the server keeps besides the statistics, checkpointed with them: the
+        merged adapter's state."""
         return dict(self.adapters.state) if self.adapters is not None else {}
 
-    def restore(self, state: dict, stats: ClassStats, done: int, adapter: dict | None = None) -> None:
+    def restore(self, state: dict, stats: ClassStats, done: int, model: dict | None = None) -> None:
         """Continue after round ``done``. Which clients hold the backbone is not restored:
         a new run gives every node a fresh context, so the identify answers say."""
         self.stats = stats
@@ -371,7 +376,7 @@ class ReconStrategy(Strategy):
         self.backbone_sent = set(state["backbone_sent"])
         self.client_eval = {int(r): t for r, t in state["client_eval"].items()}
         restore_policy(self.policy, state.get("policy", {}))
-        if self.adapters is not None and adapter:
-            self.adapters.state = dict(adapter)
+        if self.adapters is not None and model:
+            self.adapters.state = dict(model)
             self.adapters.version = int(state.get("adapter_version", 0))
         self.resume_after = done

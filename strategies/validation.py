@@ -73,6 +73,13 @@ def decode_reply(reply: Message, max_bytes: int, name: str = P.STATS) -> dict[st
         raise PayloadError(f"arrays cannot be decoded: {exc}") from None
 
 
+def _same_keys(what: str, arrays: dict, expected: set[str]) -> None:
+    """Refuse ``arrays`` unless it holds exactly the ``expected`` names (a few of each difference named)."""
+    if set(arrays) != expected:
+        missing, unexpected = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
+        raise PayloadError(f"{what}: missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                           f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+
 
 def check_adapter_update(arrays: dict[str, np.ndarray], shapes: dict[str, tuple[int, int]], rank: int,
                          factors: str) -> dict[str, np.ndarray] | None:
@@ -81,11 +88,7 @@ def check_adapter_update(arrays: dict[str, np.ndarray], shapes: dict[str, tuple[
     float32, ``A`` of shape (rank, fan_in), ``B`` (out, rank), finite."""
     if not arrays:
         return None
-    expected = {f"{n}.{f}" for n in shapes for f in factors}
-    if set(arrays) != expected:
-        missing, unexpected = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
-        raise PayloadError(f"adapter update: missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
-                           f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+    _same_keys("adapter update", arrays, {f"{n}.{f}" for n in shapes for f in factors})
     for key, v in arrays.items():
         out, fan_in = shapes[key[:-2]]
         shape = (rank, fan_in) if key.endswith(".A") else (out, rank)
@@ -167,10 +170,7 @@ def check_model_update(arrays: dict[str, np.ndarray], current: dict[str, np.ndar
     """A fedavg_finetune reply, checked against the global model it started from: the
     same backbone entries (shape, dtype, finite), and a head whose rows are exactly the
     global classes plus the task's, sorted, float32 and finite."""
-    if set(arrays) != set(current):
-        missing, unexpected = sorted(set(current) - set(arrays)), sorted(set(arrays) - set(current))
-        raise PayloadError(f"model update: missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
-                           f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+    _same_keys("model update", arrays, set(current))
     expected_ids = grow_head(current, arrival.classes)[IDS]
     ids = arrays[IDS]
     if ids.dtype.kind not in "iu" or not np.array_equal(ids, expected_ids):

@@ -95,8 +95,8 @@ class RestartingGrid:
         replies = []
         for m in messages:
             self.queried.append(m.metadata.dst_node_id)
-            identity = {"partition_id": 1, "backbone_digest": ""}
-            reply = Message(RecordDict({P.IDENTITY: ConfigRecord(identity)}), reply_to=m)
+            who = {"partition_id": 1, "backbone_digest": ""}
+            reply = Message(RecordDict({P.IDENTITY: ConfigRecord(who)}), reply_to=m)
             reply.metadata.__dict__["_src_node_id"] = m.metadata.dst_node_id
             replies.append(reply)
         return replies
