@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere, without installing fedrecon
     sys.path.insert(0, str(ROOT))
 
-from fedrecon.adapters import Adapted, AdapterServer, AdapterSettings, client_task, embed_adapted  # noqa: E402
+from fedrecon.adapters import Adapted, AdapterServer, AdapterSettings, adapt_step, client_task, embed_adapted  # noqa: E402
 from fedrecon.backbones import load_checkpoint, pick_device  # noqa: E402
 from fedrecon.data import load_dataset  # noqa: E402
 from fedrecon.heads import HeadSettings, build_head  # noqa: E402
@@ -47,14 +47,20 @@ from fedrecon.stats import ClassStats, add_stats  # noqa: E402
 DATA_KEYS = ("path", "test_path", "text_column", "label_column", "group_column")
 
 # (label, overrides) of each row; the adapter rows share the scenario's adapters section
+# Every row says its adapter keys, so that a scenario file with adapters runs the frozen rows too.
+FROZEN = ["adapters.schedule=frozen", "merge.adapters=none", "adapters.rounds=0"]
 ROWS = [
-    ("frozen ncm", ["merge.head=ncm"]),
-    ("frozen ridge", ["merge.head=ridge"]),
-    *[(f"{policy} {schedule}", [f"merge.adapters={policy}", f"adapters.schedule={schedule}"])
+    ("frozen ncm", ["merge.head=ncm", *FROZEN]),
+    ("frozen ridge", ["merge.head=ridge", *FROZEN]),
+    *[(f"{policy} {schedule}", [f"merge.adapters={policy}", f"adapters.schedule={schedule}", "adapters.rounds=0"])
       for schedule in ("first_task", "every_task") for policy in ("none", "fedavg", "ffa", "stack")],
-    ("stack every_task ncm keep", ["merge.adapters=stack", "adapters.schedule=every_task", "merge.head=ncm"]),
+    # adapter rounds: a round's trainers train one adapter together, then summarise under it
+    *[(f"{policy} first_task rounds {n}", [f"merge.adapters={policy}", "adapters.schedule=first_task", f"adapters.rounds={n}"])
+      for policy in ("fedavg", "ffa", "stack") for n in (1, 3)],
+    ("stack every_task ncm keep", ["merge.adapters=stack", "adapters.schedule=every_task", "merge.head=ncm",
+                                   "adapters.rounds=0"]),
     ("stack every_task ncm compensate", ["merge.adapters=stack", "adapters.schedule=every_task", "merge.head=ncm",
-                                         "adapters.staleness=compensate"]),
+                                         "adapters.staleness=compensate", "adapters.rounds=0"]),
 ]
 
 # Settings of each benchmarked scenario: its file, adapter settings, and what --quick changes.
@@ -63,6 +69,9 @@ SCENARIOS = {
                  ["merge.head=ridge", "adapters.rank=8", "adapters.lr=3e-4", "adapters.lr_later=3e-5", "adapters.epochs=1",
                   "adapters.alpha=16", "adapters.batch_size=64", "adapters.drift_sigma=0.3"],
                  ["tasks.train_shots=20", "tasks.test_shots=10"]),
+    # the same ten domains, all in round 1: ten clients adapt at once (adapter rounds' case);
+    # the scenario file holds the settings (lr 1e-3: statistics follow the merged adapter)
+    "clinc150-adapters": ("scenarios/clinc150-domains-adapters.yaml", [], ["tasks.train_shots=20", "tasks.test_shots=10"]),
     "hwu64": ("scenarios/hwu64-dirichlet.yaml",
               ["merge.head=ridge", "adapters.rank=8", "adapters.lr=3e-4", "adapters.lr_later=3e-5", "adapters.epochs=1",
                "adapters.alpha=16", "adapters.batch_size=64", "adapters.drift_sigma=0.3"],
@@ -220,6 +229,20 @@ def run(setup: Setup, device: torch.device, every: int) -> dict:
     for r in range(1, plan.rounds + 1):
         arrivals = plan.arrivals_at(r)
         updates, factors, weights, drifts, bytes_round, stats_bytes = [], [], [], [], 0, 0
+        for step in range(settings.rounds if adapted else 0):
+            # adapter rounds (as strategies.adapter_rounds): train together, merge, repeat
+            step_factors, step_weights = [], []
+            for a in arrivals:
+                bytes_round += sum(v.nbytes for v in server.payload().values())
+                f, loss = adapt_step(adapted, server.start_for(a.client, r), dataset.inputs[a.sample_index],
+                                     a.sample_labels, tasks_done.get(a.client, 0), device, r, step)
+                if f:
+                    step_factors.append(f)
+                    step_weights.append(float(len(a.sample_labels)))
+                    bytes_round += sum(v.nbytes for v in f.values())
+                    losses.append(loss)
+            if not server.merge(step_factors, step_weights):
+                break  # no one trains this round: no more steps
         prototypes = stats.means() if stats is not None and len(stats) else None
         for a in arrivals:
             inputs = dataset.inputs[a.sample_index]

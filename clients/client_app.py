@@ -91,6 +91,26 @@ def _learn_adapted(msg: Message, context: Context, task: dict, arrays: dict, bac
     return result.stats, extra
 
 
+@app.train(P.ADAPT)
+def adapt(msg: Message, context: Context) -> Message:
+    """One of a round's adapter rounds: train the merged adapter on the task, send the factors."""
+    from clients.learner import adapt_task
+
+    start = time.perf_counter()
+    task = dict(msg.content[P.TASK_CONFIG])
+    arrays = _numpy(msg.content[P.TASK_ARRAYS])
+    progress = context.state.get("progress", ConfigRecord({"tasks": 0, "samples": 0}))
+    factors, loss = adapt_task(task, arrays["sample_index"], arrays["sample_labels"], _backbone(msg, context, task),
+                               _data_root(context, task), int(context.node_config["partition-id"]),
+                               _numpy(msg.content[P.ADAPTER]), int(progress["tasks"]))
+    reply = RecordDict({
+        P.ADAPTER_UPDATE: _record(factors),
+        P.METRICS: MetricRecord({"task": int(task["task"]), "samples": len(arrays["sample_index"]),
+                                 "seconds": time.perf_counter() - start, "loss": loss}),
+    })
+    return Message(reply, reply_to=msg)
+
+
 @app.train(P.FINETUNE)
 def finetune(msg: Message, context: Context) -> Message:
     """A task of the fedavg_finetune baseline: fine-tune the global model, send it back."""

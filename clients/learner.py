@@ -8,7 +8,8 @@ import hashlib
 import numpy as np
 from torch import nn
 
-from fedrecon.adapters import Adapted, AdapterSettings, TaskResult, client_task, embed_adapted, make_adapter_policy
+from fedrecon.adapters import (Adapted, AdapterSettings, TaskResult, adapt_step, client_task, embed_adapted,
+                               make_adapter_policy)
 
 from fedrecon.backbones import PRETRAINED, build_backbone, model_from_numpy, pick_device, state_to_numpy
 from fedrecon.cache import EmbeddingCache, embed_samples
@@ -138,6 +139,19 @@ def learn_task_adapted(task: dict, sample_index: np.ndarray, sample_labels: np.n
     start = make_adapter_policy(settings.merge).client_start(base, adapted.shapes(), settings, client, int(task["round"]))
     return client_task(adapted, start, inputs, sample_labels, task_number, pick_device(task["device"]),
                        StatsSpec.from_config(task), prototypes)
+
+
+def adapt_task(task: dict, sample_index: np.ndarray, sample_labels: np.ndarray,
+               backbone_state: dict[str, np.ndarray] | None, data_root: str, client: int,
+               global_state: dict[str, np.ndarray], task_number: int) -> tuple[dict[str, np.ndarray], float]:
+    """One adapter round of a task: train from the server's merged adapter (if the
+    schedule trains this task); the factors to send and the loss."""
+    settings = AdapterSettings.from_config(task)
+    inputs = task_inputs(task, sample_index, sample_labels, data_root)
+    adapted = adapted_backbone(task["backbone"], task["backbone_digest"], backbone_state, settings)
+    r = int(task["round"])
+    start = make_adapter_policy(settings.merge).client_start(global_state, adapted.shapes(), settings, client, r)
+    return adapt_step(adapted, start, inputs, sample_labels, task_number, pick_device(task["device"]), r, int(task["step"]))
 
 
 # One module per backbone and process to fine-tune in: every task loads the global

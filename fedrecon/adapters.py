@@ -58,7 +58,9 @@ class AdapterSettings:
     ``schedule`` is ``frozen`` (no adapter: the default), ``first_task`` (a client
     trains on its first task only) or ``every_task`` (each task, the later ones at
     ``lr_later``). ``targets`` is a comma-separated list of module-name substrings, or
-    empty for the backbone's default layers.
+    empty for the backbone's default layers. ``rounds`` > 0: the clients that train in
+    a round first run that many federated rounds of adapter training (each ``epochs``
+    long, merged by the policy), then summarise their tasks under the merged adapter.
     """
 
     schedule: str = "frozen"
@@ -76,6 +78,7 @@ class AdapterSettings:
     staleness: str = "keep"
     drift_sigma: float = 0.5
     amp: bool = True
+    rounds: int = 0
 
     @property
     def active(self) -> bool:
@@ -262,13 +265,14 @@ def autocast_bf16(device: torch.device, amp: bool):
 
 
 def train_adapter(adapted: Adapted, inputs: np.ndarray, labels: np.ndarray, lr: float, device: torch.device,
-                  factors: str = "AB", seed: int = 0) -> dict[str, float]:
+                  factors: str = "AB", stream: tuple[int, ...] = ()) -> dict[str, float]:
     """Fine-tune the adapter on one task's samples (its classes only, no old data).
 
     ``cross_entropy``: a cosine classifier over the task's classes, started at their
     class means and trained with the adapter (then dropped). ``prototypical``: logits
     are cosine similarities to the class means, recomputed under the current adapter
     at the start of each epoch. ``factors`` is ``"AB"``, or ``"B"`` (``ffa``: A frozen).
+    ``stream`` extends the seed of the sample order (adapter rounds: round and step).
 
     Returns the last epoch's mean loss and the seconds taken.
     """
@@ -286,7 +290,7 @@ def train_adapter(adapted: Adapted, inputs: np.ndarray, labels: np.ndarray, lr: 
     means = torch.as_tensor(_class_means(model, inputs, y, len(classes), device), device=device, dtype=torch.float32)
     head = nn.Parameter(means.clone()) if s.loss == "cross_entropy" else None
     optim = torch.optim.AdamW(params + ([head] if head is not None else []), lr=lr, weight_decay=0.0)
-    rng = np.random.default_rng([s.seed, _ADAPTER, len(labels)])
+    rng = np.random.default_rng([s.seed, _ADAPTER, len(labels), *stream])
     last = float("nan")
     for epoch in range(s.epochs):
         if head is None and epoch:
@@ -561,7 +565,8 @@ def adapter_settings(scenario) -> AdapterSettings:
     return AdapterSettings(schedule=a.schedule, merge=scenario.merge.adapters, rank=a.rank, alpha=a.alpha,
                            targets=",".join(a.targets or []), lr=a.lr, lr_later=a.lr_later, epochs=a.epochs,
                            batch_size=a.batch_size, loss=a.loss, temperature=a.temperature, seed=scenario.seed,
-                           staleness=a.staleness, drift_sigma=a.drift_sigma, amp=a.mixed_precision)
+                           staleness=a.staleness, drift_sigma=a.drift_sigma, amp=a.mixed_precision,
+                           rounds=a.rounds)
 
 
 @dataclass
@@ -593,19 +598,38 @@ def client_task(adapted: Adapted, start: Mapping[str, np.ndarray], inputs: np.nd
     s = adapted.settings
     begin = time.perf_counter()
     adapted.load(start)
-    lr = s.lr_for(task_number)
+    # with adapter rounds the adapter was trained and merged before this message: the
+    # task is only summarised, under the merged adapter it starts from
+    lr = s.lr_for(task_number) if s.rounds == 0 else 0.0
     measure = lr > 0 and s.staleness == "compensate" and prototypes is not None and len(prototypes) > 0
     before = embed_adapted(adapted.model, inputs, device, s.amp) if measure else None
     loss = float("nan")
     if lr > 0:
-        loss = train_adapter(adapted, inputs, labels, lr, device, factors=make_adapter_policy(s.merge).replies or "AB",
-                             seed=task_number)["loss"]
+        loss = train_adapter(adapted, inputs, labels, lr, device, factors=make_adapter_policy(s.merge).replies or "AB")["loss"]
     feats = embed_adapted(adapted.model, inputs, device, s.amp)
     stats = ClassStats.from_features(labels, feats, spec)
     factors = reply_factors(adapted, s.merge) if lr > 0 else {}
     local = adapted.factors() if s.merge == "none" else {}
     drift = drift_sums(before, feats, prototypes, s.drift_sigma) if measure else None
     return TaskResult(stats, factors, local, drift, loss, time.perf_counter() - begin)
+
+
+def adapt_step(adapted: Adapted, start: Mapping[str, np.ndarray], inputs: np.ndarray, labels: np.ndarray,
+               task_number: int, device: torch.device, round: int, step: int) -> tuple[dict[str, np.ndarray], float]:
+    """One step of the adapter rounds (``rounds`` > 0): from the merged adapter
+    ``start``, train ``epochs`` on the task's samples if the schedule says so.
+
+    Returns the factors to send (empty: the schedule does not train this task) and
+    the last epoch's mean loss.
+    """
+    s = adapted.settings
+    lr = s.lr_for(task_number)
+    if lr <= 0:
+        return {}, float("nan")
+    adapted.load(start)
+    loss = train_adapter(adapted, inputs, labels, lr, device, factors=make_adapter_policy(s.merge).replies,
+                         stream=(round, step))["loss"]
+    return reply_factors(adapted, s.merge), loss
 
 
 class AdapterServer:

@@ -17,6 +17,10 @@ DRIFT = "drift"  # ArrayRecord: sums, weights of the drift of the server's proto
 FINETUNE = "finetune"
 MODEL_UPDATE = "model_update"  # ArrayRecord: the client's trained model, same keys as MODEL
 
+# server -> client, message type "train.adapt" (adapters.rounds > 0): TASK_CONFIG (with "step"),
+# TASK_ARRAYS, ADAPTER and, on first contact, BACKBONE; reply ADAPTER_UPDATE, METRICS (loss)
+ADAPT = "adapt"
+
 # server -> client, message type "query.identify"; reply ConfigRecord IDENTITY
 IDENTIFY = "identify"
 IDENTITY = "identity"

@@ -392,6 +392,10 @@ class AdaptersConfig(Strict):
         "keep", description="statistics computed under an older adapter: keep them, or move them by the drift the current data shows (SDC)")
     drift_sigma: float = Field(0.5, gt=0.0, description="compensate: width of the Gaussian weighting drifts by distance to a prototype (feature units)")
     mixed_precision: bool = Field(True, description="bf16 autocast when training on a GPU")
+    rounds: int = Field(0, ge=0, le=100, description="0: each client trains on its task and summarises it under its own "
+                                                     "adapter, in one message; N: the round's trainers first run N federated "
+                                                     "rounds of adapter training (epochs each, merged by merge.adapters), then "
+                                                     "summarise their tasks under the merged adapter")
 
 
 class FinetuneConfig(Strict):
@@ -780,6 +784,12 @@ def _adapter_checks(s: Scenario, source: SourceMap) -> list[str]:
     if a.targets is None and s.model.backbone not in DEFAULT_TARGETS:
         problems.append(source.error(("adapters", "schedule"), f"backbone {s.model.backbone} has no layers to adapt "
                                                                f"(adapters work on {', '.join(sorted(DEFAULT_TARGETS))})"))
+    if a.rounds and s.merge.adapters == "none":
+        problems.append(source.error(("adapters", "rounds"), "adapter rounds merge the trainers' adapters, but merge.adapters "
+                                                             "is none: use fedavg, ffa or stack, or rounds 0"))
+    if a.rounds and a.staleness == "compensate":
+        problems.append(source.error(("adapters", "rounds"), "compensate measures drift within one task message; with adapter "
+                                                             "rounds use staleness keep"))
     if a.staleness == "compensate" and s.merge.head == "ridge":
         problems.append(source.error(("adapters", "staleness"), "compensate cannot move the ridge head's random-feature "
                                                                 "statistics: use keep, or head ncm or lda"))

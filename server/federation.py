@@ -28,6 +28,7 @@ from server.polling import PollingGrid
 from server.report import RunRecorder
 from strategies import PROTOTYPE_POLICIES, ReconStrategy
 from strategies.faults import fault_plan
+from strategies.adapter_rounds import AdapterRounds
 from strategies.finetune import FedAvgFinetune
 
 
@@ -124,8 +125,10 @@ def run_scenario(grid: Grid, prep: Prepared, out_dir: str | Path, echo=print, re
         strategy = FedAvgFinetune(plan, task_config, initial_model(prep.model, prep.dim), prep.dim, **common)
         tuned = copy.deepcopy(prep.model)  # the server's module to score the global model in
     else:
-        strategy = ReconStrategy(plan, s.merge.prototypes, task_config, backbone, prep.dim, evaluate_on_clients=on_clients,
-                                 adapter_shapes=adapted.shapes() if adapted else None, **common)
+        # adapter rounds: the strategy runs them, and waits for their replies as for a round's
+        kind, extra = (AdapterRounds, {"timeout": s.simulation.timeout}) if s.adapters.rounds else (ReconStrategy, {})
+        strategy = kind(plan, s.merge.prototypes, task_config, backbone, prep.dim, evaluate_on_clients=on_clients,
+                        adapter_shapes=adapted.shapes() if adapted else None, **common, **extra)
     device = pick_device(s.model.device)
     # under adapters, features move with the merged adapter: no embedding cache, recomputed when it changes
     cache = None if adapted else EmbeddingCache(digest, prep.dataset.fingerprint, s.model.embedding_cache)

@@ -11,6 +11,8 @@ from fedrecon.adapters import (
     ADAPTER_POLICIES,
     Adapted,
     AdapterSettings,
+    adapt_step,
+    client_task,
     compensate,
     drift_from_sums,
     drift_sums,
@@ -179,6 +181,29 @@ def test_training_moves_only_the_adapter_and_fits_the_task():
     # a reply is a copy: the next task's training must not rewrite it
     train_adapter(adapted, inputs, labels, settings.lr, torch.device("cpu"), factors="B")
     assert any(np.abs(after[k] - v).max() > 0 for k, v in adapted.factors().items())
+
+
+def test_with_adapter_rounds_a_task_message_only_summarises_and_an_adapt_step_trains_by_schedule():
+    rng = np.random.default_rng(1)
+    torch.manual_seed(0)
+    inputs = rng.random((12, 1, 28, 28)).astype(np.float32)
+    labels = np.repeat([2, 5], 6)
+    settings = AdapterSettings(schedule="first_task", merge="ffa", rank=2, lr=1e-2, batch_size=6, rounds=2)
+    adapted = Adapted(Conv4().eval(), "conv4", settings)
+    start = make_adapter_policy("ffa").client_start({}, adapted.shapes(), settings, 0, 1)
+    cpu = torch.device("cpu")
+    # an adapt step trains the client's first task and sends B; a later task sends nothing
+    factors, loss = adapt_step(adapted, start, inputs, labels, 0, cpu, round=1, step=0)
+    assert set(factors) == {f"{n}.B" for n in adapted.names} and np.isfinite(loss)
+    assert np.abs(factors[f"{adapted.names[0]}.B"]).max() > 0
+    assert adapt_step(adapted, start, inputs, labels, 1, cpu, round=2, step=0)[0] == {}
+    # the task message after the adapter rounds: statistics under the merged adapter, untrained
+    merged = {**start, **factors}
+    result = client_task(adapted, merged, inputs, labels, 0, cpu)
+    adapted.load(merged)
+    expected = ClassStats.from_features(labels, embed_adapted(adapted.model, inputs, cpu))
+    np.testing.assert_allclose(result.stats.sums, expected.sums, rtol=1e-6)
+    assert result.factors == {} and np.isnan(result.loss)
 
 
 def test_settings_round_trip_through_a_task_config():

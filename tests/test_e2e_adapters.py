@@ -56,3 +56,54 @@ def test_clients_score_under_the_merged_adapter_as_the_server_does(write_scenari
         accuracies[where] = [r["accuracy"] for r in rows]
     assert accuracies["clients"] == pytest.approx(accuracies["server"], abs=1e-12)
     assert all(a is not None and a > 0.5 for a in accuracies["clients"])
+
+
+def _stats_under_final_adapter(path, out):
+    """The run's training samples summarised at one site under its final merged adapter."""
+    import copy
+
+    import torch
+
+    from fedrecon.adapters import Adapted, adapter_settings, embed_adapted, make_adapter_policy
+    from fedrecon.scenario import load_scenario
+    from fedrecon.stats import ClassStats
+    from server.checkpoint import load_run_state
+    from server.federation import prepare
+
+    prep = prepare(load_scenario(path))
+    settings = adapter_settings(prep.scenario)
+    adapted = Adapted(copy.deepcopy(prep.model), prep.scenario.model.backbone, settings)
+    _, stats, state = load_run_state(out)
+    adapted.load(make_adapter_policy(settings.merge).client_start(state["model_arrays"], adapted.shapes(), settings, 0, 99))
+    index = np.concatenate([a.sample_index for a in prep.plan.arrivals])
+    labels = np.concatenate([a.sample_labels for a in prep.plan.arrivals])
+    feats = embed_adapted(adapted.model, prep.dataset.inputs[index], torch.device("cpu"))
+    return stats, ClassStats.from_features(labels, feats)
+
+
+def test_adapter_rounds_make_a_synchronous_rounds_statistics_those_of_the_merged_adapter(write_scenario, tmp_path):
+    """Three clients adapt together in round 1 (first_task, ffa). With adapters.rounds the
+    merged statistics equal one site's statistics of all training samples under the final
+    adapter; without, each client's statistics stay under its own adapter and differ."""
+    base = small_scenario()
+    gaps = {}
+    for rounds in (0, 2):
+        scenario = {**base, "merge": {"prototypes": "exact", "adapters": "ffa"},
+                    "adapters": {"schedule": "first_task", "rank": 2, "lr": 1e-3, "epochs": 1, "batch_size": 10,
+                                 "rounds": rounds}}
+        path = write_scenario(scenario, f"rounds{rounds}.yaml")
+        out = tmp_path / f"rounds{rounds}"
+        assert fedrecon(["run", str(path), "--out", str(out)]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["failures"] == 0 and summary["classes_learned"] == 12
+        merged, central = _stats_under_final_adapter(path, out)
+        np.testing.assert_array_equal(merged.ids, central.ids)
+        gaps[rounds] = np.abs(merged.sums - central.sums).max() / np.abs(central.sums).max()
+        if rounds:
+            meta = json.loads(np.load(out / "checkpoint.npz")["meta"].tobytes().decode())
+            log = meta["strategy"]["adapter_log"]
+            # two adapter rounds in round 1 with three trainers; in round 2 no one trains
+            # (first_task): one step finds it out, the second is skipped
+            assert [(e["round"], e["trainers"]) for e in log] == [(1, 3), (1, 3), (2, 0)]
+    assert gaps[2] < 1e-5
+    assert gaps[0] > 1e-3

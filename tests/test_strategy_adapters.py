@@ -100,3 +100,99 @@ def test_adapter_update_checks(bad):
     with pytest.raises(PayloadError, match="negative"):
         check_drift({"sums": np.zeros((2, 4)), "weights": -np.ones(2)}, 2, 4)
     assert make_adapter_policy("ffa").replies == "B"
+
+
+class AdaptGrid:
+    """A grid whose clients answer adapter rounds: ``answer(client, step)`` gives the
+    factors (or a Message: an error), and records each round's messages."""
+
+    def __init__(self, answer):
+        self.answer, self.sent = answer, []
+
+    def get_node_ids(self):
+        return [100, 101, 102]
+
+    def send_and_receive(self, messages, timeout=None):
+        self.sent.append(list(messages))
+        out = []
+        for m in messages:
+            step = int(m.content[P.TASK_CONFIG]["step"])
+            got = self.answer(m.metadata.dst_node_id - 100, step)
+            if got is None:
+                continue  # no reply
+            out.append(Message(RecordDict({P.ADAPTER_UPDATE: ArrayRecord({k: Array(v) for k, v in got.items()}),
+                                           P.METRICS: MetricRecord({"loss": 0.5})}), reply_to=m))
+        return out
+
+
+def rounds_strategy(rounds: int = 2):
+    from strategies.adapter_rounds import AdapterRounds
+
+    settings = AdapterSettings(**{**SETTINGS.__dict__, "schedule": "first_task", "rounds": rounds})
+    s = make_strategy()
+    return AdapterRounds(s.plan, "exact", {"backbone": "conv4", **settings.to_config()}, {"w": np.ones(3, np.float32)}, DIM,
+                         adapter_shapes=SHAPES, timeout=5.0)
+
+
+def test_adapter_rounds_merge_before_the_task_messages_and_summaries_do_not_move_the_adapter():
+    # Prepare: client c answers B = (c + 1) * (step + 1): means 2, then 4 (equal sample counts)
+    s = rounds_strategy()
+    s.nodes = {0: 100, 1: 101, 2: 102}
+    grid = AdaptGrid(lambda c, step: b_factors((c + 1.0) * (step + 1)))
+    # Execute
+    messages = s.configure_train(1, ArrayRecord(), ConfigRecord(), grid)
+    # Assert: two adapter rounds of three clients; the second started from the first's merge
+    assert [len(r) for r in grid.sent] == [3, 3]
+    assert all(m.metadata.message_type == "train.adapt" for r in grid.sent for m in r)
+    np.testing.assert_allclose(from_record(grid.sent[1][0].content[P.ADAPTER])["conv.B"], 2.0)
+    np.testing.assert_allclose(s.adapters.state["conv.B"], 4.0)
+    assert s.adapters.version == 2 and [e["trainers"] for e in s.adapter_log] == [3, 3]
+    # the task messages carry the merged adapter; their replies (no factors) only add statistics
+    assert all(np.allclose(from_record(m.content[P.ADAPTER])["conv.B"], 4.0) for m in messages)
+    s.aggregate_train(1, [reply(m, {}) for m in messages])
+    assert s.adapters.version == 2 and len(s.stats) == 6 and not s.failures
+    # adapter traffic counts in the round's bytes: more than the task messages alone
+    assert s.traffic[1]["bytes_down"] > sum(len(m.content[P.ADAPTER]["conv.B"].data) for m in messages)
+
+
+def test_a_bad_or_missing_adapter_reply_is_left_out_of_that_merge_only():
+    # Prepare: in step 2 client 0 sends NaN and client 2 does not answer
+    def answer(c, step):
+        if step == 1 and c == 2:
+            return None
+        return b_factors(np.nan if (step == 1 and c == 0) else (c + 1.0) * (step + 1))
+
+    s = rounds_strategy()
+    s.nodes = {0: 100, 1: 101, 2: 102}
+    grid = AdaptGrid(answer)
+    # Execute
+    messages = s.configure_train(1, ArrayRecord(), ConfigRecord(), grid)
+    # Assert: step 2 merged client 1's B (4) alone; every client still got its task
+    np.testing.assert_allclose(s.adapters.state["conv.B"], 4.0)
+    assert s.adapter_log[1]["trainers"] == 1 and s.adapter_log[1]["failed"] == [0, 2]
+    reasons = {f["client"]: f["reason"] for f in s.failures}
+    assert "NaN" in reasons[0] and "no reply" in reasons[2]
+    assert len(messages) == 3 and not s.book.waiting
+
+
+def test_no_adapter_rounds_in_a_round_without_arrivals_or_already_resumed():
+    s = rounds_strategy()
+    s.nodes = {0: 100, 1: 101, 2: 102}
+    s.resume_after = 1
+    grid = AdaptGrid(lambda c, step: b_factors(1.0))
+    assert s.configure_train(1, ArrayRecord(), ConfigRecord(), grid) == [] and grid.sent == []
+    s.configure_train(s.plan.rounds + 1, ArrayRecord(), ConfigRecord(), grid)
+    assert grid.sent == []
+    # a round whose clients all answer that they do not train (first_task, later tasks): one step only
+    idle = AdaptGrid(lambda c, step: {})
+    assert len(s.configure_train(2, ArrayRecord(), ConfigRecord(), idle)) == 3
+    assert len(idle.sent) == 1 and s.adapters.version == 0 and s.adapter_log[-1]["trainers"] == 0
+
+
+def test_adapter_rounds_need_a_merging_policy():
+    from strategies.adapter_rounds import AdapterRounds
+
+    s = make_strategy()
+    settings = AdapterSettings(**{**SETTINGS.__dict__, "merge": "none", "rounds": 2})
+    with pytest.raises(ValueError, match="rounds"):
+        AdapterRounds(s.plan, "exact", {"backbone": "conv4", **settings.to_config()}, {}, DIM, adapter_shapes=SHAPES)

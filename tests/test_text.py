@@ -146,7 +146,14 @@ def test_embedding_cache_embeds_each_sample_once(tmp_path, evaluation_set):
     assert len(list((tmp_path / fresh.key).glob("*.npz"))) == 2
 
 
-@pytest.mark.parametrize("name", ["clinc150-domains", "hwu64-dirichlet"])
+TEXT_GALLERY = sorted(p.stem for p in (Path(__file__).parents[1] / "scenarios").glob("*.yaml") if not p.stem.startswith("omniglot-"))
+
+
+def test_the_text_gallery_is_every_scenario_but_omniglots():
+    assert TEXT_GALLERY == ["clinc150-domains", "clinc150-domains-adapters", "hwu64-dirichlet"]
+
+
+@pytest.mark.parametrize("name", TEXT_GALLERY)
 def test_text_gallery_scenarios_plan_every_official_sample(name):
     from fedrecon.scenario import load_scenario
     from tests.conftest import REPO
@@ -160,6 +167,10 @@ def test_text_gallery_scenarios_plan_every_official_sample(name):
     used = np.concatenate([a.sample_index for a in plan.arrivals])
     assert len(used) == len(np.unique(used)) == int((~ds.test_mask).sum())
     assert sum(len(v) for v in plan.test_samples.values()) == int(ds.test_mask.sum())
-    if name == "clinc150-domains":  # one domain of 15 intents per client, one client a round
-        assert [len(a.classes) for a in plan.arrivals] == [15] * 10 and plan.rounds == 10
+    if name.startswith("clinc150-domains"):  # one domain of 15 intents per client
+        assert [len(a.classes) for a in plan.arrivals] == [15] * 10
         assert {len({ds.groups[c] for c in a.classes}) for a in plan.arrivals} == {1}
+        # one client a round; with adapters, all in round 1 (they adapt together)
+        assert plan.rounds == (1 if name.endswith("adapters") else 10)
+    if name.endswith("adapters"):
+        assert scenario.adapters.rounds == 1 and scenario.merge.adapters == "ffa" and scenario.merge.head == "ridge"
