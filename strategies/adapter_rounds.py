@@ -50,18 +50,14 @@ class AdapterRounds(ReconStrategy):
         return f"{super().method()}; {self.adapters.settings.rounds} adapter rounds before each task round's statistics"
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
-        moved = {"bytes_down": 0, "bytes_up": 0}
         if server_round > self.resume_after and self.plan.arrivals_at(server_round):
             self.identify(grid)
             for step in range(self.adapters.settings.rounds):
-                if not self._adapter_round(server_round, step, grid, moved):
+                if not self._adapter_round(server_round, step, grid):
                     break  # no one trains this round (first_task: later tasks): no more steps
-        messages = super().configure_train(server_round, arrays, config, grid)
-        for key, value in moved.items():
-            self.traffic[server_round][key] += value
-        return messages
+        return super().configure_train(server_round, arrays, config, grid)
 
-    def _adapter_round(self, server_round: int, step: int, grid: Grid, moved: dict) -> bool:
+    def _adapter_round(self, server_round: int, step: int, grid: Grid) -> bool:
         """Send the merged adapter to the round's trainers, merge what comes back; False
         if every client answered that its schedule does not train this task."""
         due = {a.client: a for a in self.plan.arrivals_at(server_round) if a.client in self.nodes}
@@ -76,9 +72,10 @@ class AdapterRounds(ReconStrategy):
             self._add_backbone(content, client, server_round)
             messages.append(Message(content, dst_node_id=self.nodes[client], message_type=self.adapt_type))
             sent[self.nodes[client]] = arrival
-        moved["bytes_down"] += message_bytes(messages)
+        traffic = self.round_traffic(server_round)
+        traffic["bytes_down"] += message_bytes(messages)
         replies = list(grid.send_and_receive(messages, timeout=self.timeout)) if messages else []
-        moved["bytes_up"] += message_bytes(r for r in replies if not r.has_error())
+        traffic["bytes_up"] += message_bytes(r for r in replies if not r.has_error())
         factors, weights, losses, failed = [], [], [], []
         answered = set()
         for reply in replies:

@@ -157,7 +157,7 @@ class ReconStrategy(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
         self._sent = {}
-        self.traffic[server_round] = {"bytes_down": 0, "bytes_up": 0, "bytes_down_resent": 0}
+        traffic = self.round_traffic(server_round)
         if server_round <= self.resume_after:
             return []  # done before the resume: its result is in the checkpoint
         self.identify(grid)
@@ -185,8 +185,12 @@ class ReconStrategy(Strategy):
             messages.append(Message(content, dst_node_id=node, message_type=self.message_type))
             self.pending[node] = arrival
             self._sent[node] = parts
-        self.traffic[server_round]["bytes_down"] += message_bytes(messages)
+        traffic["bytes_down"] += message_bytes(messages)
         return messages
+
+    def round_traffic(self, server_round: int) -> dict[str, int]:
+        """Bytes of the round so far (a subclass may send messages before the tasks')."""
+        return self.traffic.setdefault(server_round, {"bytes_down": 0, "bytes_up": 0, "bytes_down_resent": 0})
 
     def _round_records(self) -> tuple[dict, dict]:
         """Records every task message of the round carries, and arrays added to its task
@@ -220,7 +224,7 @@ class ReconStrategy(Strategy):
             return
         content[P.BACKBONE] = self.backbone
         if client in self.backbone_sent:
-            self.traffic[server_round]["bytes_down_resent"] += self.backbone_bytes
+            self.round_traffic(server_round)["bytes_down_resent"] += self.backbone_bytes
         self.backbone_sent.add(client)
 
     def aggregate_train(self, server_round: int, replies) -> tuple[ArrayRecord | None, MetricRecord | None]:

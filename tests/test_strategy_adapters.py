@@ -196,3 +196,21 @@ def test_adapter_rounds_need_a_merging_policy():
     settings = AdapterSettings(**{**SETTINGS.__dict__, "merge": "none", "rounds": 2})
     with pytest.raises(ValueError, match="rounds"):
         AdapterRounds(s.plan, "exact", {"backbone": "conv4", **settings.to_config()}, {}, DIM, adapter_shapes=SHAPES)
+
+
+def test_adapter_rounds_resend_the_backbone_to_a_node_that_lost_it_and_count_it():
+    # Prepare: round 1 delivered the backbone to everyone; client 1's node restarted since
+    s = rounds_strategy()
+    s.nodes = {0: 100, 1: 101, 2: 102}
+    grid = AdaptGrid(lambda c, step: b_factors(1.0))
+    s.aggregate_train(1, [reply(m, {}) for m in s.configure_train(1, ArrayRecord(), ConfigRecord(), grid)])
+    s.has_backbone.discard(1)
+    idle = AdaptGrid(lambda c, step: {})
+    # Execute: round 2 (first_task: nobody trains, one adapter step)
+    messages = s.configure_train(2, ArrayRecord(), ConfigRecord(), idle)
+    # Assert: the adapter step carried it to client 1 only; its answer proved delivery, so the task message does not
+    assert len(idle.sent) == 1
+    first = {m.metadata.dst_node_id: P.BACKBONE in m.content for m in idle.sent[0]}
+    assert first == {100: False, 101: True, 102: False}
+    assert not any(P.BACKBONE in m.content for m in messages)
+    assert s.traffic[2]["bytes_down_resent"] > 0
