@@ -40,6 +40,11 @@ def _data_root(context: Context, config: dict) -> str:
     return str(context.node_config.get("data-root", config["data_root"]))
 
 
+def _progress(context: Context) -> ConfigRecord:
+    """Tasks and samples this client has learned (its schedule counts tasks)."""
+    return context.state.get("progress", ConfigRecord({"tasks": 0, "samples": 0}))
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     from clients.learner import learn_task
@@ -49,7 +54,7 @@ def train(msg: Message, context: Context) -> Message:
     faults.before_task(task)
     arrays = _numpy(msg.content[P.TASK_ARRAYS])
     backbone = _backbone(msg, context, task)
-    progress = context.state.get("progress", ConfigRecord({"tasks": 0, "samples": 0}))
+    progress = _progress(context)
     extra = {}
     if task.get("adapter_schedule", "frozen") == "frozen":
         stats = learn_task(task, arrays["sample_index"], arrays["sample_labels"], backbone, _data_root(context, task))
@@ -99,10 +104,9 @@ def adapt(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
     task = dict(msg.content[P.TASK_CONFIG])
     arrays = _numpy(msg.content[P.TASK_ARRAYS])
-    progress = context.state.get("progress", ConfigRecord({"tasks": 0, "samples": 0}))
     factors, loss = adapt_task(task, arrays["sample_index"], arrays["sample_labels"], _backbone(msg, context, task),
                                _data_root(context, task), int(context.node_config["partition-id"]),
-                               _numpy(msg.content[P.ADAPTER]), int(progress["tasks"]))
+                               _numpy(msg.content[P.ADAPTER]), int(_progress(context)["tasks"]))
     reply = RecordDict({
         P.ADAPTER_UPDATE: _record(factors),
         P.METRICS: MetricRecord({"task": int(task["task"]), "samples": len(arrays["sample_index"]),

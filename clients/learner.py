@@ -133,12 +133,21 @@ def learn_task_adapted(task: dict, sample_index: np.ndarray, sample_labels: np.n
     own), train it as the schedule says, and summarise the task under the result.
     Features under a moving adapter never go through the embedding cache."""
     settings = AdapterSettings.from_config(task)
-    inputs = task_inputs(task, sample_index, sample_labels, data_root)
-    adapted = adapted_backbone(task["backbone"], task["backbone_digest"], backbone_state, settings)
     base = local_state if settings.merge == "none" else global_state
-    start = make_adapter_policy(settings.merge).client_start(base, adapted.shapes(), settings, client, int(task["round"]))
+    adapted, start, inputs = _adapter_start(task, sample_index, sample_labels, backbone_state, data_root, client, base)
     return client_task(adapted, start, inputs, sample_labels, task_number, pick_device(task["device"]),
                        StatsSpec.from_config(task), prototypes)
+
+
+def _adapter_start(task: dict, sample_index: np.ndarray, sample_labels: np.ndarray,
+                   backbone_state: dict[str, np.ndarray] | None, data_root: str, client: int,
+                   base: dict[str, np.ndarray]) -> tuple[Adapted, dict[str, np.ndarray], np.ndarray]:
+    """The adapted backbone, the factors this client starts the task from, and the task's inputs."""
+    settings = AdapterSettings.from_config(task)
+    inputs = task_inputs(task, sample_index, sample_labels, data_root)
+    adapted = adapted_backbone(task["backbone"], task["backbone_digest"], backbone_state, settings)
+    start = make_adapter_policy(settings.merge).client_start(base, adapted.shapes(), settings, client, int(task["round"]))
+    return adapted, start, inputs
 
 
 def adapt_task(task: dict, sample_index: np.ndarray, sample_labels: np.ndarray,
@@ -146,12 +155,9 @@ def adapt_task(task: dict, sample_index: np.ndarray, sample_labels: np.ndarray,
                global_state: dict[str, np.ndarray], task_number: int) -> tuple[dict[str, np.ndarray], float]:
     """One adapter round of a task: train from the server's merged adapter (if the
     schedule trains this task); the factors to send and the loss."""
-    settings = AdapterSettings.from_config(task)
-    inputs = task_inputs(task, sample_index, sample_labels, data_root)
-    adapted = adapted_backbone(task["backbone"], task["backbone_digest"], backbone_state, settings)
-    r = int(task["round"])
-    start = make_adapter_policy(settings.merge).client_start(global_state, adapted.shapes(), settings, client, r)
-    return adapt_step(adapted, start, inputs, sample_labels, task_number, pick_device(task["device"]), r, int(task["step"]))
+    adapted, start, inputs = _adapter_start(task, sample_index, sample_labels, backbone_state, data_root, client, global_state)
+    return adapt_step(adapted, start, inputs, sample_labels, task_number, pick_device(task["device"]), int(task["round"]),
+                      int(task["step"]))
 
 
 # One module per backbone and process to fine-tune in: every task loads the global

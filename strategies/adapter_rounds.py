@@ -10,13 +10,7 @@ from flwr.serverapp import Grid
 
 from fedrecon import protocol as P
 from strategies.recon import ReconStrategy, message_bytes, to_record
-from strategies.validation import PayloadError, check_adapter_update, decode_reply
-
-
-def adapter_reply_limit(shapes: dict[str, tuple[int, int]], rank: int, factors: str) -> int:
-    """Twice the bytes of the float32 factors a valid adapter reply holds, plus 1 MB."""
-    values = sum(rank * fan_in * ("A" in factors) + out * rank * ("B" in factors) for out, fan_in in shapes.values())
-    return 2 * 4 * values + 1_000_000
+from strategies.validation import PayloadError
 
 
 class AdapterRounds(ReconStrategy):
@@ -84,7 +78,7 @@ class AdapterRounds(ReconStrategy):
                 continue
             answered.add(reply.metadata.src_node_id)
             try:
-                update = self.check_adapter_reply(reply)
+                update = self.check_factors(reply)
             except (PayloadError, KeyError) as exc:
                 self._left_out(server_round, step, arrival, str(exc), failed)
                 continue
@@ -97,9 +91,8 @@ class AdapterRounds(ReconStrategy):
         for node, arrival in sent.items():
             if node not in answered:
                 self._left_out(server_round, step, arrival, "no reply before the timeout", failed)
-        if self.adapters.merge(factors, weights):
-            # keep: statistics merged before this round stay as they were computed
-            self.stats = self.adapters.refresh(self.stats, [])
+        # staleness is keep here (the scenario check refuses compensate): older statistics stay as they are
+        self.adapters.merge(factors, weights)
         self.adapter_log.append({"round": server_round, "step": step + 1, "trainers": len(factors),
                                  "loss": sum(losses) / len(losses) if losses else None, "failed": sorted(failed)})
         log(INFO, "round %d adapter round %d: %d trainers merged", server_round, step + 1, len(factors))
@@ -111,12 +104,6 @@ class AdapterRounds(ReconStrategy):
         self.failures.append({"round": server_round, "client": arrival.client, "task": arrival.task,
                               "reason": f"adapter round {step + 1}: {reason}"})
         failed.append(arrival.client)
-
-    def check_adapter_reply(self, reply: Message) -> dict | None:
-        """The reply's adapter factors, every part checked (None: the client did not train)."""
-        a = self.adapters
-        limit = adapter_reply_limit(a.shapes, a.settings.rank, a.policy.replies)
-        return check_adapter_update(decode_reply(reply, limit, P.ADAPTER_UPDATE), a.shapes, a.settings.rank, a.policy.replies)
 
     def state(self) -> dict:
         return {**super().state(), "adapter_log": self.adapter_log}

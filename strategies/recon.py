@@ -18,7 +18,8 @@ from fedrecon.plan import Arrival, Plan, merge_arrivals
 from fedrecon.stats import ClassStats, StatsSpec, add_stats
 from strategies.faults import RetryBook, Waiting
 from strategies.policies import make_policy, policy_state, restore_policy
-from strategies.validation import PayloadError, check_adapter_update, check_drift, check_update, decode_reply, reply_limit
+from strategies.validation import (PayloadError, adapter_reply_limit, check_adapter_update, check_drift, check_update,
+                                  decode_reply, reply_limit)
 
 
 def message_bytes(messages) -> int:
@@ -210,13 +211,18 @@ class ReconStrategy(Strategy):
         """The reply's checked adapter factors and drift sums (None: none sent)."""
         if self.adapters is None:
             return None, None
-        a = self.adapters
-        record = reply.content[P.ADAPTER_UPDATE] if P.ADAPTER_UPDATE in reply.content else ArrayRecord({})
-        factors = check_adapter_update(from_record(record), a.shapes, a.settings.rank, a.policy.replies)
+        factors = self.check_factors(reply) if P.ADAPTER_UPDATE in reply.content else None
         drift = None
         if P.DRIFT in reply.content and self._prototypes:
             drift = check_drift(from_record(reply.content[P.DRIFT]), self._prototypes, self.dim)
         return factors, drift
+
+    def check_factors(self, reply: Message) -> dict | None:
+        """The reply's adapter update, refused unread when too large, then checked
+        (None: empty, the client did not train; raises :class:`PayloadError`)."""
+        a = self.adapters
+        limit = adapter_reply_limit(a.shapes, a.settings.rank, a.policy.replies)
+        return check_adapter_update(decode_reply(reply, limit, P.ADAPTER_UPDATE), a.shapes, a.settings.rank, a.policy.replies)
 
     def _add_backbone(self, content: RecordDict, client: int, server_round: int) -> None:
         """Attach the backbone for a client that does not hold it; count a re-send apart."""

@@ -192,3 +192,9 @@ def model_reply_limit(current: dict[str, np.ndarray], arrival: Arrival) -> int:
     """Twice the bytes of a valid fedavg_finetune reply to ``arrival``, plus 1 MB."""
     rows = len(arrival.classes) * (current[WEIGHT].shape[1] + 2) * 8
     return 2 * (sum(v.nbytes for v in current.values()) + rows) + 1_000_000
+
+
+def adapter_reply_limit(shapes: dict[str, tuple[int, int]], rank: int, factors: str) -> int:
+    """Twice the bytes of the float32 factors a valid adapter update holds, plus 1 MB."""
+    values = sum(rank * fan_in * ("A" in factors) + out * rank * ("B" in factors) for out, fan_in in shapes.values())
+    return 2 * 4 * values + 1_000_000

@@ -214,3 +214,12 @@ def test_adapter_rounds_resend_the_backbone_to_a_node_that_lost_it_and_count_it(
     assert first == {100: False, 101: True, 102: False}
     assert not any(P.BACKBONE in m.content for m in messages)
     assert s.traffic[2]["bytes_down_resent"] > 0
+
+
+def test_an_oversized_adapter_update_is_refused_unread():
+    s = adapter_strategy()
+    s.nodes = {0: 100, 1: 101, 2: 102}
+    messages = s.configure_train(1, ArrayRecord(), ConfigRecord(), NODES)
+    huge = {**b_factors(1.0), "conv.B": np.zeros((3, 200_000), np.float32)}  # 2.4 MB: over twice a valid update + 1 MB
+    s.aggregate_train(1, [reply(messages[0], huge)] + [reply(m, b_factors(1.0)) for m in messages[1:]])
+    assert "more than" in s.failures[0]["reason"] and s.adapters.version == 1 and len(s.stats) == 4
