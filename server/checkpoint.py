@@ -8,15 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from fedrecon.stats import ClassStats
+from fedrecon.learning.stats import ClassStats
 
 CHECKPOINT = "checkpoint.npz"
 
 
-# npz names of the arrays the server keeps besides the statistics: the merged adapter's
-# factors, or the fedavg_finetune model (the prefix predates the latter; kept so that
-# older run folders still resume)
-MODEL_PREFIX = "adapter/"
+# npz names of the arrays the server keeps besides the statistics (the merged adapter's
+# factors, or the fedavg_finetune model) start with this
+MODEL_PREFIX = "model/"
 
 
 def save_run_state(out_dir: str | Path, done: int, stats: ClassStats, state: dict,

@@ -9,7 +9,6 @@ import sys
 import warnings
 from pathlib import Path
 
-from fedrecon.plan import timeline
 from fedrecon.scenario import ScenarioError, key_table, load_scenario, schema_text
 
 QUIET_FLOWER = {
@@ -25,8 +24,9 @@ def cmd_run(args) -> int:
     from flwr.simulation import run_simulation
 
     from clients.client_app import app as client_app
-    from server.federation import default_out_dir, prepare, resume_scenario
-    from server.server_app import make_app
+    from server.prepare import prepare
+    from server.run import default_out_dir
+    from server.server_app import make_app, resume_scenario
 
     if args.resume:
         if args.scenario or args.set or args.out:
@@ -73,7 +73,7 @@ def cmd_deploy_local(args) -> int:
     import tempfile
 
     from server.deploy import deploy_and_run
-    from server.federation import default_out_dir
+    from server.run import default_out_dir
 
     if args.set:
         print("fedrecon: deploy-local reads the scenario file as it is (the SuperLink loads it); no --set", file=sys.stderr)
@@ -88,13 +88,13 @@ def cmd_deploy_local(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    """Every check a run makes before Flower starts (data, checkpoint, plan), file by file."""
-    from server.federation import prepare
+    """Every check a run makes before Flower starts (plug-ins, data, checkpoint, plan), file by file."""
+    from server.prepare import check
 
     bad = 0
     for path in args.files:
         try:
-            plan = prepare(load_scenario(path, args.set)).plan
+            plan = check(load_scenario(path, args.set)).plan
         except ScenarioError as exc:
             print(exc, file=sys.stderr)
             bad += 1
@@ -106,10 +106,11 @@ def cmd_validate(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from server.federation import prepare
+    from fedrecon.plan import timeline
+    from server.prepare import check
 
     scenario = load_scenario(args.scenario, args.set)
-    plan = prepare(scenario).plan
+    plan = check(scenario).plan
     print(timeline(plan, f"{scenario.name}: {plan.clients} clients, {plan.rounds} rounds, seed {scenario.seed}", args.classes))
     return 0
 
@@ -120,7 +121,7 @@ def cmd_schema(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from fedrecon.pretrain import PretrainConfig, pretrain
+    from fedrecon.backbones.pretrain import PretrainConfig, pretrain
 
     cfg = PretrainConfig(data_root=args.data_root, episodes=args.episodes, lr_halve_every=args.lr_halve_every,
                          seed=args.seed, device=args.device)

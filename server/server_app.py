@@ -7,8 +7,9 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedrecon.scenario import load_scenario
-from server.federation import Prepared, default_out_dir, prepare, resume_scenario, run_scenario
+from fedrecon.scenario import ScenarioError, load_scenario
+from server.prepare import Prepared, prepare
+from server.run import default_out_dir, run_scenario
 
 app = ServerApp()
 
@@ -19,6 +20,15 @@ def scenario_path(value: str) -> Path:
     if path.is_absolute() or path.exists():
         return path
     return Path(__file__).resolve().parents[1] / path
+
+
+def resume_scenario(run_dir: str | Path):
+    """The scenario a run folder was started with (its ``scenario.json``), through every
+    check a new scenario goes through."""
+    path = Path(run_dir) / "scenario.json"
+    if not path.is_file():
+        raise ScenarioError([f"{path}: not found; --resume needs a run folder written by fedrecon run"])
+    return load_scenario(path)
 
 
 @app.main()

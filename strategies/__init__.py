@@ -1,6 +1,3 @@
-"""Merge policies and the Flower strategy that applies them."""
-
-from strategies.policies import PROTOTYPE_POLICIES, make_policy
-from strategies.recon import ReconStrategy
-
-__all__ = ["PROTOTYPE_POLICIES", "ReconStrategy", "make_policy"]
+"""Merge policies (``policies``, no Flower), payload checks, and the Flower strategies:
+``recon`` (class statistics), ``adapter_steps`` (adapters trained together first) and
+``finetune`` (the FedAvg baseline). Import the module you need."""

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from fedrecon.plan import Arrival
-
-# Task-config keys of an injected fault (read by clients/faults.py).
-FAULT_KIND = "fault"
-FAULT_SECONDS = "fault_seconds"
+from fedrecon import protocol as P
+from fedrecon.plan.records import Arrival, arrival_from_dict
 
 
 @dataclass
@@ -61,7 +58,7 @@ class RetryBook:
             "limit": self.limit,
             "retries": self.retries,
             "lost": self.lost,
-            "waiting": [{"arrival": asdict(w.arrival), "tries": w.tries} for ws in self.waiting.values() for w in ws],
+            "waiting": [{"arrival": w.arrival.to_dict(), "tries": w.tries} for ws in self.waiting.values() for w in ws],
         }
 
     @classmethod
@@ -73,21 +70,9 @@ class RetryBook:
         return book
 
 
-def arrival_from_dict(d: dict) -> Arrival:
-    """Inverse of ``dataclasses.asdict`` for an :class:`Arrival` read back from JSON."""
-    return Arrival(
-        round=int(d["round"]),
-        client=int(d["client"]),
-        task=int(d["task"]),
-        classes=tuple(int(c) for c in d["classes"]),
-        samples=tuple(tuple(int(i) for i in g) for g in d["samples"]),
-        revisits=tuple(int(c) for c in d["revisits"]),
-    )
-
-
 def fault_plan(inject, timeout: float) -> dict[tuple[int, int], dict]:
     """(client, round) -> task-config entries that make that client misbehave."""
     return {
-        (f.client, f.round): {FAULT_KIND: f.kind, FAULT_SECONDS: float(f.seconds if f.seconds is not None else timeout + 2.0)}
+        (f.client, f.round): {P.FAULT_KIND: f.kind, P.FAULT_SECONDS: float(f.seconds if f.seconds is not None else timeout + 2.0)}
         for f in inject
     }

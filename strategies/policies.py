@@ -7,14 +7,22 @@ from typing import Protocol
 
 import numpy as np
 
-from fedrecon.registry import create, registrar
-from fedrecon.stats import ClassStats, add_stats
+from fedrecon.learning.stats import ClassStats, add_stats
+from fedrecon.plugins import PluginError, load_object
+from fedrecon.registry import registrar
 
 
 class MergePolicy(Protocol):
     """Folds one round's client updates into the global statistics.
 
-    Must not modify ``current``: a rejected round keeps it as it was.
+    Must not modify ``current``: a rejected round keeps it as it was. Optional members:
+    ``per_client = True`` (the server keeps each client's statistics apart and scores
+    each client's own head: ``local``), ``one_site = True`` (the plan's tasks all go to
+    one client: ``centralized``), and ``state() -> dict`` / ``restore(dict)`` for what
+    the policy keeps besides the statistics (checkpoints; JSON-able).
+
+    A plug-in is named in ``merge.prototypes`` as ``package.module:attribute``: a class
+    (or any callable taking no arguments) whose instances follow this protocol.
     """
 
     def merge(self, current: ClassStats, updates: list[ClassStats]) -> ClassStats: ...
@@ -163,7 +171,29 @@ class FedProtoUnweighted:
 
 
 def make_policy(name: str) -> MergePolicy:
-    return create(PROTOTYPE_POLICIES, name, "merge.prototypes")
+    """A new policy: a built-in by name, or a plug-in by import path (:class:`PluginError`
+    when neither, or when the plug-in does not follow :class:`MergePolicy`)."""
+    if name in PROTOTYPE_POLICIES:
+        return PROTOTYPE_POLICIES[name]()
+    if ":" not in name:
+        raise PluginError(f"unknown policy {name!r}; allowed: {', '.join(sorted(PROTOTYPE_POLICIES))}, "
+                          "or package.module:attribute")
+    factory = load_object(name)
+    try:
+        policy = factory()
+    except Exception as exc:  # a plug-in that cannot be made: say so in one line
+        raise PluginError(f"{name}() failed: {type(exc).__name__}: {exc}") from None
+    if not callable(getattr(policy, "merge", None)):
+        raise PluginError(f"{name} makes a {type(policy).__name__} without a merge(current, updates) method")
+    return policy
+
+
+def is_per_client(policy: MergePolicy) -> bool:
+    return bool(getattr(policy, "per_client", False))
+
+
+def is_one_site(policy: MergePolicy) -> bool:
+    return bool(getattr(policy, "one_site", False))
 
 
 def replay(plan, features: np.ndarray, policy_name: str, spec=None) -> ClassStats:

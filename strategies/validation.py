@@ -7,9 +7,9 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 
 from fedrecon import protocol as P
-from fedrecon.finetune import BIAS, IDS, WEIGHT, grow_head
-from fedrecon.plan import Arrival
-from fedrecon.stats import ClassStats, StatsSpec, triangle_side, unpack_symmetric
+from fedrecon.learning.finetune import BIAS, IDS, WEIGHT, grow_head
+from fedrecon.learning.stats import ClassStats, StatsSpec, triangle_side, unpack_symmetric
+from fedrecon.plan.records import Arrival
 
 
 class PayloadError(ValueError):
@@ -192,6 +192,11 @@ def model_reply_limit(current: dict[str, np.ndarray], arrival: Arrival) -> int:
     """Twice the bytes of a valid fedavg_finetune reply to ``arrival``, plus 1 MB."""
     rows = len(arrival.classes) * (current[WEIGHT].shape[1] + 2) * 8
     return 2 * (sum(v.nbytes for v in current.values()) + rows) + 1_000_000
+
+
+def drift_reply_limit(prototypes: int, dim: int) -> int:
+    """Twice the bytes of valid drift sums (``staleness: compensate``), plus 1 MB."""
+    return 2 * 8 * prototypes * (dim + 1) + 1_000_000
 
 
 def adapter_reply_limit(shapes: dict[str, tuple[int, int]], rank: int, factors: str) -> int:

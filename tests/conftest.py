@@ -21,12 +21,22 @@ def small_scenario(**overrides) -> dict:
         "data": {"dataset": "omniglot", "root": str(DATA_ROOT), "subset": "evaluation", "image_size": 28},
         "model": {"backbone": "conv4", "checkpoint": str(CHECKPOINT), "device": "cpu"},
         "clients": {"count": 3},
-        "tasks": {"num_classes": 12, "classes_per_task": 2, "train_shots": 5, "test_shots": 5, "schedule": "synchronous"},
+        "tasks": {"num_classes": 12, "classes_per_task": 2, "train_shots": 5, "test_shots": 5, "arrival": "synchronous"},
         "merge": {"prototypes": "exact"},
     }
     for key, value in overrides.items():
         scenario[key] = value
     return scenario
+
+
+def scenario_of(**sections):
+    """The small scenario as a checked :class:`Scenario`, its sections updated by ``sections``."""
+    from fedrecon.scenario import parse_scenario
+
+    raw = small_scenario()
+    for key, value in sections.items():
+        raw[key] = {**raw[key], **value} if isinstance(value, dict) and isinstance(raw.get(key), dict) else value
+    return parse_scenario(yaml.safe_dump(raw, sort_keys=False), "test.yaml")
 
 
 @pytest.fixture
@@ -41,6 +51,6 @@ def write_scenario(tmp_path):
 
 @pytest.fixture(scope="session")
 def evaluation_set():
-    from fedrecon.data import load_omniglot
+    from fedrecon.data.omniglot import load_omniglot
 
     return load_omniglot(DATA_ROOT, "evaluation", 28)

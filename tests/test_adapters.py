@@ -7,42 +7,38 @@ import pytest
 import torch
 from torch import nn
 
-from fedrecon.adapters import (
-    ADAPTER_POLICIES,
-    Adapted,
-    AdapterSettings,
-    adapt_step,
-    client_task,
-    compensate,
-    drift_from_sums,
-    drift_sums,
-    embed_adapted,
-    global_updates,
-    make_adapter_policy,
-    refactor,
-    reply_factors,
-    target_layers,
-    train_adapter,
-)
-from fedrecon.backbones import Conv4
-from fedrecon.stats import ClassStats, StatsSpec
+from fedrecon.backbones.conv4 import Conv4
+from fedrecon.backbones.conv4 import adapter_targets as conv_targets
+from fedrecon.backbones.efficientnet import adapter_targets as pointwise_targets
+from fedrecon.backbones.minilm import adapter_targets as minilm_targets
+from fedrecon.backbones.registry import BACKBONES
+from fedrecon.learning.adapter_merges import ADAPTER_MERGES, global_updates, make_adapter_merge, refactor
+from fedrecon.learning.adapter_task import adapt_step, client_task, reply_factors
+from fedrecon.learning.drift import compensate, drift_from_sums, drift_sums
+from fedrecon.learning.lora import Adapted, target_layers
+from fedrecon.learning.stats import ClassStats, StatsSpec
+from fedrecon.learning.training import embed_adapted, train_adapter
+from fedrecon.scenario.sections import ADAPTER_MERGES as ADAPTER_MERGE_NAMES
+from fedrecon.scenario.sections import AdaptersConfig
+from tests.conftest import scenario_of
 
 SHAPES = {"a": (6, 5), "b": (4, 9)}
+CONV4 = BACKBONES["conv4"]
 
 
-def _client_factors(policy: str, start: dict, rng: np.random.Generator, settings: AdapterSettings) -> dict:
+def _client_factors(policy: str, start: dict, rng: np.random.Generator) -> dict:
     """What a client's training could return: its start factors moved at random."""
     out = {}
     for n in SHAPES:
         a = np.asarray(start[f"{n}.A"], np.float64)
         b = np.asarray(start[f"{n}.B"], np.float64)
-        if "A" in make_adapter_policy(policy).replies:
+        if "A" in make_adapter_merge(policy).replies:
             a = a + rng.normal(size=a.shape)
         out[f"{n}.A"], out[f"{n}.B"] = a.astype(np.float32), (b + rng.normal(size=b.shape)).astype(np.float32)
     return out
 
 
-def _client_weight(policy: str, state: dict, factors: dict, settings: AdapterSettings, n: str) -> np.ndarray:
+def _client_weight(policy: str, state: dict, factors: dict, settings: AdaptersConfig, n: str) -> np.ndarray:
     """The full weight update of layer ``n`` a client trained to (stack: the folded
     global update plus its fresh adapter; ffa: its B with the shared, untrained A)."""
     d = state[f"{n}.U"] @ state[f"{n}.V"] if policy == "stack" else 0.0
@@ -51,18 +47,18 @@ def _client_weight(policy: str, state: dict, factors: dict, settings: AdapterSet
 
 def _round(policy: str, rounds: int = 3, clients: int = 3):
     # Prepare
-    settings = AdapterSettings(schedule="every_task", merge=policy, rank=2, alpha=3.0, seed=5)
-    p = make_adapter_policy(policy)
+    settings = AdaptersConfig(schedule="every_task", rank=2, alpha=3.0)
+    p = make_adapter_merge(policy)
     rng = np.random.default_rng(0)
-    state = p.init(SHAPES, settings)
+    state = p.init(SHAPES, settings, 5)
     for r in range(1, rounds + 1):
-        before = global_updates(policy, state, SHAPES, settings)
-        starts = [p.client_start(state, SHAPES, settings, c, r) for c in range(clients)]
-        factors = [_client_factors(policy, s, rng, settings) for s in starts]
+        before = global_updates(policy, state, SHAPES, settings, 5)
+        starts = [p.client_start(state, SHAPES, settings, 5, c, r) for c in range(clients)]
+        factors = [_client_factors(policy, s, rng) for s in starts]
         weights = list(rng.integers(1, 50, size=clients).astype(float))
         # Execute
         merged = p.merge(state, [{k: v for k, v in f.items() if k[-1] in p.replies} for f in factors], weights, settings)
-        after = global_updates(policy, merged, SHAPES, settings)
+        after = global_updates(policy, merged, SHAPES, settings, 5)
         yield settings, state, factors, weights, before, after
         state = merged
 
@@ -95,7 +91,7 @@ def test_fedavg_misses_exactly_the_cross_term():
 def test_stack_rank_stays_bounded():
     for settings, state, factors, weights, before, after in _round("stack", rounds=6, clients=4):
         pass
-    merged = make_adapter_policy("stack").merge(state, factors, weights, settings)
+    merged = make_adapter_merge("stack").merge(state, factors, weights, settings)
     for n, (out, fan_in) in SHAPES.items():
         assert merged[f"{n}.U"].shape[1] <= min(out, fan_in)
 
@@ -110,12 +106,13 @@ def test_refactor_keeps_the_product_and_drops_zero_directions():
 
 def test_unknown_policy_lists_the_registered_ones():
     with pytest.raises(ValueError, match="fedavg, ffa, none, stack"):
-        make_adapter_policy("mean")
-    assert set(ADAPTER_POLICIES) == {"none", "fedavg", "ffa", "stack"}
+        make_adapter_merge("mean")
+    # the schema's names and the registry's are the same
+    assert set(ADAPTER_MERGES) == set(ADAPTER_MERGE_NAMES) == {"none", "fedavg", "ffa", "stack"}
 
 
 def test_default_targets_of_each_backbone():
-    assert len(target_layers(Conv4(), "conv4")) == 4
+    assert len(target_layers(Conv4(), conv_targets)) == 4
 
     class Tiny(nn.Module):  # MiniLM's names without its weights
         def __init__(self):
@@ -126,11 +123,13 @@ def test_default_targets_of_each_backbone():
             self.encoder.layer[0].intermediate = nn.Linear(4, 8)
             self.pooler = nn.Linear(4, 4)
 
-    assert target_layers(Tiny(), "all-minilm-l6-v2") == ["encoder.layer.0.query", "encoder.layer.0.intermediate"]
+    assert target_layers(Tiny(), minilm_targets) == ["encoder.layer.0.query", "encoder.layer.0.intermediate"]
     pointwise = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1))
-    assert target_layers(pointwise, "efficientnet-lite0") == ["1"]
+    assert target_layers(pointwise, pointwise_targets) == ["1"]
     with pytest.raises(ValueError, match="no layer"):
-        target_layers(Conv4(), "conv4", "nothing")
+        target_layers(Conv4(), conv_targets, ["nothing"])
+    with pytest.raises(ValueError, match="adapters.targets"):
+        target_layers(Conv4(), None)
 
 
 def test_adapter_changes_the_weight_by_exactly_its_update():
@@ -139,18 +138,18 @@ def test_adapter_changes_the_weight_by_exactly_its_update():
     x = torch.randn(3, 1, 28, 28)
     with torch.no_grad():
         base = model(x)
-    adapted = Adapted(model, "conv4", AdapterSettings(schedule="every_task", rank=2))
+    adapted = Adapted(model, CONV4, AdaptersConfig(schedule="every_task", rank=2))
     with torch.no_grad():
         assert torch.equal(model(x), base)  # B = 0: the backbone unchanged
-    settings = adapted.settings
-    p = make_adapter_policy("stack")
-    state = p.init(adapted.shapes(), settings)
-    state = p.merge(state, [{k: v + 0.01 for k, v in p.client_start(state, adapted.shapes(), settings, 0, 1).items()}], [1.0],
-                    settings)
-    start = p.client_start(state, adapted.shapes(), settings, 1, 2)
+    settings = adapted.adapters
+    p = make_adapter_merge("stack")
+    state = p.init(adapted.shapes(), settings, 0)
+    state = p.merge(state, [{k: v + 0.01 for k, v in p.client_start(state, adapted.shapes(), settings, 0, 0, 1).items()}],
+                    [1.0], settings)
+    start = p.client_start(state, adapted.shapes(), settings, 0, 1, 2)
     adapted.load(start)
     for n, u in adapted.updates().items():
-        np.testing.assert_allclose(u, global_updates("stack", state, adapted.shapes(), settings)[n], atol=1e-5)
+        np.testing.assert_allclose(u, global_updates("stack", state, adapted.shapes(), settings, 0)[n], atol=1e-5)
     assert set(reply_factors(adapted, "ffa")) == {f"{n}.B" for n in adapted.names}
 
 
@@ -161,11 +160,11 @@ def test_training_moves_only_the_adapter_and_fits_the_task():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     inputs = rng.random((24, 1, 28, 28)).astype(np.float32)
     labels = np.repeat([3, 7, 9], 8)
-    settings = AdapterSettings(schedule="every_task", rank=2, lr=1e-2, epochs=3, batch_size=8)
-    adapted = Adapted(model, "conv4", settings)
-    adapted.load(make_adapter_policy("ffa").client_start({}, adapted.shapes(), settings, 0, 1))
+    settings = AdaptersConfig(schedule="every_task", rank=2, lr=1e-2, epochs=3, batch_size=8)
+    adapted = Adapted(model, CONV4, settings)
+    adapted.load(make_adapter_merge("ffa").client_start({}, adapted.shapes(), settings, 0, 0, 1))
     a_before = adapted.factors()
-    result = train_adapter(adapted, inputs, labels, settings.lr, torch.device("cpu"), factors="B")
+    result = train_adapter(adapted, inputs, labels, settings.lr, torch.device("cpu"), 0, factors="B")
     assert np.isfinite(result["loss"])
     after = adapted.factors()
     for n in adapted.names:
@@ -179,7 +178,7 @@ def test_training_moves_only_the_adapter_and_fits_the_task():
         assert torch.equal(cur, v)
     assert embed_adapted(model, inputs[:4], torch.device("cpu")).shape == (4, 64)
     # a reply is a copy: the next task's training must not rewrite it
-    train_adapter(adapted, inputs, labels, settings.lr, torch.device("cpu"), factors="B")
+    train_adapter(adapted, inputs, labels, settings.lr, torch.device("cpu"), 0, factors="B")
     assert any(np.abs(after[k] - v).max() > 0 for k, v in adapted.factors().items())
 
 
@@ -188,29 +187,30 @@ def test_with_adapter_rounds_a_task_message_only_summarises_and_an_adapt_step_tr
     torch.manual_seed(0)
     inputs = rng.random((12, 1, 28, 28)).astype(np.float32)
     labels = np.repeat([2, 5], 6)
-    settings = AdapterSettings(schedule="first_task", merge="ffa", rank=2, lr=1e-2, batch_size=6, rounds=2)
-    adapted = Adapted(Conv4().eval(), "conv4", settings)
-    start = make_adapter_policy("ffa").client_start({}, adapted.shapes(), settings, 0, 1)
+    scenario = scenario_of(adapters={"schedule": "first_task", "rank": 2, "lr": 1e-2, "batch_size": 6, "steps": 2},
+                           merge={"adapters": "ffa"})
+    adapted = Adapted(Conv4().eval(), CONV4, scenario.adapters)
+    start = make_adapter_merge("ffa").client_start({}, adapted.shapes(), scenario.adapters, scenario.seed, 0, 1)
     cpu = torch.device("cpu")
     # an adapt step trains the client's first task and sends B; a later task sends nothing
-    factors, loss = adapt_step(adapted, start, inputs, labels, 0, cpu, round=1, step=0)
+    factors, loss = adapt_step(adapted, start, inputs, labels, 0, cpu, scenario, round=1, step=0)
     assert set(factors) == {f"{n}.B" for n in adapted.names} and np.isfinite(loss)
     assert np.abs(factors[f"{adapted.names[0]}.B"]).max() > 0
-    assert adapt_step(adapted, start, inputs, labels, 1, cpu, round=2, step=0)[0] == {}
-    # the task message after the adapter rounds: statistics under the merged adapter, untrained
+    assert adapt_step(adapted, start, inputs, labels, 1, cpu, scenario, round=2, step=0)[0] == {}
+    # the task message after the adapter steps: statistics under the merged adapter, untrained
     merged = {**start, **factors}
-    result = client_task(adapted, merged, inputs, labels, 0, cpu)
+    result = client_task(adapted, merged, inputs, labels, 0, cpu, scenario)
     adapted.load(merged)
     expected = ClassStats.from_features(labels, embed_adapted(adapted.model, inputs, cpu))
     np.testing.assert_allclose(result.stats.sums, expected.sums, rtol=1e-6)
     assert result.factors == {} and np.isnan(result.loss)
 
 
-def test_settings_round_trip_through_a_task_config():
-    s = AdapterSettings(schedule="first_task", merge="stack", rank=8, lr=3e-4, amp=False)
-    assert AdapterSettings.from_config(s.to_config()) == s
-    assert AdapterSettings.from_config({}).active is False
-    assert [s.lr_for(i) for i in range(2)] == [3e-4, 0.0]
+def test_the_adapters_section_says_the_schedule():
+    s = AdaptersConfig(schedule="first_task", rank=8, alpha=16.0, lr=3e-4, mixed_precision=False)
+    assert s.active and s.scale == 2.0 and [s.lr_for(i) for i in range(2)] == [3e-4, 0.0]
+    assert [AdaptersConfig(schedule="every_task").lr_for(i) for i in range(2)] == [1e-3, 1e-4]
+    assert AdaptersConfig().active is False and AdaptersConfig().lr_for(0) == 0.0
 
 
 def test_drift_compensation_moves_sums_and_second_moment_exactly():

@@ -2,8 +2,9 @@
 
 import numpy as np
 
-from fedrecon.heads import HeadSettings
-from fedrecon.stats import ClassStats
+from fedrecon.learning.heads import head_spec
+from fedrecon.learning.stats import ClassStats
+from fedrecon.scenario.sections import MergeConfig
 from server.checkpoint import load_parts, load_run_state, save_run_state
 from strategies.policies import make_policy, policy_state, restore_policy
 
@@ -12,7 +13,7 @@ def test_second_order_statistics_survive_a_checkpoint(tmp_path):
     rng = np.random.default_rng(0)
     labels, feats = rng.integers(0, 5, 40), rng.normal(size=(40, 6))
     for head in ("lda", "ridge"):
-        spec = HeadSettings(head, random_features=8, seed=3).spec()
+        spec = head_spec(MergeConfig(head=head, random_features=8), 3)
         stats = ClassStats.from_features(labels, feats, spec)
         save_run_state(tmp_path, 4, stats, {"note": head})
         done, loaded, state = load_run_state(tmp_path)

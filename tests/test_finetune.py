@@ -8,16 +8,18 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
 from fedrecon import protocol as P
-from fedrecon.backbones import load_checkpoint
-from fedrecon.finetune import BIAS, IDS, WEIGHT, FinetuneSettings, fedavg, grow_head, initial_model, predict, train_task
+from fedrecon.backbones.embed import load_backbone
+from fedrecon.learning.finetune import BIAS, IDS, WEIGHT, fedavg, grow_head, initial_model, predict, train_task
 from fedrecon.plan import make_plan
-from fedrecon.scenario import ScenarioError, parse_scenario
+from fedrecon.protocol import setup_record
+from fedrecon.scenario import ScenarioError, parse_scenario, scenario_json
+from fedrecon.scenario.sections import FinetuneConfig
 from strategies.finetune import FedAvgFinetune
 from strategies.policies import replay
-from strategies.recon import from_record
+from strategies.records import from_record
 from strategies.validation import PayloadError, check_model_update
 from tests.conftest import CHECKPOINT, small_scenario
-from tests.test_strategy import NODES, identity  # noqa: F401 (fixture)
+from tests.test_strategy import NODES, connect, identity  # noqa: F401 (fixture)
 
 DIM = 3
 
@@ -58,9 +60,9 @@ def test_fedavg_weights_backbone_by_samples_and_head_rows_by_holders():
 
 def test_train_task_learns_the_task_and_forgets_without_replay(evaluation_set):
     """Fine-tuning on a second task's classes only: the first task's accuracy falls."""
-    module = load_checkpoint("conv4", CHECKPOINT)
+    module = load_backbone("conv4", CHECKPOINT)
     model = initial_model(module, 64)
-    settings = FinetuneSettings(lr=1e-3, head_lr=1e-2, epochs=5, batch_size=16, seed=0)
+    settings = FinetuneConfig(lr=1e-3, head_lr=1e-2, epochs=5, batch_size=16)
     ds = evaluation_set
     first, second = np.arange(5), np.arange(5, 10)
 
@@ -70,8 +72,8 @@ def test_train_task_learns_the_task_and_forgets_without_replay(evaluation_set):
 
     x1, y1 = samples(first, slice(0, 10))
     t1, u1 = samples(first, slice(10, 20))
-    after_first, info = train_task(module, model, x1, y1, settings, "cpu", task_seed=1)
-    again, _ = train_task(module, model, x1, y1, settings, "cpu", task_seed=1)
+    after_first, info = train_task(module, model, x1, y1, settings, 0, "cpu", task_seed=1)
+    again, _ = train_task(module, model, x1, y1, settings, 0, "cpu", task_seed=1)
     assert all(np.array_equal(after_first[k], again[k]) for k in after_first)  # seeded: reproducible
     assert after_first[IDS].tolist() == first.tolist()
     assert np.isfinite(info["loss"])
@@ -79,7 +81,7 @@ def test_train_task_learns_the_task_and_forgets_without_replay(evaluation_set):
     assert first_acc > 0.8
 
     x2, y2 = samples(second, slice(0, 10))
-    after_second, _ = train_task(module, after_first, x2, y2, settings, "cpu", task_seed=2)
+    after_second, _ = train_task(module, after_first, x2, y2, settings, 0, "cpu", task_seed=2)
     assert after_second[IDS].tolist() == list(range(10))
     assert (predict(module, after_second, t1, "cpu") == u1).mean() < first_acc - 0.3
 
@@ -107,7 +109,7 @@ def test_model_update_checks(tiny_arrival):
 
 @pytest.fixture
 def tiny_arrival():
-    from fedrecon.plan import Arrival
+    from fedrecon.plan.records import Arrival
 
     return Arrival(round=1, client=0, task=0, classes=(3, 4), samples=((1, 2), (5,)))
 
@@ -116,9 +118,8 @@ def make_finetune_strategy() -> FedAvgFinetune:
     scenario = parse_scenario("name: t\nclients: {count: 3}\nmerge: {method: fedavg_finetune}\n"
                               "tasks: {num_classes: 12, classes_per_task: 2, train_shots: 4, test_shots: 2}\n")
     plan = make_plan(scenario, [np.arange(10 * c, 10 * c + 10) for c in range(30)])
-    s = FedAvgFinetune(plan, {"backbone": "conv4"}, tiny_model(), DIM)
-    s.nodes = {0: 100, 1: 101, 2: 102}
-    return s
+    s = FedAvgFinetune(plan, scenario, setup_record(scenario_json(scenario), "d1"), tiny_model(), DIM)
+    return connect(s)
 
 
 def finetune_reply(msg: Message, shift: float, spoil: bool = False) -> Message:
@@ -137,7 +138,7 @@ def test_strategy_sends_the_model_every_round_and_averages_replies():
     s = make_finetune_strategy()
     messages = s.configure_train(1, ArrayRecord(), ConfigRecord(), NODES)
     assert {m.metadata.message_type for m in messages} == {f"{MessageType.TRAIN}.{P.FINETUNE}"}
-    assert all(P.MODEL in m.content and P.BACKBONE not in m.content for m in messages)
+    assert all(P.MODEL in m.content and not len(m.content[P.BACKBONE]) for m in messages)  # the model carries the backbone
     s.aggregate_train(1, [finetune_reply(m, shift=m.metadata.dst_node_id - 100) for m in messages])
     # equal sample counts: the mean of shifts 0, 1, 2
     np.testing.assert_allclose(s.model["backbone.w"], np.arange(4) + 1.0)
@@ -160,7 +161,7 @@ def test_strategy_rejects_a_bad_model_and_keeps_the_global_one():
 
 def test_centralized_plan_is_one_site_with_the_same_samples_per_round():
     scenario = parse_scenario(json.dumps(small_scenario(
-        tasks={**small_scenario()["tasks"], "schedule": {"kind": "staggered", "offset": 1},
+        tasks={**small_scenario()["tasks"], "arrival": {"kind": "staggered", "offset": 1},
                "revisits": {"fraction": 0.5, "shots": 2}})))
     plan = make_plan(scenario, [np.arange(20 * c, 20 * c + 20) for c in range(30)])
     one = plan.at_one_site()

@@ -2,20 +2,23 @@
 
 import numpy as np
 import pytest
+import yaml
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedrecon import protocol as P
+from fedrecon.learning.stats import ClassStats
 from fedrecon.plan import make_plan
-from fedrecon.scenario import parse_scenario
-from fedrecon.stats import ClassStats
-from strategies.recon import ReconStrategy, from_record
+from fedrecon.protocol import setup_record
+from fedrecon.scenario import parse_scenario, scenario_json
+from strategies.recon import ReconStrategy
+from strategies.records import from_record
 
 DIM = 4
 
 
 class Nodes:
-    """A grid that only answers which nodes are connected (the tests fill ``strategy.nodes``)."""
+    """A grid that only answers which nodes are connected (the tests fill ``strategy.nodes.ids``)."""
 
     def get_node_ids(self):
         return [100, 101, 102]
@@ -34,16 +37,22 @@ def strategy():
     return make_strategy()
 
 
-def make_strategy(policy: str = "exact", **settings) -> ReconStrategy:
-    """Three clients, 12 classes, 2 a task, 4-d fake features; partition c is node 100 + c."""
-    scenario = parse_scenario(
-        "name: t\nclients: {count: 3}\n"
-        "tasks: {num_classes: 12, classes_per_task: 2, train_shots: 4, test_shots: 2}\n"
-    )
+def connect(strategy):
+    """As if the identify queries had run: partition c is node 100 + c."""
+    strategy.nodes.ids = {0: 100, 1: 101, 2: 102}
+    return strategy
+
+
+def make_strategy(policy: str = "exact", kind=ReconStrategy, adapter_shapes=None, **sections) -> ReconStrategy:
+    """Three clients, 12 classes, 2 a task, 4-d fake features; ``sections`` update the scenario's."""
+    raw = {"name": "t", "clients": {"count": 3}, "merge": {"prototypes": policy},
+           "tasks": {"num_classes": 12, "classes_per_task": 2, "train_shots": 4, "test_shots": 2}}
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    scenario = parse_scenario(yaml.safe_dump(raw))
     plan = make_plan(scenario, [np.arange(10 * c, 10 * c + 10) for c in range(30)])
-    s = ReconStrategy(plan, policy, {"backbone": "conv4"}, {"w": np.ones(3, np.float32)}, DIM, **settings)
-    s.nodes = {0: 100, 1: 101, 2: 102}  # as if the identify query had run
-    return s
+    s = kind(plan, scenario, setup_record(scenario_json(scenario), "d1"), {"w": np.ones(3, np.float32)}, DIM, adapter_shapes)
+    return connect(s)
 
 
 def honest_reply(msg: Message) -> Message:
@@ -68,12 +77,13 @@ def test_round_sends_each_client_its_task_and_merges_replies(strategy):
     arrays, metrics = strategy.aggregate_train(1, [honest_reply(m) for m in messages])
     # Assert
     assert sorted(m.metadata.dst_node_id for m in messages) == [100, 101, 102]
-    assert all(P.BACKBONE in m.content for m in messages)
+    assert all(P.BACKBONE in m.content and P.SETUP in m.content for m in messages)
     expected = sorted(c for a in strategy.plan.arrivals_at(1) for c in a.classes)
     assert from_record(arrays)["ids"].tolist() == expected
     assert metrics["updates"] == 3
-    assert strategy.traffic[1]["bytes_up"] > 0 and strategy.traffic[1]["bytes_down"] > 0
-    # The backbone goes out once per client.
+    assert strategy.traffic.of(1)["bytes_up"] > 0 and strategy.traffic.of(1)["bytes_down"] > 0
+    # The setup and backbone go out once per client; a task message then holds only the round and task.
+    assert set(messages[0].content[P.TASK_CONFIG]) == {"round", "task"}
     assert not any(P.BACKBONE in m.content for m in strategy.configure_train(2, ArrayRecord(), ConfigRecord(), NODES))
 
 

@@ -5,22 +5,19 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedrecon import protocol as P
-from fedrecon.adapters import AdapterSettings, make_adapter_policy
-from fedrecon.stats import ClassStats
-from strategies.recon import from_record
+from fedrecon.learning.adapter_merges import make_adapter_merge
+from fedrecon.learning.stats import ClassStats
+from strategies.adapter_steps import AdapterSteps
+from strategies.records import from_record
 from strategies.validation import PayloadError, check_adapter_update, check_drift
 from tests.test_strategy import DIM, NODES, identity, make_strategy  # noqa: F401  (identity: autouse fixture)
 
 SHAPES = {"conv": (3, 5), "lin": (2, 4)}
-SETTINGS = AdapterSettings(schedule="every_task", merge="ffa", rank=2, seed=3)
 
 
-def adapter_strategy(**changes):
-    settings = AdapterSettings(**{**SETTINGS.__dict__, **changes})
-    s = make_strategy(adapter_shapes=SHAPES)
-    # the constructor read the settings from the task config: rebuild with them in it
-    return type(s)(s.plan, "exact", {"backbone": "conv4", **settings.to_config()}, {"w": np.ones(3, np.float32)}, DIM,
-                   adapter_shapes=SHAPES)
+def adapter_strategy(staleness: str = "keep"):
+    return make_strategy(adapter_shapes=SHAPES, seed=3, merge={"adapters": "ffa"},
+                         adapters={"schedule": "every_task", "rank": 2, "staleness": staleness})
 
 
 def reply(msg: Message, factors: dict, drift: dict | None = None) -> Message:
@@ -43,7 +40,6 @@ def b_factors(value: float) -> dict:
 def test_ffa_round_averages_b_and_sends_only_factors():
     # Prepare
     s = adapter_strategy()
-    s.nodes = {0: 100, 1: 101, 2: 102}
     messages = s.configure_train(1, ArrayRecord(), ConfigRecord(), NODES)
     # Execute: equal sample counts, B of 1, 2, 3
     s.aggregate_train(1, [reply(m, b_factors(i + 1.0)) for i, m in enumerate(messages)])
@@ -56,7 +52,6 @@ def test_ffa_round_averages_b_and_sends_only_factors():
 def test_reply_with_a_bad_adapter_is_rejected_whole():
     # Prepare: one honest round, then client 0 sends NaN factors
     s = adapter_strategy()
-    s.nodes = {0: 100, 1: 101, 2: 102}
     s.aggregate_train(1, [reply(m, b_factors(1.0)) for m in s.configure_train(1, ArrayRecord(), ConfigRecord(), NODES)])
     stats, state = s.stats.to_arrays(), {k: v.copy() for k, v in s.adapters.state.items()}
     liar = next(m for m in s.configure_train(2, ArrayRecord(), ConfigRecord(), NODES) if m.metadata.dst_node_id == 100)
@@ -70,7 +65,6 @@ def test_reply_with_a_bad_adapter_is_rejected_whole():
 
 def test_compensate_sends_prototypes_and_moves_old_statistics_by_the_drift():
     s = adapter_strategy(staleness="compensate")
-    s.nodes = {0: 100, 1: 101, 2: 102}
     s.aggregate_train(1, [reply(m, b_factors(1.0)) for m in s.configure_train(1, ArrayRecord(), ConfigRecord(), NODES)])
     old = s.stats
     messages = s.configure_train(2, ArrayRecord(), ConfigRecord(), NODES)
@@ -99,18 +93,15 @@ def test_adapter_update_checks(bad):
         check_adapter_update(broken, SHAPES, 2, "AB")
     with pytest.raises(PayloadError, match="negative"):
         check_drift({"sums": np.zeros((2, 4)), "weights": -np.ones(2)}, 2, 4)
-    assert make_adapter_policy("ffa").replies == "B"
+    assert make_adapter_merge("ffa").replies == "B"
 
 
 class AdaptGrid:
-    """A grid whose clients answer adapter rounds: ``answer(client, step)`` gives the
-    factors (or a Message: an error), and records each round's messages."""
+    """Clients that answer adapter steps: ``answer(client, step)`` gives the factors
+    (None: no reply), and every step's messages are recorded."""
 
     def __init__(self, answer):
         self.answer, self.sent = answer, []
-
-    def get_node_ids(self):
-        return [100, 101, 102]
 
     def send_and_receive(self, messages, timeout=None):
         self.sent.append(list(messages))
@@ -124,23 +115,25 @@ class AdaptGrid:
                                            P.METRICS: MetricRecord({"loss": 0.5})}), reply_to=m))
         return out
 
+    def steps(self, s, server_round: int) -> list:
+        """What the run does before a round's task messages: the adapter steps; then the task messages."""
+        for step in range(s.steps(server_round)):
+            if not s.aggregate_adapt(server_round, step, self.send_and_receive(s.configure_adapt(server_round, step))):
+                break
+        return s.configure_train(server_round, ArrayRecord(), ConfigRecord(), self)
 
-def rounds_strategy(rounds: int = 2):
-    from strategies.adapter_rounds import AdapterRounds
 
-    settings = AdapterSettings(**{**SETTINGS.__dict__, "schedule": "first_task", "rounds": rounds})
-    s = make_strategy()
-    return AdapterRounds(s.plan, "exact", {"backbone": "conv4", **settings.to_config()}, {"w": np.ones(3, np.float32)}, DIM,
-                         adapter_shapes=SHAPES, timeout=5.0)
+def steps_strategy(steps: int = 2):
+    return make_strategy(kind=AdapterSteps, adapter_shapes=SHAPES, seed=3, merge={"adapters": "ffa"},
+                         adapters={"schedule": "first_task", "rank": 2, "steps": steps})
 
 
 def test_adapter_rounds_merge_before_the_task_messages_and_summaries_do_not_move_the_adapter():
     # Prepare: client c answers B = (c + 1) * (step + 1): means 2, then 4 (equal sample counts)
-    s = rounds_strategy()
-    s.nodes = {0: 100, 1: 101, 2: 102}
+    s = steps_strategy()
     grid = AdaptGrid(lambda c, step: b_factors((c + 1.0) * (step + 1)))
     # Execute
-    messages = s.configure_train(1, ArrayRecord(), ConfigRecord(), grid)
+    messages = grid.steps(s, 1)
     # Assert: two adapter rounds of three clients; the second started from the first's merge
     assert [len(r) for r in grid.sent] == [3, 3]
     assert all(m.metadata.message_type == "train.adapt" for r in grid.sent for m in r)
@@ -152,7 +145,7 @@ def test_adapter_rounds_merge_before_the_task_messages_and_summaries_do_not_move
     s.aggregate_train(1, [reply(m, {}) for m in messages])
     assert s.adapters.version == 2 and len(s.stats) == 6 and not s.failures
     # adapter traffic counts in the round's bytes: more than the task messages alone
-    assert s.traffic[1]["bytes_down"] > sum(len(m.content[P.ADAPTER]["conv.B"].data) for m in messages)
+    assert s.traffic.of(1)["bytes_down"] > sum(len(m.content[P.ADAPTER]["conv.B"].data) for m in messages)
 
 
 def test_a_bad_or_missing_adapter_reply_is_left_out_of_that_merge_only():
@@ -162,11 +155,10 @@ def test_a_bad_or_missing_adapter_reply_is_left_out_of_that_merge_only():
             return None
         return b_factors(np.nan if (step == 1 and c == 0) else (c + 1.0) * (step + 1))
 
-    s = rounds_strategy()
-    s.nodes = {0: 100, 1: 101, 2: 102}
+    s = steps_strategy()
     grid = AdaptGrid(answer)
     # Execute
-    messages = s.configure_train(1, ArrayRecord(), ConfigRecord(), grid)
+    messages = grid.steps(s, 1)
     # Assert: step 2 merged client 1's B (4) alone; every client still got its task
     np.testing.assert_allclose(s.adapters.state["conv.B"], 4.0)
     assert s.adapter_log[1]["trainers"] == 1 and s.adapter_log[1]["failed"] == [0, 2]
@@ -175,50 +167,42 @@ def test_a_bad_or_missing_adapter_reply_is_left_out_of_that_merge_only():
     assert len(messages) == 3 and not s.book.waiting
 
 
-def test_no_adapter_rounds_in_a_round_without_arrivals_or_already_resumed():
-    s = rounds_strategy()
-    s.nodes = {0: 100, 1: 101, 2: 102}
-    s.resume_after = 1
+def test_no_adapter_steps_in_a_round_without_arrivals_and_one_when_nobody_trains():
+    s = steps_strategy()
     grid = AdaptGrid(lambda c, step: b_factors(1.0))
-    assert s.configure_train(1, ArrayRecord(), ConfigRecord(), grid) == [] and grid.sent == []
-    s.configure_train(s.plan.rounds + 1, ArrayRecord(), ConfigRecord(), grid)
+    assert s.steps(s.plan.rounds + 1) == 0
+    grid.steps(s, s.plan.rounds + 1)
     assert grid.sent == []
     # a round whose clients all answer that they do not train (first_task, later tasks): one step only
     idle = AdaptGrid(lambda c, step: {})
-    assert len(s.configure_train(2, ArrayRecord(), ConfigRecord(), idle)) == 3
+    assert len(idle.steps(s, 2)) == 3
     assert len(idle.sent) == 1 and s.adapters.version == 0 and s.adapter_log[-1]["trainers"] == 0
 
 
-def test_adapter_rounds_need_a_merging_policy():
-    from strategies.adapter_rounds import AdapterRounds
-
-    s = make_strategy()
-    settings = AdapterSettings(**{**SETTINGS.__dict__, "merge": "none", "rounds": 2})
-    with pytest.raises(ValueError, match="rounds"):
-        AdapterRounds(s.plan, "exact", {"backbone": "conv4", **settings.to_config()}, {}, DIM, adapter_shapes=SHAPES)
+def test_adapter_steps_need_a_merging_policy():
+    with pytest.raises(ValueError, match="steps"):
+        make_strategy(kind=AdapterSteps, adapter_shapes=SHAPES, adapters={"schedule": "first_task"})
 
 
-def test_adapter_rounds_resend_the_backbone_to_a_node_that_lost_it_and_count_it():
-    # Prepare: round 1 delivered the backbone to everyone; client 1's node restarted since
-    s = rounds_strategy()
-    s.nodes = {0: 100, 1: 101, 2: 102}
+def test_adapter_steps_resend_the_setup_to_a_node_that_lost_it_and_count_it():
+    # Prepare: round 1 delivered the setup to everyone; client 1's node restarted since
+    s = steps_strategy()
     grid = AdaptGrid(lambda c, step: b_factors(1.0))
-    s.aggregate_train(1, [reply(m, {}) for m in s.configure_train(1, ArrayRecord(), ConfigRecord(), grid)])
-    s.has_backbone.discard(1)
+    s.aggregate_train(1, [reply(m, {}) for m in grid.steps(s, 1)])
+    s.nodes.ready.discard(1)
     idle = AdaptGrid(lambda c, step: {})
     # Execute: round 2 (first_task: nobody trains, one adapter step)
-    messages = s.configure_train(2, ArrayRecord(), ConfigRecord(), idle)
+    messages = idle.steps(s, 2)
     # Assert: the adapter step carried it to client 1 only; its answer proved delivery, so the task message does not
     assert len(idle.sent) == 1
     first = {m.metadata.dst_node_id: P.BACKBONE in m.content for m in idle.sent[0]}
     assert first == {100: False, 101: True, 102: False}
     assert not any(P.BACKBONE in m.content for m in messages)
-    assert s.traffic[2]["bytes_down_resent"] > 0
+    assert s.traffic.of(2)["bytes_down_resent"] > 0
 
 
 def test_an_oversized_adapter_update_is_refused_unread():
     s = adapter_strategy()
-    s.nodes = {0: 100, 1: 101, 2: 102}
     messages = s.configure_train(1, ArrayRecord(), ConfigRecord(), NODES)
     huge = {**b_factors(1.0), "conv.B": np.zeros((3, 200_000), np.float32)}  # 2.4 MB: over twice a valid update + 1 MB
     s.aggregate_train(1, [reply(messages[0], huge)] + [reply(m, b_factors(1.0)) for m in messages[1:]])

@@ -19,44 +19,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedrecon.adapters import autocast_bf16, forward_features, train_epoch
-from fedrecon.backbones import state_to_numpy
+from fedrecon.backbones.embed import state_to_numpy
+from fedrecon.learning.training import autocast_bf16, forward_features, train_epoch
+
+if TYPE_CHECKING:
+    from fedrecon.scenario.sections import FinetuneConfig
 
 BACKBONE, IDS, WEIGHT, BIAS = "backbone.", "head.ids", "head.weight", "head.bias"
 # Seed stream of the fine-tuning batches (the plan uses 1..6, the ridge projection 101, adapters 202).
 _FINETUNE = 303
-
-
-@dataclass(frozen=True)
-class FinetuneSettings:
-    """The scenario's ``finetune`` section, flat so that it travels in a ConfigRecord."""
-
-    lr: float = 1e-4
-    head_lr: float = 1e-2
-    epochs: int = 3
-    batch_size: int = 32
-    weight_decay: float = 0.0
-    seed: int = 0
-
-    def to_config(self) -> dict:
-        return {f"finetune_{k}": v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_config(cls, config: Mapping) -> "FinetuneSettings":
-        kinds = {k: type(v) for k, v in asdict(cls()).items()}
-        return cls(**{k: kinds[k](config[f"finetune_{k}"]) for k in kinds})
-
-
-def finetune_settings(scenario) -> FinetuneSettings:
-    f = scenario.finetune
-    return FinetuneSettings(f.lr, f.head_lr, f.epochs, f.batch_size, f.weight_decay, scenario.seed)
 
 
 # --- the model as arrays -------------------------------------------------------------------
@@ -100,9 +78,10 @@ def load_backbone(module: nn.Module, model: Mapping[str, np.ndarray]) -> nn.Modu
 # --- a client's task -----------------------------------------------------------------------
 
 def train_task(module: nn.Module, model: Mapping[str, np.ndarray], inputs: np.ndarray, labels: np.ndarray,
-               settings: FinetuneSettings, device: torch.device, task_seed: int = 0) -> tuple[dict, dict]:
+               settings: FinetuneConfig, seed: int, device: torch.device, task_seed: int = 0) -> tuple[dict, dict]:
     """Fine-tune backbone and head on one task's samples; return the new model and
-    ``{"loss", "seconds"}``.
+    ``{"loss", "seconds"}``. ``settings`` is the scenario's ``finetune`` section; ``seed``
+    (the scenario's) and ``task_seed`` (the round) seed the batches.
 
     The head is grown by the task's classes first; the loss is cross-entropy over every
     row of the head (old classes included, which no sample supports any more).
@@ -118,7 +97,7 @@ def train_task(module: nn.Module, model: Mapping[str, np.ndarray], inputs: np.nd
     y_all = torch.as_tensor(np.searchsorted(ids, labels), device=device)
     optim = torch.optim.AdamW([{"params": list(module.parameters()), "lr": settings.lr},
                                {"params": [weight, bias], "lr": settings.head_lr}], weight_decay=settings.weight_decay)
-    rng = np.random.default_rng([settings.seed, _FINETUNE, task_seed])
+    rng = np.random.default_rng([seed, _FINETUNE, task_seed])
 
     def loss_of(idx: np.ndarray) -> torch.Tensor:
         with autocast_bf16(device, True):  # bf16 on CUDA only

@@ -169,3 +169,8 @@ class MiniLM(nn.Module):
     def encode(self, texts: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
         ids, mask = self.tokenize(texts)
         return self(ids.to(device), mask.to(device))
+
+
+def adapter_targets(name: str, module: nn.Module) -> bool:
+    """Attention (query, key, value, output) and MLP (intermediate, output) linears; not the pooler."""
+    return isinstance(module, nn.Linear) and name.startswith("encoder.layer.")

@@ -122,3 +122,8 @@ class EfficientNetLite0(nn.Module):
     @torch.no_grad()
     def encode(self, images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
         return self(self.preprocess(images).to(device))
+
+
+def adapter_targets(name: str, module: nn.Module) -> bool:
+    """Adapters go on the pointwise (1x1) convs: expansion, projection and head."""
+    return isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (1, 1)

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedrecon.backbones import build_backbone, embed, pick_device
-from fedrecon.data import load_omniglot
+from fedrecon.backbones.embed import build_backbone, embed, pick_device
+from fedrecon.data.omniglot import load_omniglot
 
 
 @dataclass(frozen=True)

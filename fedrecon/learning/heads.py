@@ -1,6 +1,6 @@
 """Classifier heads built from merged class statistics, keyed by their YAML name (``merge.head``).
 
-Every head is a function of additive statistics only (:mod:`fedrecon.stats`), so a
+Every head is a function of additive statistics only (:mod:`fedrecon.learning.stats`), so a
 head built from the federated merge equals the head fitted on the pooled data.
 
 - ``ncm``: nearest class mean (ProtoNet, SimpleCIL), euclidean or cosine.
@@ -19,43 +19,14 @@ head built from the federated merge equals the head fitted on the pooled data.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from fedrecon.stats import ClassStats, StatsSpec, random_features
+from fedrecon.learning.stats import ClassStats, StatsSpec, random_features
 
-# Defaults shared by the scenario schema and the code (docs/scenarios.md names them).
-DEFAULT_SHRINKAGE = 0.1
-DEFAULT_RANDOM_FEATURES = 4000
-# Best of 1, 10, ..., 1e4 on CLINC150 (0.949) and HWU64 (0.913) with frozen MiniLM: bench/heads.py --sweep.
-DEFAULT_RIDGE_LAMBDA = 100.0
-METRICS = ("euclidean", "cosine")
-
-
-@dataclass(frozen=True)
-class HeadSettings:
-    """The head and its settings, as the scenario's ``merge`` section gives them."""
-
-    head: str = "ncm"
-    metric: str = "euclidean"
-    shrinkage: float = DEFAULT_SHRINKAGE
-    ridge_lambda: float = DEFAULT_RIDGE_LAMBDA
-    random_features: int = DEFAULT_RANDOM_FEATURES
-    seed: int = 0
-
-    def spec(self) -> StatsSpec:
-        """The statistics clients must send for this head."""
-        return head_class(self.head).spec(self)
-
-    def to_config(self) -> dict:
-        """Flat scalars for a message (clients that evaluate build the same head)."""
-        return {f"head_{k}": v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_config(cls, config) -> "HeadSettings":
-        return cls(**{k: type(v)(config[f"head_{k}"]) for k, v in asdict(cls()).items()})
+if TYPE_CHECKING:
+    from fedrecon.scenario.sections import MergeConfig
 
 
 class Head(Protocol):
@@ -72,19 +43,19 @@ class NearestMean:
     """Nearest class mean (ProtoNet / SimpleCIL) with euclidean or cosine distance."""
 
     def __init__(self, stats: ClassStats, metric: str = "euclidean"):
-        if metric not in METRICS:
+        if metric not in ("euclidean", "cosine"):
             raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
         self.ids = stats.ids
         self.metric = metric
         self.prototypes = self._prepare(stats.means())
 
     @staticmethod
-    def spec(settings: HeadSettings) -> StatsSpec:
+    def spec(merge: MergeConfig, seed: int) -> StatsSpec:
         return StatsSpec()
 
     @classmethod
-    def build(cls, stats: ClassStats, settings: HeadSettings) -> "NearestMean":
-        return cls(stats, settings.metric)
+    def build(cls, stats: ClassStats, merge: MergeConfig, seed: int) -> "NearestMean":
+        return cls(stats, merge.metric)
 
     def _prepare(self, x: np.ndarray) -> np.ndarray:
         if self.metric == "cosine":
@@ -118,7 +89,7 @@ def _spd_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class SharedCovarianceLDA:
     """Linear discriminant with a shared within-class covariance shrunk toward ``tr/d * I``."""
 
-    def __init__(self, stats: ClassStats, shrinkage: float = DEFAULT_SHRINKAGE):
+    def __init__(self, stats: ClassStats, shrinkage: float):
         _missing(stats, "second_moment", "lda")
         if not 0.0 <= shrinkage <= 1.0:
             raise ValueError(f"shrinkage must be in [0, 1], got {shrinkage}")
@@ -151,12 +122,12 @@ class SharedCovarianceLDA:
         self.bias = -0.5 * np.einsum("kd,dk->k", means, self.weights)
 
     @staticmethod
-    def spec(settings: HeadSettings) -> StatsSpec:
+    def spec(merge: MergeConfig, seed: int) -> StatsSpec:
         return StatsSpec(second_moment=True)
 
     @classmethod
-    def build(cls, stats: ClassStats, settings: HeadSettings) -> "SharedCovarianceLDA":
-        return cls(stats, settings.shrinkage)
+    def build(cls, stats: ClassStats, merge: MergeConfig, seed: int) -> "SharedCovarianceLDA":
+        return cls(stats, merge.shrinkage)
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         return np.asarray(features, dtype=np.float64) @ self.weights + self.bias
@@ -180,12 +151,13 @@ class RandomFeatureRidge:
         self.weights = _spd_solve(gram + ridge_lambda * np.eye(self.size), stats.extra["rf_sums"].T)  # (M, K)
 
     @staticmethod
-    def spec(settings: HeadSettings) -> StatsSpec:
-        return StatsSpec(random_features=settings.random_features, projection_seed=settings.seed)
+    def spec(merge: MergeConfig, seed: int) -> StatsSpec:
+        """The random projection is seeded by the scenario's seed."""
+        return StatsSpec(random_features=merge.random_features, projection_seed=seed)
 
     @classmethod
-    def build(cls, stats: ClassStats, settings: HeadSettings) -> "RandomFeatureRidge":
-        return cls(stats, settings.ridge_lambda, settings.seed)
+    def build(cls, stats: ClassStats, merge: MergeConfig, seed: int) -> "RandomFeatureRidge":
+        return cls(stats, merge.ridge_lambda, seed)
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         return random_features(np.asarray(features, dtype=np.float64), self.seed, self.size) @ self.weights
@@ -194,21 +166,20 @@ class RandomFeatureRidge:
         return _predict(self, features)
 
 
+# keyed by ``merge.head`` (the schema's HEADS names them; a test keeps the two equal)
 HEADS: dict[str, type] = {"ncm": NearestMean, "lda": SharedCovarianceLDA, "ridge": RandomFeatureRidge}
 
 
-def head_class(name: str) -> type:
-    if name not in HEADS:
-        raise ValueError(f"unknown head {name!r}; allowed: {', '.join(HEADS)}")
-    return HEADS[name]
+def head_spec(merge: MergeConfig, seed: int) -> StatsSpec:
+    """The statistics clients must send for the scenario's head."""
+    return HEADS[merge.head].spec(merge, seed)
 
 
-def build_head(stats: ClassStats, settings: HeadSettings) -> Head:
-    """The head ``settings.head`` built from ``stats``."""
-    return head_class(settings.head).build(stats, settings)
+def build_head(stats: ClassStats, merge: MergeConfig, seed: int) -> Head:
+    """The head ``merge.head`` built from ``stats``."""
+    return HEADS[merge.head].build(stats, merge, seed)
 
 
-def fit_head(labels: np.ndarray, features: np.ndarray, settings: HeadSettings) -> Head:
+def fit_head(labels: np.ndarray, features: np.ndarray, merge: MergeConfig, seed: int) -> Head:
     """The head fitted at one site on all of ``features`` (the centralized reference)."""
-    return build_head(ClassStats.from_features(labels, features, settings.spec()), settings)
-
+    return build_head(ClassStats.from_features(labels, features, head_spec(merge, seed)), merge, seed)

@@ -22,7 +22,7 @@ from functools import lru_cache
 import numpy as np
 
 # Seed stream of the random projection: np.random.default_rng([seed, _PROJECTION]).
-# The plan's streams are 1..5 (fedrecon/plan.py); this one is apart from them.
+# The plan's streams are 1..5 (fedrecon/plan/samples.py); this one is apart from them.
 _PROJECTION = 101
 # Rows of features turned into random features at once (bounds memory to ~chunk x M).
 _CHUNK = 2048
@@ -51,16 +51,6 @@ class StatsSpec:
     second_moment: bool = False
     random_features: int = 0
     projection_seed: int = 0
-
-    def to_config(self) -> dict:
-        """Flat scalars for a task message."""
-        return {"second_moment": self.second_moment, "random_features": self.random_features,
-                "projection_seed": self.projection_seed}
-
-    @classmethod
-    def from_config(cls, config: Mapping) -> "StatsSpec":
-        return cls(bool(config.get("second_moment", False)), int(config.get("random_features", 0)),
-                   int(config.get("projection_seed", 0)))
 
     def keys(self) -> set[str]:
         """Array names a reply under this spec carries (besides ids, counts, sums)."""

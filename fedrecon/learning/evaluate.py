@@ -5,30 +5,23 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from fedrecon.cache import EmbeddingCache, embed_samples
-from fedrecon.data import ClassDataset
-from fedrecon.heads import HeadSettings, build_head
-from fedrecon.plan import Plan
-from fedrecon.scenario import Scenario
-from fedrecon.stats import ClassStats
-
-
-def head_settings(scenario: Scenario) -> HeadSettings:
-    """The scenario's head; the random projection is seeded by the scenario's seed."""
-    m = scenario.merge
-    return HeadSettings(m.head, m.metric, m.shrinkage, m.ridge_lambda, m.random_features, scenario.seed)
+from fedrecon.backbones.cache import EmbeddingCache, embed_samples
+from fedrecon.data.dataset import ClassDataset
+from fedrecon.learning.heads import build_head
+from fedrecon.learning.stats import ClassStats
+from fedrecon.plan.records import Plan
+from fedrecon.scenario.model import Scenario
 
 
 class Evaluator:
     """Embeds each test sample once per run (the backbone is frozen) and scores heads."""
 
-    def __init__(self, dataset: ClassDataset, model: nn.Module, plan: Plan, head: HeadSettings | str, device,
+    def __init__(self, dataset: ClassDataset, model: nn.Module, plan: Plan, scenario: Scenario, device,
                  cache: EmbeddingCache | None = None):
         self.dataset = dataset
         self.model = model
         self.plan = plan
-        # A bare string is the metric of the nearest-mean head (the first version's argument).
-        self.head = HeadSettings(metric=head) if isinstance(head, str) else head
+        self.scenario = scenario  # its merge section and seed say which head is scored
         self.device = device
         self.cache = cache
         self._features: dict[int, np.ndarray] = {}
@@ -62,17 +55,18 @@ class Evaluator:
         total = np.array([len(self._features[int(c)]) for c in classes])
         if len(stats) == 0 or len(labels) == 0:
             return np.zeros(len(classes), dtype=np.int64), total
-        hit = build_head(stats, self.head).predict(feats) == labels
+        hit = build_head(stats, self.scenario.merge, self.scenario.seed).predict(feats) == labels
         starts = np.concatenate([[0], np.cumsum(total)[:-1]])
         return np.add.reduceat(hit.astype(np.int64), starts) if len(hit) else np.zeros(0, np.int64), total
 
 
-def count_correct(stats: ClassStats, head: HeadSettings, features: np.ndarray, labels: np.ndarray) -> int:
-    """Test samples the merged head names right (no statistics: none). Server and
-    clients both score with this, so their accuracies agree on the same samples."""
+def count_correct(stats: ClassStats, scenario: Scenario, features: np.ndarray, labels: np.ndarray) -> int:
+    """Test samples the scenario's head on the merged statistics names right (no
+    statistics: none). Server and clients both score with this, so their accuracies
+    agree on the same samples."""
     if len(stats) == 0 or len(labels) == 0:
         return 0
-    return int((build_head(stats, head).predict(features) == labels).sum())
+    return int((build_head(stats, scenario.merge, scenario.seed).predict(features) == labels).sum())
 
 
 def eval_share(plan: Plan, classes: np.ndarray, client: int, clients: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from fedrecon.backbones import embed
-from fedrecon.data import ClassDataset
+from fedrecon.backbones.embed import embed
+from fedrecon.data.dataset import ClassDataset
 
 # (cache key) -> sample index -> feature row, for this process
 _MEMORY: dict[str, dict[int, np.ndarray]] = {}

@@ -1,0 +1,79 @@
+"""What a node keeps between messages: the run's setup, the backbone and its progress.
+
+All of it lives in ``Context.state`` (in deployment every message runs in a new
+process). What is immutable and named by a digest (the parsed scenario, a built
+frozen backbone) is cached per process as well: virtual clients that share a process
+may share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+
+from fedrecon import protocol as P
+from fedrecon.scenario.loading import scenario_from_json
+from fedrecon.scenario.model import Scenario
+
+SETUP, PROGRESS = "setup", "progress"  # Context.state keys
+LOCAL_ADAPTER = "local_adapter"  # Context.state key: this client's own factors (merge.adapters: none)
+_SCENARIOS: dict[str, Scenario] = {}  # setup digest -> the scenario it holds
+
+
+class NoSetup(RuntimeError):
+    """The node holds no setup for this run (it restarted since it got one): the server sends it again."""
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The run as this node sees it: the scenario (``data.root`` the node's own when
+    its node config names a ``data-root``), the backbone's digest and the node's
+    partition id."""
+
+    scenario: Scenario
+    backbone_digest: str
+    digest: str
+    client: int
+
+
+def setup(msg: Message, context: Context) -> Setup:
+    """The setup this message brings (kept in the node's context), else the kept one."""
+    if P.SETUP in msg.content:
+        context.state[SETUP] = msg.content[P.SETUP]
+        context.state[P.BACKBONE] = msg.content[P.BACKBONE] if P.BACKBONE in msg.content else ArrayRecord({})
+    if SETUP not in context.state:
+        raise NoSetup("this node holds no setup for the run (restarted?); the server sends it with the next task")
+    record = context.state[SETUP]
+    digest = str(record["digest"])
+    if digest not in _SCENARIOS:
+        _SCENARIOS[digest] = scenario_from_json(str(record["scenario"]))
+    scenario = _SCENARIOS[digest]
+    # a real deployment keeps its data where it likes; the node config says where
+    root = context.node_config.get("data-root")
+    if root:
+        scenario = scenario.model_copy(update={"data": scenario.data.model_copy(update={"root": str(root)})})
+    return Setup(scenario, str(record["backbone_digest"]), digest, int(context.node_config["partition-id"]))
+
+
+def held_digest(context: Context) -> str:
+    """Digest of the setup this node holds ('' for none)."""
+    return str(context.state[SETUP]["digest"]) if SETUP in context.state else ""
+
+
+def backbone_state(context: Context) -> dict | None:
+    """The backbone weights the server sent (None: installed here, or none)."""
+    record = context.state.get(P.BACKBONE)
+    return {k: v.numpy() for k, v in record.items()} if record is not None and len(record) else None
+
+
+def tasks_done(context: Context) -> int:
+    """Tasks this client has learned (its schedule counts tasks)."""
+    return int(context.state[PROGRESS]["tasks"]) if PROGRESS in context.state else 0
+
+
+def task_learned(context: Context, samples: int) -> None:
+    progress = context.state.get(PROGRESS, ConfigRecord({"tasks": 0, "samples": 0}))
+    progress["tasks"] = int(progress["tasks"]) + 1
+    progress["samples"] = int(progress["samples"]) + samples
+    context.state[PROGRESS] = progress

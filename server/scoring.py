@@ -1,0 +1,63 @@
+"""How the server scores the global model after a round."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from fedrecon.backbones.cache import EmbeddingCache
+from fedrecon.backbones.embed import pick_device
+from fedrecon.learning.evaluate import Evaluator
+from fedrecon.learning.finetune import class_counts as finetune_counts
+from server.prepare import Prepared
+
+
+class Scoring:
+    """The server's accuracy of the global model on the test samples of the classes seen.
+
+    The merged statistics are scored by the scenario's head on the backbone's features
+    (embedded once: the backbone is frozen), under the merged adapter when there is one
+    (re-embedded when it changes); ``fedavg_finetune`` scores its global model; the
+    ``local`` baseline each client's own head, averaged; ``evaluation.where: clients``
+    adds up what the clients counted.
+    """
+
+    def __init__(self, prep: Prepared, strategy):
+        s = prep.scenario
+        self.scenario, self.plan, self.dataset, self.strategy = s, prep.plan, prep.dataset, strategy
+        self.device = pick_device(s.model.device)
+        self.finetuning = s.merge.method == "fedavg_finetune"
+        self.tuned = copy.deepcopy(prep.model) if self.finetuning else None  # the module the global model is scored in
+        self.adapted = prep.adapted
+        # under adapters, features move with the merged adapter: no embedding cache
+        cache = None if self.adapted else EmbeddingCache(prep.digest, prep.dataset.fingerprint, s.model.embedding_cache)
+        model = self.adapted.model if self.adapted else prep.model
+        self.evaluator = Evaluator(prep.dataset, model, prep.plan, s, self.device, cache)
+        self.scored_version = -1
+
+    def score(self, server_round: int) -> tuple[float | None, tuple | None]:
+        """Accuracy after ``server_round`` (None: not evaluated this round) and, where the
+        server scored every class, ``(ids, correct, total)`` per class seen."""
+        s, strategy = self.scenario, self.strategy
+        if s.evaluation.where == "clients":
+            return strategy.client_accuracy(server_round), None
+        if not s.evaluation.due(server_round, self.plan.rounds):
+            return None, None
+        seen = self.plan.classes_seen(server_round)
+        adapters = getattr(strategy, "adapters", None)
+        if adapters is not None and adapters.version != self.scored_version:
+            # score under the merged adapter (merge.adapters none: the server holds none, the frozen backbone)
+            self.adapted.load(adapters.start_for(0, server_round + 1))
+            self.evaluator.reset()
+            self.scored_version = adapters.version
+        if strategy.own is not None:
+            # no merge: each client's own head, averaged over the clients that learned something
+            own = [self.evaluator.accuracy(stats, seen) for stats in strategy.own.values()]
+            return (float(np.mean(own)) if own else 0.0), None
+        if self.finetuning:
+            correct, total = finetune_counts(self.tuned, strategy.model, self.dataset, self.plan, seen, self.device)
+        else:
+            correct, total = self.evaluator.class_counts(strategy.stats, seen)  # the merged statistics, not decoded again
+        accuracy = float(correct.sum() / total.sum()) if total.sum() else float("nan")
+        return accuracy, (seen, correct, total)

@@ -1,0 +1,114 @@
+"""Flower strategy with adapter steps: the round's trainers first train one adapter together."""
+
+from __future__ import annotations
+
+from logging import INFO, WARNING
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+
+from flwr.common.logger import log
+
+from fedrecon import protocol as P
+from strategies.recon import ReconStrategy
+from strategies.records import to_record
+from strategies.validation import PayloadError
+
+
+class AdapterSteps(ReconStrategy):
+    """ReconStrategy whose task rounds start with ``adapters.steps`` adapter steps.
+
+    In a plan round, every client whose task arrives trains the global adapter on the
+    task's samples (``train.adapt``: ``adapters.epochs`` each time) and sends its
+    factors; the server merges them exactly (``ffa``, ``stack``) or not (``fedavg``),
+    and repeats. Then the ordinary task messages go out with the merged adapter, and
+    the clients summarise their tasks under it without training. Every statistic
+    learned in that round is thus computed under the same global adapter, the one the
+    server scores with: a round of several trainers stays exact, where one message per
+    task leaves each client's statistics under its own, unmerged adapter.
+
+    A client whose adapter reply fails a check (or does not come) is left out of that
+    step's merge; the merged adapter stays as the other replies make it, and its task
+    still goes out. The run calls :meth:`configure_adapt` and :meth:`aggregate_adapt`
+    before :meth:`configure_train`.
+    """
+
+    adapt_type = f"{MessageType.TRAIN}.{P.ADAPT}"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.adapters is None or not self.adapters.merges or self.scenario.adapters.steps < 1:
+            raise ValueError("AdapterSteps needs adapters.steps >= 1 and a merge policy that merges (fedavg, ffa, stack)")
+        self.adapter_log: list[dict] = []  # one entry a step: round, step, trainers, loss, failed
+        self._adapt_sent: dict[int, object] = {}
+
+    def method(self) -> str:
+        return f"{super().method()}; {self.scenario.adapters.steps} adapter steps before each task round's statistics"
+
+    def steps(self, server_round: int) -> int:
+        """Adapter steps the round starts with (none in a round without arrivals)."""
+        return self.scenario.adapters.steps if self.plan.arrivals_at(server_round) else 0
+
+    def configure_adapt(self, server_round: int, step: int) -> list[Message]:
+        """The merged adapter to each of the round's connected trainers, with its task's samples."""
+        due = {a.client: a for a in self.plan.arrivals_at(server_round) if a.client in self.nodes}
+        payload = to_record(self.adapters.payload())
+        messages, self._adapt_sent = [], {}
+        for client, arrival in sorted(due.items()):
+            content = RecordDict({
+                P.TASK_CONFIG: ConfigRecord({"round": server_round, "task": arrival.task, "step": step}),
+                P.TASK_ARRAYS: to_record({"sample_index": arrival.sample_index, "sample_labels": arrival.sample_labels}),
+                P.ADAPTER: payload,
+            })
+            self.add_setup(content, client, server_round)
+            node = self.nodes.node(client)
+            messages.append(Message(content, dst_node_id=node, message_type=self.adapt_type))
+            self._adapt_sent[node] = arrival
+        self.traffic.sent(server_round, messages)
+        return messages
+
+    def aggregate_adapt(self, server_round: int, step: int, replies) -> bool:
+        """Merge the step's checked factors; False if every client answered that its
+        schedule does not train this task (no more steps are needed this round)."""
+        replies = list(replies)
+        self.traffic.received(server_round, replies)
+        factors, weights, losses, failed = [], [], [], []
+        answered = set()
+        for reply in replies:
+            arrival = self._adapt_sent.get(reply.metadata.src_node_id)
+            if arrival is None:
+                continue
+            answered.add(reply.metadata.src_node_id)
+            try:
+                update = self.check_factors(reply)
+            except (PayloadError, KeyError) as exc:
+                self._left_out(server_round, step, arrival, str(exc), failed)
+                continue
+            self.nodes.delivered(arrival.client)
+            if update is not None:
+                factors.append(update)
+                weights.append(float(len(arrival.sample_labels)))
+                if P.METRICS in reply.content:
+                    losses.append(float(reply.content[P.METRICS].get("loss", float("nan"))))
+        for node, arrival in self._adapt_sent.items():
+            if node not in answered:
+                self._left_out(server_round, step, arrival, "no reply before the timeout", failed)
+        # staleness is keep here (the scenario check refuses compensate): older statistics stay as they are
+        self.adapters.merge(factors, weights)
+        self.adapter_log.append({"round": server_round, "step": step + 1, "trainers": len(factors),
+                                 "loss": sum(losses) / len(losses) if losses else None, "failed": sorted(failed)})
+        log(INFO, "round %d adapter step %d: %d trainers merged", server_round, step + 1, len(factors))
+        return bool(factors or failed)
+
+    def _left_out(self, server_round: int, step: int, arrival, reason: str, failed: list[int]) -> None:
+        # not a failed task (its task message still goes out): no retry is booked
+        log(WARNING, "round %d adapter step %d: client %d left out: %s", server_round, step + 1, arrival.client, reason)
+        self.failures.append({"round": server_round, "client": arrival.client, "task": arrival.task,
+                              "reason": f"adapter step {step + 1}: {reason}"})
+        failed.append(arrival.client)
+
+    def state(self) -> dict:
+        return {**super().state(), "adapter_log": self.adapter_log}
+
+    def restore(self, state: dict, stats, model: dict | None = None) -> None:
+        super().restore(state, stats, model)
+        self.adapter_log = list(state.get("adapter_log", []))

@@ -1,0 +1,99 @@
+"""Which node is which client, and which nodes hold this run's setup."""
+
+from __future__ import annotations
+
+import time
+from logging import WARNING
+
+from flwr.app import Message, MessageType, RecordDict
+from flwr.common.logger import log
+
+from fedrecon import protocol as P
+
+
+class Nodes:
+    """Partition ids to node ids, learned through ``query.identify`` messages.
+
+    A node answers with its partition id and the digest of the setup it holds; one
+    that holds this run's setup (scenario and backbone) needs no copy. Building the
+    queries and reading the answers are separate steps, as for any message.
+
+    Parameters
+    ----------
+    clients : int
+        Partition ids are ``0..clients-1``.
+    setup_digest : str
+        Digest of this run's setup (:func:`fedrecon.protocol.setup_record`).
+    """
+
+    def __init__(self, clients: int, setup_digest: str):
+        self.clients = clients
+        self.setup_digest = setup_digest
+        self.ids: dict[int, int] = {}  # partition id -> node id
+        self.ready: set[int] = set()  # partition ids whose node holds the setup
+        self.sent_setup: set[int] = set()  # partition ids sent the setup at least once
+
+    def __contains__(self, client: int) -> bool:
+        return client in self.ids
+
+    def node(self, client: int) -> int:
+        return self.ids[client]
+
+    def wait_for_all(self, grid, timeout: float) -> None:
+        """Block until every client's node is connected (the first round only)."""
+        deadline = time.monotonic() + timeout
+        while len(list(grid.get_node_ids())) < self.clients:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(list(grid.get_node_ids()))} of {self.clients} clients connected in {timeout:.0f} s")
+            time.sleep(0.5)
+
+    def configure_identify(self, online: list[int]) -> list[Message]:
+        """Queries for the nodes not known yet (a SuperNode that restarted has a new id);
+        a known node that went offline is dropped (its client's tasks wait)."""
+        online_set = set(online)
+        for pid, node in list(self.ids.items()):
+            if node not in online_set:
+                log(WARNING, "client %d (node %d) is gone; its tasks wait until it is back", pid, node)
+                del self.ids[pid]
+                self.ready.discard(pid)
+        unknown = sorted(online_set - set(self.ids.values()))
+        return [Message(RecordDict(), dst_node_id=n, message_type=f"{MessageType.QUERY}.{P.IDENTIFY}") for n in unknown]
+
+    def aggregate_identify(self, replies: list[Message]) -> None:
+        for reply in replies:
+            if reply.has_error():
+                continue
+            identity = reply.content[P.IDENTITY]
+            pid = int(identity["partition_id"])
+            self.ids[pid] = reply.metadata.src_node_id
+            # a node keeps the setup in its context; a new node or a new run has none
+            if identity.get("setup_digest", "") == self.setup_digest:
+                self.ready.add(pid)
+            else:
+                self.ready.discard(pid)
+        missing = self.missing()
+        if missing:
+            log(WARNING, "clients %s are not connected", missing)
+
+    def missing(self) -> list[int]:
+        return sorted(set(range(self.clients)) - set(self.ids))
+
+    def delivered(self, client: int) -> None:
+        """A reply came from the client's node: it holds the setup now."""
+        self.ready.add(client)
+
+    def needs_setup(self, client: int) -> bool:
+        return client not in self.ready
+
+    def setup_sent(self, client: int) -> bool:
+        """Record that the setup goes to ``client``; True when it had been sent before (a re-send)."""
+        again = client in self.sent_setup
+        self.sent_setup.add(client)
+        return again
+
+    def state(self) -> dict:
+        # node ids and who holds the setup are not kept: a resumed run has new nodes, and the identify answers say
+        return {"sent_setup": sorted(self.sent_setup)}
+
+    def restore(self, state: dict) -> None:
+        self.sent_setup = set(state.get("sent_setup", []))

@@ -1,0 +1,35 @@
+"""Bytes each round moves, down and up; a backbone sent again is counted apart too."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.app import Message
+
+from strategies.records import message_bytes
+
+
+class Traffic:
+    """Per round: ``bytes_down``, ``bytes_up`` and ``bytes_down_resent`` (a node that
+    lost its setup, e.g. a restarted SuperNode, gets the backbone again)."""
+
+    def __init__(self):
+        self.rounds: dict[int, dict[str, int]] = {}
+
+    def of(self, server_round: int) -> dict[str, int]:
+        return self.rounds.setdefault(server_round, {"bytes_down": 0, "bytes_up": 0, "bytes_down_resent": 0})
+
+    def sent(self, server_round: int, messages: Iterable[Message]) -> None:
+        self.of(server_round)["bytes_down"] += message_bytes(messages)
+
+    def received(self, server_round: int, replies: Iterable[Message]) -> None:
+        self.of(server_round)["bytes_up"] += message_bytes(r for r in replies if not r.has_error())
+
+    def resent(self, server_round: int, size: int) -> None:
+        self.of(server_round)["bytes_down_resent"] += size
+
+    def state(self) -> dict:
+        return {str(r): t for r, t in self.rounds.items()}
+
+    def restore(self, state: dict) -> None:
+        self.rounds = {int(r): dict(t) for r, t in state.items()}
