@@ -2,7 +2,7 @@
 
 The federation runs in-process, without Flower (a GPU machine need not have it),
 through the same core functions the ClientApp and the strategy call:
-``fedrecon.adapters.client_task`` on each client, ``AdapterServer`` and the exact
+``fedrecon.learning.adapter_task.client_task`` on each client, ``AdapterServer`` and the exact
 statistics merge on the server. Each row: final accuracy, average incremental accuracy
 (mean over rounds of the accuracy on the classes seen so far), array bytes per round
 (adapter factors down and up, drift sums up; class statistics up, apart: the ridge
@@ -11,11 +11,14 @@ head's Gram dominates them) and wall time.
     python bench/adapters.py --device cuda                 # the full table (GPU)
     python bench/adapters.py --quick --device cpu          # CLINC150 subset, 2 CPU cores
 
-A machine without pydantic, the MiniLM wheel or the data (the lent GPU machine has
+A machine without the MiniLM wheel, the data or pydantic (the lent GPU machine has
 torch, numpy, PyYAML, tokenizers and safetensors only) runs from a bundle made here:
+every row's scenario as JSON, the datasets, MiniLM in float16, and the wheels of
+pydantic and its dependencies:
 
-    python bench/adapters.py --export .cache/adapter-bundle          # here (~55 MiB)
-    python3 bench/adapters.py --bundle .cache/adapter-bundle --device cuda   # there
+    python bench/adapters.py --export .cache/adapter-bundle          # here (~60 MiB)
+    python3 -m pip install --no-index --find-links .cache/adapter-bundle/wheels pydantic   # there, then
+    python3 bench/adapters.py --bundle .cache/adapter-bundle --device cuda
 
 ``--quick`` shrinks CLINC150 to 20 training and 10 test sentences an intent and
 evaluates only every other round (always the last); the table says so in its header.
@@ -28,7 +31,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,29 +41,34 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere, without installing fedrecon
     sys.path.insert(0, str(ROOT))
 
-from fedrecon.adapters import Adapted, AdapterServer, AdapterSettings, adapt_step, client_task, embed_adapted  # noqa: E402
-from fedrecon.backbones import load_checkpoint, pick_device  # noqa: E402
-from fedrecon.data import load_dataset  # noqa: E402
-from fedrecon.heads import HeadSettings, build_head  # noqa: E402
-from fedrecon.stats import ClassStats, add_stats  # noqa: E402
-
-DATA_KEYS = ("path", "test_path", "text_column", "label_column", "group_column")
+from fedrecon.backbones.embed import load_backbone, pick_device  # noqa: E402
+from fedrecon.backbones.registry import backbone_entry  # noqa: E402
+from fedrecon.data.dataset import ClassDataset  # noqa: E402
+from fedrecon.data.registry import load_dataset  # noqa: E402
+from fedrecon.learning.adapter_task import AdapterServer, adapt_step, client_task  # noqa: E402
+from fedrecon.learning.evaluate import count_correct  # noqa: E402
+from fedrecon.learning.heads import head_spec  # noqa: E402
+from fedrecon.learning.lora import Adapted  # noqa: E402
+from fedrecon.learning.stats import ClassStats, add_stats  # noqa: E402
+from fedrecon.learning.training import embed_adapted  # noqa: E402
+from fedrecon.plan import Plan, make_plan, merge_arrivals  # noqa: E402
+from fedrecon.scenario import Scenario, load_scenario, scenario_from_json, scenario_json  # noqa: E402
 
 # (label, overrides) of each row; the adapter rows share the scenario's adapters section
 # Every row says its adapter keys, so that a scenario file with adapters runs the frozen rows too.
-FROZEN = ["adapters.schedule=frozen", "merge.adapters=none", "adapters.rounds=0"]
+FROZEN = ["adapters.schedule=frozen", "merge.adapters=none", "adapters.steps=0"]
 ROWS = [
     ("frozen ncm", ["merge.head=ncm", *FROZEN]),
     ("frozen ridge", ["merge.head=ridge", *FROZEN]),
-    *[(f"{policy} {schedule}", [f"merge.adapters={policy}", f"adapters.schedule={schedule}", "adapters.rounds=0"])
+    *[(f"{policy} {schedule}", [f"merge.adapters={policy}", f"adapters.schedule={schedule}", "adapters.steps=0"])
       for schedule in ("first_task", "every_task") for policy in ("none", "fedavg", "ffa", "stack")],
-    # adapter rounds: a round's trainers train one adapter together, then summarise under it
-    *[(f"{policy} first_task rounds {n}", [f"merge.adapters={policy}", "adapters.schedule=first_task", f"adapters.rounds={n}"])
+    # adapter steps: a round's trainers train one adapter together, then summarise under it
+    *[(f"{policy} first_task steps {n}", [f"merge.adapters={policy}", "adapters.schedule=first_task", f"adapters.steps={n}"])
       for policy in ("fedavg", "ffa", "stack") for n in (1, 3)],
     ("stack every_task ncm keep", ["merge.adapters=stack", "adapters.schedule=every_task", "merge.head=ncm",
-                                   "adapters.rounds=0"]),
+                                   "adapters.steps=0"]),
     ("stack every_task ncm compensate", ["merge.adapters=stack", "adapters.schedule=every_task", "merge.head=ncm",
-                                         "adapters.staleness=compensate", "adapters.rounds=0"]),
+                                         "adapters.staleness=compensate", "adapters.steps=0"]),
 ]
 
 # Settings of each benchmarked scenario: its file, adapter settings, and what --quick changes.
@@ -69,7 +77,7 @@ SCENARIOS = {
                  ["merge.head=ridge", "adapters.rank=8", "adapters.lr=3e-4", "adapters.lr_later=3e-5", "adapters.epochs=1",
                   "adapters.alpha=16", "adapters.batch_size=64", "adapters.drift_sigma=0.3"],
                  ["tasks.train_shots=20", "tasks.test_shots=10"]),
-    # the same ten domains, all in round 1: ten clients adapt at once (adapter rounds' case);
+    # the same ten domains, all in round 1: ten clients adapt at once (adapter steps' case);
     # the scenario file holds the settings (lr 1e-3: statistics follow the merged adapter)
     "clinc150-adapters": ("scenarios/clinc150-domains-adapters.yaml", [], ["tasks.train_shots=20", "tasks.test_shots=10"]),
     "hwu64": ("scenarios/hwu64-dirichlet.yaml",
@@ -84,92 +92,43 @@ SCENARIOS = {
 
 
 @dataclass(frozen=True)
-class Arrival:
-    round: int
-    client: int
-    sample_index: np.ndarray
-    sample_labels: np.ndarray
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The parts of ``fedrecon.plan.Plan`` a run reads, rebuilt from a bundle."""
-
-    rounds: int
-    arrivals: tuple[Arrival, ...]
-    test_samples: dict[int, np.ndarray]
-
-    def arrivals_at(self, r: int) -> list[Arrival]:
-        return [a for a in self.arrivals if a.round == r]
-
-    def classes_seen(self, r: int) -> np.ndarray:
-        return np.array(sorted({int(c) for a in self.arrivals if a.round <= r for c in a.sample_labels}), dtype=np.int64)
-
-    def test_set(self, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        index = [np.asarray(self.test_samples[int(c)], dtype=np.int64) for c in classes]
-        return np.concatenate(index), np.concatenate([np.full(len(i), c) for i, c in zip(index, classes)])
-
-
-@dataclass(frozen=True)
 class Setup:
-    """One row's run: data, plan, backbone, adapter and head settings."""
+    """One row's run: its scenario, dataset and plan."""
 
-    data: dict
+    scenario: Scenario
+    dataset: ClassDataset
     plan: Plan
-    backbone: str
-    checkpoint: str | None
-    adapters: AdapterSettings
-    head: HeadSettings
+
+
+def setup_of(scenario: Scenario) -> Setup:
+    dataset = load_dataset(scenario.data)
+    train, test = dataset.split_indices()
+    return Setup(scenario, dataset, make_plan(scenario, train, dataset.groups, test))
 
 
 def from_scenario(path: str, overrides: list[str]) -> Setup:
-    """A row's setup from a scenario file (needs pydantic: fedrecon.scenario)."""
-    from fedrecon.adapters import adapter_settings
-    from fedrecon.evaluate import head_settings
-    from fedrecon.plan import make_plan
-    from fedrecon.scenario import load_scenario
-
-    scenario = load_scenario(ROOT / path, overrides)
-    d = scenario.data
-    data = {"dataset": d.dataset, "root": d.root, "subset": d.subset, "image_size": d.image_size,
-            **{k: getattr(d, k) for k in DATA_KEYS if getattr(d, k) is not None}}
-    dataset = _load(data)
-    train, test = dataset.split_indices()
-    p = make_plan(scenario, train, dataset.groups, test)
-    plan = Plan(p.rounds, tuple(Arrival(a.round, a.client, a.sample_index, a.sample_labels) for a in p.arrivals),
-                {int(c): np.asarray(v, dtype=np.int64) for c, v in p.test_samples.items()})
-    return Setup(data, plan, scenario.model.backbone, scenario.model.checkpoint, adapter_settings(scenario),
-                 head_settings(scenario))
+    """A row's setup from a scenario file and the row's overrides."""
+    return setup_of(load_scenario(ROOT / path, overrides))
 
 
-def _load(data: dict):
-    options = {k: data[k] for k in DATA_KEYS if data.get(k) is not None}
-    return load_dataset(data["dataset"], data["root"], data["subset"], data["image_size"], **options)
+def _bundled(scenario: Scenario, data_root: str, checkpoint: str | None) -> Scenario:
+    """The scenario with its data folder and checkpoint moved (into or out of a bundle)."""
+    return scenario.model_copy(update={"data": scenario.data.model_copy(update={"root": data_root}),
+                                       "model": scenario.model.model_copy(update={"checkpoint": checkpoint})})
 
 
-def _setup_json(setup: Setup, data_root: str) -> dict:
-    plan = setup.plan
-    return {"data": {**setup.data, "root": data_root}, "backbone": setup.backbone,
-            "checkpoint": str(Path(setup.checkpoint).resolve().relative_to(ROOT)) if setup.checkpoint else None,
-            "adapters": setup.adapters.__dict__, "head": setup.head.__dict__, "rounds": plan.rounds,
-            "arrivals": [[a.round, a.client, a.sample_index.tolist(), a.sample_labels.tolist()] for a in plan.arrivals],
-            "test_samples": {str(c): v.tolist() for c, v in plan.test_samples.items()}}
-
-
-def _setup_from_json(blob: dict, bundle: Path) -> Setup:
-    plan = Plan(blob["rounds"], tuple(Arrival(r, c, np.asarray(i, dtype=np.int64), np.asarray(y, dtype=np.int64))
-                                      for r, c, i, y in blob["arrivals"]),
-                {int(c): np.asarray(v, dtype=np.int64) for c, v in blob["test_samples"].items()})
-    data = {**blob["data"], "root": str(bundle / blob["data"]["root"])}
-    checkpoint = str(ROOT / blob["checkpoint"]) if blob["checkpoint"] else None
-    return Setup(data, plan, blob["backbone"], checkpoint, AdapterSettings(**blob["adapters"]), HeadSettings(**blob["head"]))
+def _from_bundle(text: str, bundle: Path) -> Setup:
+    scenario = scenario_from_json(text)
+    checkpoint = str(ROOT / scenario.model.checkpoint) if scenario.model.checkpoint else None
+    return setup_of(_bundled(scenario, str(bundle / scenario.data.root), checkpoint))
 
 
 def export_bundle(out: Path, scenarios: list[str]) -> None:
     """Everything a machine without pydantic, the MiniLM wheel or the data needs: every
-    row's plan and settings (full and --quick), the datasets, and MiniLM in float16
-    (load_state_dict casts it back to float32; ~45 MB instead of 90)."""
+    row's scenario (full and --quick), the datasets, MiniLM in float16 (load_state_dict
+    casts it back to float32; ~45 MB instead of 90) and pydantic's wheels."""
     import shutil
+    import subprocess
 
     out.mkdir(parents=True, exist_ok=True)
     rows = {}
@@ -177,15 +136,18 @@ def export_bundle(out: Path, scenarios: list[str]) -> None:
         path, settings, quick = SCENARIOS[name]
         for mode, extra in (("full", []), ("quick", quick)):
             for label, change in ROWS:
-                setup = from_scenario(path, [*settings, *extra, *change, "model.embedding_cache=null"])
-                src = Path(setup.data["root"])
-                target = out / "data" / setup.data["dataset"]
+                scenario = load_scenario(ROOT / path, [*settings, *extra, *change, "model.embedding_cache=null"])
+                src, dataset = Path(scenario.data.root), scenario.data.dataset
+                target = out / "data" / dataset
                 if not target.exists():
-                    shutil.copytree(src / setup.data["dataset"], target)
-                rows[f"{name}|{mode}|{label}"] = _setup_json(setup, "data")
-            if setup.backbone == "all-minilm-l6-v2" and not (out / "minilm").exists():
+                    shutil.copytree(src / dataset, target)
+                checkpoint = str(Path(scenario.model.checkpoint).resolve().relative_to(ROOT)) if scenario.model.checkpoint else None
+                rows[f"{name}|{mode}|{label}"] = scenario_json(_bundled(scenario, "data", checkpoint))
+            if scenario.model.backbone == "all-minilm-l6-v2" and not (out / "minilm").exists():
                 _export_minilm(out / "minilm")
     (out / "rows.json").write_text(json.dumps(rows))
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", str(out / "wheels"),
+                    "pydantic"], check=True)
     print(f"bundle in {out}: {sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 2**20:.1f} MiB")
 
 
@@ -194,7 +156,7 @@ def _export_minilm(out: Path) -> None:
 
     from safetensors.torch import load_file, save_file
 
-    from fedrecon.text import minilm_files
+    from fedrecon.backbones.minilm import minilm_files
 
     files = minilm_files()
     out.mkdir(parents=True)
@@ -208,19 +170,20 @@ def pooled(setup: Setup) -> Setup:
     """The same rows with every training sample in one task at one site (round 1): the
     adapter trains on all classes at once, so no statistic goes stale. Not continual
     learning: the upper bound of what the adapter can give the head."""
-    arrivals = setup.plan.arrivals
-    one = Arrival(1, 0, np.concatenate([a.sample_index for a in arrivals]), np.concatenate([a.sample_labels for a in arrivals]))
-    return Setup(setup.data, Plan(1, (one,), setup.plan.test_samples), setup.backbone, setup.checkpoint, setup.adapters,
-                 setup.head)
+    one = merge_arrivals([replace(a, client=0) for a in setup.plan.arrivals], 1)
+    plan = replace(setup.plan, rounds=1, clients=1, arrivals=(replace(one, client=0, task=0),), present=())
+    return Setup(setup.scenario, setup.dataset, plan)
 
 
 def run(setup: Setup, device: torch.device, every: int) -> dict:
-    """One federation; returns the row's metrics."""
-    dataset, plan, settings, head = _load(setup.data), setup.plan, setup.adapters, setup.head
-    spec = head.spec()
-    model = load_checkpoint(setup.backbone, setup.checkpoint).to(device)
-    adapted = Adapted(model, setup.backbone, settings) if settings.active else None
-    server = AdapterServer(adapted.shapes(), settings) if adapted else None
+    """One federation, through the core functions the ClientApp and the strategies call;
+    returns the row's metrics."""
+    s, dataset, plan = setup.scenario, setup.dataset, setup.plan
+    a_cfg, policy = s.adapters, s.merge.adapters
+    spec = head_spec(s.merge, s.seed)
+    model = load_backbone(s.model.backbone, s.model.checkpoint).to(device)
+    adapted = Adapted(model, backbone_entry(s.model.backbone), a_cfg) if a_cfg.active else None
+    server = AdapterServer(adapted.shapes(), s) if adapted else None
     stats = None
     tasks_done: dict[int, int] = {}
     local: dict[int, dict] = {}
@@ -229,13 +192,13 @@ def run(setup: Setup, device: torch.device, every: int) -> dict:
     for r in range(1, plan.rounds + 1):
         arrivals = plan.arrivals_at(r)
         updates, factors, weights, drifts, bytes_round, stats_bytes = [], [], [], [], 0, 0
-        for step in range(settings.rounds if adapted else 0):
-            # adapter rounds (as strategies.adapter_rounds): train together, merge, repeat
+        for step in range(a_cfg.steps if adapted else 0):
+            # adapter steps (as strategies.adapter_steps): train together, merge, repeat
             step_factors, step_weights = [], []
             for a in arrivals:
                 bytes_round += sum(v.nbytes for v in server.payload().values())
                 f, loss = adapt_step(adapted, server.start_for(a.client, r), dataset.inputs[a.sample_index],
-                                     a.sample_labels, tasks_done.get(a.client, 0), device, r, step)
+                                     a.sample_labels, tasks_done.get(a.client, 0), device, s, r, step)
                 if f:
                     step_factors.append(f)
                     step_weights.append(float(len(a.sample_labels)))
@@ -251,10 +214,10 @@ def run(setup: Setup, device: torch.device, every: int) -> dict:
                 result_stats = ClassStats.from_features(a.sample_labels, feats, spec)
             else:
                 begin = server.start_for(a.client, r, local.get(a.client))
-                if settings.merge != "none":
+                if policy != "none":
                     bytes_round += sum(v.nbytes for v in server.payload().values())
-                res = client_task(adapted, begin, inputs, a.sample_labels, tasks_done.get(a.client, 0), device, spec,
-                                  prototypes if settings.staleness == "compensate" else None)
+                res = client_task(adapted, begin, inputs, a.sample_labels, tasks_done.get(a.client, 0), device, s,
+                                  prototypes if a_cfg.staleness == "compensate" else None)
                 result_stats = res.stats
                 if res.local:
                     local[a.client] = res.local
@@ -275,7 +238,7 @@ def run(setup: Setup, device: torch.device, every: int) -> dict:
         stats = add_stats(([stats] if stats is not None else []) + updates, dim=dim)
         traffic.append((bytes_round, stats_bytes))
         if r % every == 0 or r == plan.rounds:
-            accuracies.append(evaluate(model, adapted, server, local, dataset, plan, stats, head, r, device, settings))
+            accuracies.append(evaluate(model, adapted, server, local, setup, stats, r, device))
     return {
         "final_accuracy": accuracies[-1],
         "average_incremental_accuracy": float(np.mean(accuracies)),
@@ -287,30 +250,30 @@ def run(setup: Setup, device: torch.device, every: int) -> dict:
     }
 
 
-def _accuracy(stats: ClassStats, head: HeadSettings, features: np.ndarray, labels: np.ndarray) -> float:
-    # as fedrecon.evaluate.count_correct, which this machine may not import (it needs pydantic)
-    return float((build_head(stats, head).predict(features) == labels).mean())
-
-
-def evaluate(model, adapted, server, local, dataset, plan, stats, head, r, device, settings) -> float:
+def evaluate(model, adapted, server, local, setup: Setup, stats, r, device) -> float:
     """Accuracy on the test samples of the classes seen by round ``r``, under the global
     adapter (``none``: the mean of three clients' scores, each under its own adapter)."""
-    seen = plan.classes_seen(r)
-    index, labels = plan.test_set(seen)
-    inputs = dataset.inputs[index]
+    s, plan = setup.scenario, setup.plan
+    index, labels = plan.test_set(plan.classes_seen(r))
+    inputs = setup.dataset.inputs[index]
+    amp = s.adapters.mixed_precision
+
+    def accuracy(feats: np.ndarray) -> float:
+        return count_correct(stats, s, feats, labels) / len(labels)
+
     if adapted is None:
-        return _accuracy(stats, head, embed_adapted(model, inputs, device), labels)
-    if settings.merge == "none":
+        return accuracy(embed_adapted(model, inputs, device))
+    if s.merge.adapters == "none":
         # every client scores with its own adapter; three of them (first, middle, last)
         # stand for all, to keep the cost of a row near the others'
         clients = sorted(local) or [0]
         scores = []
         for client in sorted({clients[0], clients[len(clients) // 2], clients[-1]}):
             adapted.load(server.start_for(client, r, local.get(client)))
-            scores.append(_accuracy(stats, head, embed_adapted(model, inputs, device, settings.amp), labels))
+            scores.append(accuracy(embed_adapted(model, inputs, device, amp)))
         return float(np.mean(scores))
     adapted.load(server.start_for(0, r + 1))
-    return _accuracy(stats, head, embed_adapted(model, inputs, device, settings.amp), labels)
+    return accuracy(embed_adapted(model, inputs, device, amp))
 
 
 def table(rows: list[dict]) -> str:
@@ -354,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.rows and label not in args.rows:
                 continue
             if bundle is not None:
-                setup = _setup_from_json(bundle[f"{name}|{'quick' if args.quick else 'full'}|{label}"], args.bundle.resolve())
+                setup = _from_bundle(bundle[f"{name}|{'quick' if args.quick else 'full'}|{label}"], args.bundle.resolve())
             else:
                 setup = from_scenario(path, [*settings, *(quick if args.quick else []), *change,
                                              "model.embedding_cache=null", *args.overrides])

@@ -16,20 +16,18 @@ import time
 
 import numpy as np
 
-from clients.learner import state_digest
-from fedrecon.backbones import pick_device, state_to_numpy
-from fedrecon.cache import EmbeddingCache, embed_samples
-from fedrecon.evaluate import head_settings
-from fedrecon.heads import fit_head
+from fedrecon.backbones.cache import EmbeddingCache, embed_samples
+from fedrecon.backbones.embed import pick_device
+from fedrecon.learning.heads import fit_head
 from fedrecon.scenario import load_scenario
-from server.federation import prepare
+from server.prepare import prepare
 
 
 def pooled_features(path: str):
     scenario = load_scenario(path)
     prep = prepare(scenario)
     plan = prep.plan
-    cache = EmbeddingCache(state_digest(state_to_numpy(prep.model)), prep.dataset.fingerprint, scenario.model.embedding_cache)
+    cache = EmbeddingCache(prep.digest, prep.dataset.fingerprint, scenario.model.embedding_cache)
     device = pick_device(scenario.model.device)
     train = np.concatenate([a.sample_index for a in plan.arrivals])
     labels = np.concatenate([a.sample_labels for a in plan.arrivals])
@@ -47,15 +45,15 @@ def main() -> None:
     args = parser.parse_args()
     for path in args.scenarios:
         scenario, y, x, ty, tx, seconds = pooled_features(path)
-        base = head_settings(scenario)
         print(f"{scenario.name}: {len(y)} training and {len(ty)} test samples, {len(np.unique(y))} classes "
               f"(features in {seconds:.1f} s)", flush=True)
         runs = ([("ridge", {"ridge_lambda": lam}) for lam in args.sweep] if args.sweep
                 else [("ncm", {}), ("ncm", {"metric": "cosine"}), ("lda", {}), ("ridge", {})])
         for head, change in runs:
-            settings = base.__class__(**{**base.__dict__, "head": head, **change})
+            # model_copy, not the YAML checks: the scenario's own head keys stay beside the tried head's
+            merge = scenario.merge.model_copy(update={"head": head, **change})
             start = time.time()
-            accuracy = float((fit_head(y, x, settings).predict(tx) == ty).mean())
+            accuracy = float((fit_head(y, x, merge, scenario.seed).predict(tx) == ty).mean())
             print(json.dumps({"scenario": scenario.name, "head": head, **change, "centralized_accuracy": round(accuracy, 4),
                               "seconds": round(time.time() - start, 1)}), flush=True)
 

@@ -15,13 +15,11 @@ import json
 
 import numpy as np
 
-from clients.learner import state_digest
-from fedrecon.backbones import pick_device, state_to_numpy
-from fedrecon.cache import EmbeddingCache, embed_samples
-from fedrecon.evaluate import head_settings
-from fedrecon.heads import build_head
+from fedrecon.backbones.cache import EmbeddingCache, embed_samples
+from fedrecon.backbones.embed import pick_device
+from fedrecon.learning.heads import build_head, head_spec
 from fedrecon.scenario import load_scenario
-from server.federation import prepare
+from server.prepare import prepare
 from strategies.policies import replay
 
 
@@ -34,7 +32,7 @@ def main() -> None:
     scenario = load_scenario(args.scenario, args.set)
     prep = prepare(scenario)
     plan = prep.plan
-    cache = EmbeddingCache(state_digest(state_to_numpy(prep.model)), prep.dataset.fingerprint, scenario.model.embedding_cache)
+    cache = EmbeddingCache(prep.digest, prep.dataset.fingerprint, scenario.model.embedding_cache)
     test, test_labels = plan.test_set(plan.classes_seen(plan.rounds))
     used = np.unique(np.concatenate([test, *(a.sample_index for a in plan.arrivals)]))
     features = np.zeros((len(prep.dataset.labels), prep.dim))
@@ -43,11 +41,11 @@ def main() -> None:
     sizes = [sum(len(a.sample_index) for a in plan.arrivals if a.client == c) for c in range(plan.clients)]
     print(f"{scenario.name}: {len(plan.arrivals)} arrivals, {revisits} revisits, client sizes {sizes}")
     for head in args.heads:
-        settings = head_settings(scenario).__class__(**{**head_settings(scenario).__dict__, "head": head})
+        merge = scenario.merge.model_copy(update={"head": head})
         row = {"head": head}
         for policy in ("exact", "fedrecon", "fedproto"):
-            merged = replay(plan, features, policy, settings.spec())
-            row[policy] = round(float((build_head(merged, settings).predict(features[test]) == test_labels).mean()), 4)
+            merged = replay(plan, features, policy, head_spec(merge, scenario.seed))
+            row[policy] = round(float((build_head(merged, merge, scenario.seed).predict(features[test]) == test_labels).mean()), 4)
         print(json.dumps(row), flush=True)
 
 

@@ -29,9 +29,9 @@ sys.path.insert(0, str(REPO))
 
 from bench.docs import write_section  # noqa: E402
 from bench.harness import fedrecon_run  # noqa: E402
-from fedrecon.backbones import embed  # noqa: E402
+from fedrecon.backbones.embed import embed  # noqa: E402
 from fedrecon.scenario import load_scenario  # noqa: E402
-from server.federation import prepare  # noqa: E402
+from server.prepare import prepare  # noqa: E402
 
 GOAL = 1.5
 # scenario file, and the overrides that make its start-up run a single round with at least

@@ -21,16 +21,15 @@ sys.path.insert(0, str(REPO))
 from bench.docs import write_section  # noqa: E402
 from bench.harness import fedrecon_run  # noqa: E402
 from bench.heads import pooled_features  # noqa: E402
-from fedrecon.evaluate import head_settings  # noqa: E402
-from fedrecon.heads import fit_head  # noqa: E402
+from fedrecon.learning.heads import fit_head  # noqa: E402
 
 SCENARIOS = ("scenarios/clinc150-domains.yaml", "scenarios/hwu64-dirichlet.yaml")
 
 
 def ceiling(pooled, head: str) -> float:
     scenario, labels, x_train, test_labels, x_test, _ = pooled
-    settings = head_settings(scenario.model_copy(update={"merge": scenario.merge.model_copy(update={"head": head})}))
-    return float((fit_head(labels, x_train, settings).predict(x_test) == test_labels).mean())
+    merge = scenario.merge.model_copy(update={"head": head})
+    return float((fit_head(labels, x_train, merge, scenario.seed).predict(x_test) == test_labels).mean())
 
 
 def federated(path: str, head: str, out: Path) -> tuple[dict, float]:

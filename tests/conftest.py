@@ -54,3 +54,18 @@ def evaluation_set():
     from fedrecon.data.omniglot import load_omniglot
 
     return load_omniglot(DATA_ROOT, "evaluation", 28)
+
+
+def head_of(name: str, seed: int = 0, **fields):
+    """``(merge section, seed)`` of a head, as ``fit_head`` / ``build_head`` / ``head_spec`` take them."""
+    from fedrecon.scenario.sections import MergeConfig
+
+    return MergeConfig(head=name, **fields), seed
+
+
+def dataset_of(name: str, root, **keys):
+    """The dataset a ``data`` section with these keys names (paths may be Path objects)."""
+    from fedrecon.data.registry import load_dataset
+    from fedrecon.scenario.sections import DataConfig
+
+    return load_dataset(DataConfig(dataset=name, root=str(root), **{k: v if isinstance(v, int) else str(v) for k, v in keys.items()}))

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from fedrecon.data import DataError, load_omniglot, load_omniglot_png
+from fedrecon.data.dataset import DataError
+from fedrecon.data.omniglot import load_omniglot, load_omniglot_png
 from tests.conftest import DATA_ROOT
 
 SMALL_ZIP = DATA_ROOT / "omniglot" / "images_background_small1.zip"

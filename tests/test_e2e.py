@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedrecon.backbones import embed
-from fedrecon.heads import NearestMean
+from fedrecon.backbones.embed import embed
+from fedrecon.learning.heads import NearestMean
 from fedrecon.scenario import load_scenario
-from fedrecon.stats import ClassStats
+from fedrecon.learning.stats import ClassStats
 from server.cli import main as fedrecon
-from server.federation import prepare
+from server.prepare import prepare
 from tests.conftest import REPO, small_scenario
 
 pytestmark = pytest.mark.e2e
@@ -56,7 +56,7 @@ def check_run_folder(out: Path, scenario_path: Path) -> dict:
 
 
 def test_fedrecon_run_on_simulation_engine(write_scenario, tmp_path):
-    path = write_scenario(small_scenario(tasks={**small_scenario()["tasks"], "schedule": {"kind": "staggered", "offset": 1}}))
+    path = write_scenario(small_scenario(tasks={**small_scenario()["tasks"], "arrival": {"kind": "staggered", "offset": 1}}))
     out = tmp_path / "run"
     assert fedrecon(["run", str(path), "--out", str(out)]) == 0
     summary = check_run_folder(out, path)
@@ -124,7 +124,7 @@ def test_flwr_run_with_scenario_in_run_config(write_scenario, tmp_path):
 def test_baselines_centralized_and_fedavg_finetune_run_in_the_same_harness(write_scenario, tmp_path):
     """``centralized``: one site, the same statistics and accuracy as the exact merge.
     ``fedavg_finetune``: the whole model travels each way with every task."""
-    tasks = {**small_scenario()["tasks"], "schedule": {"kind": "staggered", "offset": 1}}
+    tasks = {**small_scenario()["tasks"], "arrival": {"kind": "staggered", "offset": 1}}
     path = write_scenario(small_scenario(tasks=tasks, merge={"prototypes": "centralized"}))
     out = tmp_path / "central"
     assert fedrecon(["run", str(path), "--out", str(out)]) == 0

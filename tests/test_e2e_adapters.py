@@ -29,7 +29,7 @@ def test_ffa_adapters_with_drift_compensation_run_and_checkpoint(write_scenario,
     assert summary["failures"] == 0 and summary["adapters"] == "every_task/ffa"
     assert summary["classes_learned"] == 12 and summary["final_accuracy"] > 0.6
     with np.load(out / "checkpoint.npz") as z:
-        factors = [k for k in z.files if k.startswith("adapter/")]
+        factors = [k for k in z.files if k.startswith("model/")]
         meta = json.loads(z["meta"].tobytes().decode())
         assert len(factors) == 4 and all(k.endswith(".B") for k in factors)  # conv4: 4 convs, only B is global
         assert np.abs(z[factors[0]]).max() > 0
@@ -64,45 +64,46 @@ def _stats_under_final_adapter(path, out):
 
     import torch
 
-    from fedrecon.adapters import Adapted, adapter_settings, embed_adapted, make_adapter_policy
+    from fedrecon.learning.adapter_task import start_factors
+    from fedrecon.learning.lora import Adapted
+    from fedrecon.learning.stats import ClassStats
+    from fedrecon.learning.training import embed_adapted
     from fedrecon.scenario import load_scenario
-    from fedrecon.stats import ClassStats
     from server.checkpoint import load_run_state
-    from server.federation import prepare
+    from server.prepare import prepare
 
     prep = prepare(load_scenario(path))
-    settings = adapter_settings(prep.scenario)
-    adapted = Adapted(copy.deepcopy(prep.model), prep.scenario.model.backbone, settings)
+    adapted = Adapted(copy.deepcopy(prep.model), prep.entry, prep.scenario.adapters)
     _, stats, state = load_run_state(out)
-    adapted.load(make_adapter_policy(settings.merge).client_start(state["model_arrays"], adapted.shapes(), settings, 0, 99))
+    adapted.load(start_factors(adapted, prep.scenario, state["model_arrays"], 0, 99))
     index = np.concatenate([a.sample_index for a in prep.plan.arrivals])
     labels = np.concatenate([a.sample_labels for a in prep.plan.arrivals])
     feats = embed_adapted(adapted.model, prep.dataset.inputs[index], torch.device("cpu"))
     return stats, ClassStats.from_features(labels, feats)
 
 
-def test_adapter_rounds_make_a_synchronous_rounds_statistics_those_of_the_merged_adapter(write_scenario, tmp_path):
-    """Three clients adapt together in round 1 (first_task, ffa). With adapters.rounds the
+def test_adapter_steps_make_a_synchronous_rounds_statistics_those_of_the_merged_adapter(write_scenario, tmp_path):
+    """Three clients adapt together in round 1 (first_task, ffa). With adapters.steps the
     merged statistics equal one site's statistics of all training samples under the final
     adapter; without, each client's statistics stay under its own adapter and differ."""
     base = small_scenario()
     gaps = {}
-    for rounds in (0, 2):
+    for steps in (0, 2):
         scenario = {**base, "merge": {"prototypes": "exact", "adapters": "ffa"},
                     "adapters": {"schedule": "first_task", "rank": 2, "lr": 1e-3, "epochs": 1, "batch_size": 10,
-                                 "rounds": rounds}}
-        path = write_scenario(scenario, f"rounds{rounds}.yaml")
-        out = tmp_path / f"rounds{rounds}"
+                                 "steps": steps}}
+        path = write_scenario(scenario, f"steps{steps}.yaml")
+        out = tmp_path / f"steps{steps}"
         assert fedrecon(["run", str(path), "--out", str(out)]) == 0
         summary = json.loads((out / "summary.json").read_text())
         assert summary["failures"] == 0 and summary["classes_learned"] == 12
         merged, central = _stats_under_final_adapter(path, out)
         np.testing.assert_array_equal(merged.ids, central.ids)
-        gaps[rounds] = np.abs(merged.sums - central.sums).max() / np.abs(central.sums).max()
-        if rounds:
+        gaps[steps] = np.abs(merged.sums - central.sums).max() / np.abs(central.sums).max()
+        if steps:
             meta = json.loads(np.load(out / "checkpoint.npz")["meta"].tobytes().decode())
             log = meta["strategy"]["adapter_log"]
-            # two adapter rounds in round 1 with three trainers; in round 2 no one trains
+            # two adapter steps in round 1 with three trainers; in round 2 no one trains
             # (first_task): one step finds it out, the second is skipped
             assert [(e["round"], e["trainers"]) for e in log] == [(1, 3), (1, 3), (2, 0)]
     assert gaps[2] < 1e-5

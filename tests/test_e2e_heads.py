@@ -7,13 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from fedrecon.cache import embed_samples
-from fedrecon.evaluate import head_settings
-from fedrecon.heads import fit_head
+from fedrecon.backbones.cache import embed_samples
+from fedrecon.learning.heads import fit_head, head_spec
 from fedrecon.scenario import load_scenario
-from fedrecon.stats import ClassStats
+from fedrecon.learning.stats import ClassStats
 from server.cli import main as fedrecon
-from server.federation import prepare
+from server.prepare import prepare
 from tests.conftest import DATA_ROOT
 
 pytestmark = pytest.mark.e2e
@@ -41,13 +40,12 @@ def test_ridge_head_on_minilm_equals_the_centralized_one(write_scenario, tmp_pat
     train = np.concatenate([a.sample_index for a in plan.arrivals])
     labels = np.concatenate([a.sample_labels for a in plan.arrivals])
     test, test_labels = plan.test_set(plan.classes_seen(plan.rounds))
-    settings = head_settings(scenario)
-    central = fit_head(labels, embed_samples(prep.model, prep.dataset, train, "cpu"), settings)
+    central = fit_head(labels, embed_samples(prep.model, prep.dataset, train, "cpu"), scenario.merge, scenario.seed)
     accuracy = float((central.predict(embed_samples(prep.model, prep.dataset, test, "cpu")) == test_labels).mean())
     assert summary["final_accuracy"] == pytest.approx(accuracy, abs=1e-12)
     assert accuracy > 0.8
     merged = ClassStats.from_arrays(dict(np.load(out / "stats.npz")))
-    pooled = ClassStats.from_features(labels, embed_samples(prep.model, prep.dataset, train, "cpu"), settings.spec())
+    pooled = ClassStats.from_features(labels, embed_samples(prep.model, prep.dataset, train, "cpu"), head_spec(scenario.merge, scenario.seed))
     np.testing.assert_allclose(merged.shared["gram"], pooled.shared["gram"], rtol=1e-9)
     # Clients filled the disk cache: every training sentence is there once.
     shards = list((tmp_path / "cache").rglob("*.npz"))

@@ -6,8 +6,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message, RecordDict
 from fedrecon import protocol as P
 from fedrecon.plan import Arrival, merge_arrivals
 from strategies.faults import RetryBook, Waiting
-from strategies.recon import from_record
-from fedrecon.stats import ClassStats
+from strategies.records import from_record
+from fedrecon.learning.stats import ClassStats
 from tests.test_strategy import DIM, NODES, honest_reply, identity, make_strategy, reply_with  # noqa: F401 (fixture)
 
 
@@ -53,7 +53,7 @@ def test_retry_book_gives_up_after_the_limit_and_keeps_tasks_of_absent_clients()
 
 def test_raising_and_silent_clients_end_with_the_fault_free_statistics():
     # Prepare: client 0 (node 100) raises in round 1, clients 1 and 2 never answer in round 2 (the last).
-    clean, faulty = make_strategy(), make_strategy(retries=2)
+    clean, faulty = make_strategy(), make_strategy(faults={"retries": 2})
     rounds = clean.plan.rounds
 
     def spoil(r, msg):
@@ -74,7 +74,7 @@ def test_raising_and_silent_clients_end_with_the_fault_free_statistics():
 
 
 def test_a_task_is_lost_only_after_its_retries_and_is_counted():
-    strategy = make_strategy(retries=1)
+    strategy = make_strategy(faults={"retries": 1})
     run_rounds(strategy, strategy.plan.rounds + 1, lambda r, msg: None if msg.metadata.dst_node_id == 102 else sample_reply(msg))
     lost = {c for entry in strategy.book.lost for c in entry["classes"]}
     assert lost == {c for a in strategy.plan.arrivals if a.client == 2 for c in a.classes}
@@ -95,29 +95,37 @@ class RestartingGrid:
         replies = []
         for m in messages:
             self.queried.append(m.metadata.dst_node_id)
-            who = {"partition_id": 1, "backbone_digest": ""}
+            who = {"partition_id": 1, "setup_digest": ""}
             reply = Message(RecordDict({P.IDENTITY: ConfigRecord(who)}), reply_to=m)
             reply.metadata.__dict__["_src_node_id"] = m.metadata.dst_node_id
             replies.append(reply)
         return replies
 
 
+def identify(strategy, grid) -> None:
+    """The run's identify step (server.run.Run.identify), after the first round."""
+    queries = strategy.nodes.configure_identify(grid.get_node_ids())
+    strategy.nodes.aggregate_identify(grid.send_and_receive(queries) if queries else [])
+
+
 def test_a_restarted_supernode_is_found_again_by_its_partition_id():
     strategy = make_strategy()
-    strategy.task_config["backbone_digest"] = "abc"
     grid = RestartingGrid()
+    identify(strategy, grid)
     first = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid)
     strategy.aggregate_train(1, [honest_reply(m) for m in first])
     # Partition 1's SuperNode is gone in round 2: its task waits, the others go out.
     grid.online = [100, 102]
+    identify(strategy, grid)
     second = strategy.configure_train(2, ArrayRecord(), ConfigRecord(), grid)
     assert sorted(m.metadata.dst_node_id for m in second) == [100, 102]
     strategy.aggregate_train(2, [honest_reply(m) for m in second])
     # It comes back as node 201 (after the plan's last round): asked who it is, it gets
-    # its waiting task and, with a fresh context, the backbone again.
+    # its waiting task and, with a fresh context, the setup and backbone again.
     grid.online = [100, 102, 201]
+    identify(strategy, grid)
     third = {m.metadata.dst_node_id: m for m in strategy.configure_train(3, ArrayRecord(), ConfigRecord(), grid)}
-    assert grid.queried == [201] and strategy.nodes[1] == 201
-    assert list(third) == [201] and P.BACKBONE in third[201].content
+    assert grid.queried == [201] and strategy.nodes.node(1) == 201
+    assert list(third) == [201] and P.BACKBONE in third[201].content and P.SETUP in third[201].content
     sent = set(from_record(third[201].content[P.TASK_ARRAYS])["sample_labels"].tolist())
     assert sent == {c for a in strategy.plan.arrivals_at(2) if a.client == 1 for c in a.classes}

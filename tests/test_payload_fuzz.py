@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedrecon import protocol as P
-from strategies.recon import from_record
+from strategies.records import from_record
 from tests.test_strategy import DIM, NODES, honest_reply, identity, make_strategy  # noqa: F401 (fixture)
 
 KINDS = ["nan", "inf", "negative_count", "zero_count", "count_off", "foreign_class", "duplicate_id", "missing_class",
@@ -72,7 +72,7 @@ def make_reply(msg: Message, arrays) -> Message:
 @given(data=st.data())
 def test_every_bad_payload_is_rejected_and_state_is_bit_identical(data):
     # Prepare: an honest round 1, then round 2 where every client sends a spoiled reply.
-    strategy = make_strategy(max_reply_bytes=1_000_000)
+    strategy = make_strategy(faults={"max_reply_bytes": 1_000_000})
     first = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), NODES)
     strategy.aggregate_train(1, [honest_reply(m) for m in first])
     before = {k: v.tobytes() for k, v in strategy.stats.to_arrays().items()}

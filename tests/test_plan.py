@@ -7,9 +7,11 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedrecon import plan as P
-from fedrecon.plan import make_plan
-from fedrecon.scenario import parse_scenario, per_client
+from fedrecon.plan import make_plan, timeline
+from fedrecon.plan.samples import Samples
+from fedrecon.plan.splits import SPLITS
+from fedrecon.scenario import ScenarioError, parse_scenario
+from fedrecon.scenario.base import per_client
 
 N_CLASSES, PER_CLASS, N_GROUPS = 40, 20, 8
 # Samples of a class are spread over the dataset, as they would be after any shuffle.
@@ -93,7 +95,7 @@ def scenarios(draw) -> dict:
 def test_plan_properties(raw):
     try:
         scenario, plan = plan_of(raw)
-    except P.ScenarioError as exc:
+    except ScenarioError as exc:
         # Only "nothing ever arrives" (everyone away or nothing dealt) may refuse a valid scenario.
         assert all("no task ever arrives" in p or "holds" in p for p in exc.problems), exc.problems
         return
@@ -119,8 +121,8 @@ def test_plan_properties(raw):
         assert join[a.client] <= a.round and (leave[a.client] is None or a.round < leave[a.client])
 
     # Each class goes where the split says: regular (not revisit) arrivals are split holdings.
-    data = P._Data(scenario, CLASS_INDICES, GROUPS)
-    holdings = {(item.cls, c): item.shots for c, own in enumerate(P.SPLITS[scenario.tasks.split.kind](scenario, data))
+    data = Samples(scenario, CLASS_INDICES, GROUPS)
+    holdings = {(item.cls, c): item.shots for c, own in enumerate(SPLITS[scenario.tasks.split.kind](scenario, data))
                 for task in own for item in task}
     regular = {(c, a.client): len(g) for a in plan.arrivals for c, g in zip(a.classes, a.samples) if c not in a.revisits}
     assert regular.items() <= holdings.items()
@@ -152,4 +154,4 @@ def test_client_that_leaves_early_is_warned_about():
            "tasks": {"num_classes": 8, "classes_per_task": 2, "train_shots": 5, "test_shots": 5}}
     _, plan = plan_of(raw)
     assert plan.warnings == ("client 1: 1 task(s) never arrive: it leaves in round 2",)
-    assert "warning: client 1: 1 task(s) never arrive" in P.timeline(plan)
+    assert "warning: client 1: 1 task(s) never arrive" in timeline(plan)

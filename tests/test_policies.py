@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from fedrecon.heads import HeadSettings
-from fedrecon.stats import ClassStats
+from fedrecon.learning.heads import head_spec
+from tests.conftest import head_of
+from fedrecon.learning.stats import ClassStats
 from strategies.policies import PROTOTYPE_POLICIES, make_policy, replay
 
 
@@ -52,7 +53,7 @@ def test_revisit_with_few_samples_counts_fully_in_fedproto():
 
 @pytest.mark.parametrize("name", ["fedrecon", "fedproto"])
 def test_baselines_add_shared_statistics_exactly_and_keep_inputs(name):
-    spec = HeadSettings("ridge", random_features=8).spec()
+    spec = head_spec(*head_of("ridge", random_features=8))
     a, b = stats(1, [1.0, 2.0], spec), stats(1, [3.0], spec)
     before = a.sums.copy()
     merged = run(name, [[a], [b]])
@@ -65,8 +66,8 @@ def test_baselines_add_shared_statistics_exactly_and_keep_inputs(name):
 def test_baselines_drift_from_exact_with_revisits_and_unequal_clients(evaluation_set):
     """Dirichlet(0.3) shares (a class at a big and a small client) and revisits of
     3 new drawings: exact equals the pooled means; fedrecon and fedproto do not."""
-    from fedrecon.backbones import embed, load_checkpoint
-    from fedrecon.heads import fit_head
+    from fedrecon.backbones.embed import embed, load_backbone
+    from fedrecon.learning.heads import fit_head
     from fedrecon.plan import make_plan
     from fedrecon.scenario import parse_scenario
     from tests.conftest import CHECKPOINT
@@ -81,8 +82,8 @@ def test_baselines_drift_from_exact_with_revisits_and_unequal_clients(evaluation
     train = np.concatenate([a.sample_index for a in plan.arrivals])
     used = np.concatenate([train, test])
     features = np.zeros((len(evaluation_set.labels), 64))
-    features[used] = embed(load_checkpoint("conv4", CHECKPOINT), evaluation_set.inputs[used])
-    pooled = fit_head(evaluation_set.labels[train], features[train], HeadSettings("ncm"))
+    features[used] = embed(load_backbone("conv4", CHECKPOINT), evaluation_set.inputs[used])
+    pooled = fit_head(evaluation_set.labels[train], features[train], *head_of("ncm"))
     result = {}
     for name in ("exact", "fedrecon", "fedproto"):
         merged = replay(plan, features, name)
@@ -98,19 +99,19 @@ def test_baselines_drift_from_exact_with_revisits_and_unequal_clients(evaluation
 
 
 def fit_head_from(stats: ClassStats):
-    from fedrecon.heads import NearestMean
+    from fedrecon.learning.heads import NearestMean
 
     return NearestMean(stats)
 
 
 def test_lda_survives_means_that_are_not_sample_means():
     # fedproto's unweighted means can leave S - sum n mu mu^T indefinite; LDA keeps its positive part.
-    from fedrecon.heads import build_head
+    from fedrecon.learning.heads import build_head
 
     rng = np.random.default_rng(5)
-    spec = HeadSettings("lda").spec()
+    spec = head_spec(*head_of("lda"))
     big = ClassStats.from_features(np.zeros(200, int), rng.normal(size=(200, 3)) * [1, 1, 1e-4], spec)
     small = ClassStats.from_features(np.zeros(1, int), np.array([[0.0, 0.0, 50.0]]), spec)
     merged = run("fedproto", [[big, small]])
-    head = build_head(merged, HeadSettings("lda", shrinkage=0.01))
+    head = build_head(merged, *head_of("lda", shrinkage=0.01))
     assert np.isfinite(head.scores(np.ones((2, 3)))).all()

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from fedrecon.plan import make_plan, timeline
-from fedrecon.scenario import ScenarioError, key_table, load_scenario, parse_scenario
+from fedrecon.scenario import ScenarioError, key_table, load_scenario, parse_scenario, scenario_from_json, scenario_json
 from server.cli import main
 
 from tests.conftest import REPO
@@ -54,10 +54,24 @@ def test_docs_list_every_key(capsys):
     assert table in (REPO / "docs" / "scenarios.md").read_text()
 
 
-def test_old_name_schedule_is_read_as_arrival():
-    old = parse_scenario(SMALL.replace("test_shots: 5}", "test_shots: 5, schedule: {kind: staggered, offset: 2}}"))
-    new = parse_scenario(SMALL.replace("test_shots: 5}", "test_shots: 5, arrival: {kind: staggered, offset: 2}}"))
-    assert old.model_dump() == new.model_dump() and old.tasks.arrival.offset == 2
+def test_the_scenario_travels_as_its_json_and_reads_back_the_same(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(SMALL.replace("test_shots: 5}", "test_shots: 5, arrival: {kind: staggered, offset: 2}}"))
+    s = load_scenario(path, ["merge.head=lda", "adapters.schedule=first_task"])
+    text = scenario_json(s)
+    assert scenario_from_json(text).model_dump() == s.model_dump()
+    # only what the file and the overrides set: the cross-checks read it back as they read the file
+    assert "shrinkage" not in text and '"head":"lda"' in text
+    (tmp_path / "scenario.json").write_text(text)
+    assert load_scenario(tmp_path / "scenario.json").model_dump() == s.model_dump()
+
+
+def test_one_meaning_per_name():
+    # tasks.schedule was the old name of tasks.arrival: refused now, with the key it meant
+    with pytest.raises(ScenarioError, match="tasks.schedule: unknown key"):
+        parse_scenario(SMALL.replace("test_shots: 5}", "test_shots: 5, schedule: synchronous}"))
+    with pytest.raises(ScenarioError, match="adapters.rounds: unknown key; allowed: .* steps"):
+        parse_scenario(SMALL + "adapters: {schedule: first_task, rounds: 2}\n")
 
 
 def test_overrides_are_typed_and_checked():
@@ -96,3 +110,18 @@ def test_cli_validate_plan_and_errors(tmp_path, capsys):
     assert f"{bad}:4:3: clients.joinn: unknown key; did you mean 'join'?" in err
     assert "Traceback" not in err
     assert main(["plan", str(bad)]) == 2
+
+
+def test_a_resumed_scenario_goes_through_every_check_a_new_one_does(tmp_path, capsys):
+    # Prepare: a run folder whose scenario.json was edited into one the checks refuse
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "scenario.json").write_text('{"name": "x", "clients": {"count": 2},\n'
+                                          ' "tasks": {"num_classes": 4, "classes_per_task": 9, "train_shots": 2, "test_shots": 2}}')
+    # Execute
+    code = main(["run", "--resume", str(folder)])
+    # Assert: the cross-check between keys, with the file's line, and no run started
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"{folder / 'scenario.json'}:2:") and "9 is more than tasks.num_classes (4)" in err[0]
+    assert not (folder / "metrics.jsonl").exists()

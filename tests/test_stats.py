@@ -4,8 +4,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedrecon.heads import NearestMean
-from fedrecon.stats import ClassStats, add_stats
+from fedrecon.learning.heads import NearestMean
+from fedrecon.learning.stats import ClassStats, add_stats
 from strategies.policies import make_policy
 
 

