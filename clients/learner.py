@@ -76,7 +76,7 @@ def learn_task(setup: Setup, state: dict | None, sample_index: np.ndarray, sampl
 
 
 def adapted_backbone(setup: Setup, state: dict | None) -> Adapted:
-    key = (setup.backbone_digest, setup.scenario.adapters)
+    key = (setup.backbone_digest, setup.scenario.adapters.model_dump_json())  # a list of targets is not hashable
     if key not in _ADAPTED:
         # a copy: training must not touch the frozen backbone other tasks share
         entry = backbone_entry(setup.scenario.model.backbone)

@@ -33,7 +33,6 @@ class Setup:
 
     scenario: Scenario
     backbone_digest: str
-    digest: str
     client: int
 
 
@@ -53,7 +52,7 @@ def setup(msg: Message, context: Context) -> Setup:
     root = context.node_config.get("data-root")
     if root:
         scenario = scenario.model_copy(update={"data": scenario.data.model_copy(update={"root": str(root)})})
-    return Setup(scenario, str(record["backbone_digest"]), digest, int(context.node_config["partition-id"]))
+    return Setup(scenario, str(record["backbone_digest"]), int(context.node_config["partition-id"]))
 
 
 def held_digest(context: Context) -> str:

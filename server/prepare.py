@@ -68,6 +68,11 @@ def _dataset(scenario: Scenario) -> ClassDataset:
         raise _fail(scenario, ("data", "dataset"), str(exc)) from None
     except (DataError, OSError) as exc:
         raise _fail(scenario, ("data", "root"), str(exc)) from None
+    except Exception as exc:  # a plug-in loader that fails its own way: one line, not its traceback
+        if scenario.data.dataset in DATASETS:
+            raise
+        raise _fail(scenario, ("data", "dataset"), f"loading {scenario.data.dataset} failed: "
+                                                   f"{type(exc).__name__}: {exc}") from None
     backbone = BACKBONES.get(scenario.model.backbone)
     if scenario.data.dataset not in DATASETS and backbone is not None and backbone.modality != dataset.modality:
         raise _fail(scenario, ("data", "dataset"), f"{scenario.data.dataset} gives {dataset.modality} samples, "

@@ -19,8 +19,8 @@ ADAPTER_MERGES = ("none", "fedavg", "ffa", "stack")
 class DataConfig(Strict):
     """Where the samples come from."""
 
-    dataset: str = Field("omniglot", description="omniglot, clinc150, hwu64, text (a CSV/TSV/JSONL file), image_folder "
-                                                 "(<class>/<image>), or a plug-in loader package.module:attribute")
+    dataset: str = Field("omniglot", description=f"{', '.join(DATASETS)} (text: a CSV/TSV/JSONL file; image_folder: "
+                                                 "<class>/<image>), or a plug-in loader package.module:attribute (docs/extending.md)")
     root: str = Field("../shared/data", description="data folder; a relative path is taken from the scenario file's folder")
     subset: Literal["background", "evaluation"] = Field("evaluation", description="Omniglot set the classes come from")
     image_size: int = Field(28, ge=8, le=512, description="images are resized to this many pixels a side (Omniglot: at most 105)")
@@ -39,8 +39,8 @@ class DataConfig(Strict):
 class ModelConfig(Strict):
     """The feature extractor clients and server share."""
 
-    backbone: str = Field("conv4", description="feature extractor: conv4, pixels, all-minilm-l6-v2, efficientnet-lite0, "
-                                               "or a plug-in package.module:attribute (docs/extending.md)")
+    backbone: str = Field("conv4", description=f"feature extractor: {', '.join(BACKBONES)}, or a plug-in "
+                                               "package.module:attribute (docs/extending.md)")
     checkpoint: str | None = Field(None, description="weights file; relative to the scenario file's folder")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
     embedding_cache: str | None = Field(None, description="folder where frozen-backbone features are kept between runs "
