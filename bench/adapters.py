@@ -146,8 +146,10 @@ def export_bundle(out: Path, scenarios: list[str]) -> None:
             if scenario.model.backbone == "all-minilm-l6-v2" and not (out / "minilm").exists():
                 _export_minilm(out / "minilm")
     (out / "rows.json").write_text(json.dumps(rows))
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", str(out / "wheels"),
-                    "pydantic"], check=True)
+    # pydantic for this interpreter and for the lent GPU machine's (Python 3.12, x86-64 Linux: device/KINDS.md)
+    download = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", str(out / "wheels"), "pydantic"]
+    subprocess.run(download, check=True)
+    subprocess.run([*download, "--python-version", "3.12", "--platform", "manylinux_2_17_x86_64"], check=True)
     print(f"bundle in {out}: {sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 2**20:.1f} MiB")
 
 
