@@ -50,7 +50,6 @@ def train(msg: Message, context: Context) -> Message:
         stats = learn_task(setup, backbone, arrays["sample_index"], arrays["sample_labels"])
     else:
         stats, extra = _learn_adapted(msg, context, setup, task, arrays, backbone)
-    node.task_learned(context, len(arrays["sample_index"]))
     reply = RecordDict({P.STATS: _record(faults.spoil(task, stats.to_arrays())), **extra,
                         P.METRICS: _metrics(task, arrays, start)})
     return Message(reply, reply_to=msg)
@@ -64,7 +63,7 @@ def _learn_adapted(msg: Message, context: Context, setup, task: dict, arrays: di
     global_state = _numpy(msg.content[P.ADAPTER]) if P.ADAPTER in msg.content else {}
     local_state = _numpy(context.state[node.LOCAL_ADAPTER]) if node.LOCAL_ADAPTER in context.state else {}
     result = learn_task_adapted(setup, backbone, arrays["sample_index"], arrays["sample_labels"], int(task["round"]),
-                                global_state, local_state, node.tasks_done(context), arrays.get("prototypes"))
+                                global_state, local_state, int(task["learned"]), arrays.get("prototypes"))
     if result.local:
         context.state[node.LOCAL_ADAPTER] = _record(result.local)
     extra = {P.ADAPTER_UPDATE: _record(result.factors)}
@@ -83,7 +82,7 @@ def adapt(msg: Message, context: Context) -> Message:
     task, arrays = _task(msg)
     factors, loss = adapt_task(setup, node.backbone_state(context), arrays["sample_index"], arrays["sample_labels"],
                                int(task["round"]), int(task["step"]), _numpy(msg.content[P.ADAPTER]),
-                               node.tasks_done(context))
+                               int(task["learned"]))
     reply = RecordDict({P.ADAPTER_UPDATE: _record(factors), P.METRICS: _metrics(task, arrays, start, loss=loss)})
     return Message(reply, reply_to=msg)
 

@@ -1,4 +1,5 @@
-"""What a node keeps between messages: the run's setup, the backbone and its progress.
+"""What a node keeps between messages: the run's setup and the backbone (and, under
+``merge.adapters: none``, its own adapter).
 
 All of it lives in ``Context.state`` (in deployment every message runs in a new
 process). What is immutable and named by a digest (the parsed scenario, a built
@@ -10,13 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.app import ArrayRecord, Context, Message
 
 from fedrecon import protocol as P
 from fedrecon.scenario.loading import scenario_from_json
 from fedrecon.scenario.model import Scenario
 
-SETUP, PROGRESS = "setup", "progress"  # Context.state keys
+SETUP = "setup"  # Context.state key
 LOCAL_ADAPTER = "local_adapter"  # Context.state key: this client's own factors (merge.adapters: none)
 _SCENARIOS: dict[str, Scenario] = {}  # setup digest -> the scenario it holds
 
@@ -64,15 +65,3 @@ def backbone_state(context: Context) -> dict | None:
     """The backbone weights the server sent (None: installed here, or none)."""
     record = context.state.get(P.BACKBONE)
     return {k: v.numpy() for k, v in record.items()} if record is not None and len(record) else None
-
-
-def tasks_done(context: Context) -> int:
-    """Tasks this client has learned (its schedule counts tasks)."""
-    return int(context.state[PROGRESS]["tasks"]) if PROGRESS in context.state else 0
-
-
-def task_learned(context: Context, samples: int) -> None:
-    progress = context.state.get(PROGRESS, ConfigRecord({"tasks": 0, "samples": 0}))
-    progress["tasks"] = int(progress["tasks"]) + 1
-    progress["samples"] = int(progress["samples"]) + samples
-    context.state[PROGRESS] = progress

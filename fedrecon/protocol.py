@@ -15,7 +15,8 @@ import hashlib
 SETUP = "setup"  # ConfigRecord: scenario (JSON), backbone_digest, digest (of both); see setup_record
 BACKBONE = "backbone"  # ArrayRecord: backbone state, sent with the setup unless its weights are installed
 # message type "train": a task to learn
-TASK_CONFIG = "task_config"  # ConfigRecord: round, task (the client's task number), fault keys; "step" in train.adapt
+TASK_CONFIG = "task_config"  # ConfigRecord: round, task (the plan's number of the client's task), learned (the
+#   client's tasks the server accepted so far: its adapter schedule counts them), fault keys; "step" in train.adapt
 TASK_ARRAYS = "task_arrays"  # ArrayRecord: sample_index, sample_labels; prototypes (staleness: compensate)
 ADAPTER = "adapter"  # ArrayRecord: the server's adapter state (factors only; merge.adapters other than none)
 

@@ -55,7 +55,8 @@ class AdapterSteps(ReconStrategy):
         messages, self._adapt_sent = [], {}
         for client, arrival in sorted(due.items()):
             content = RecordDict({
-                P.TASK_CONFIG: ConfigRecord({"round": server_round, "task": arrival.task, "step": step}),
+                P.TASK_CONFIG: ConfigRecord({"round": server_round, "task": arrival.task, "step": step,
+                                             "learned": self.learned.get(client, 0)}),
                 P.TASK_ARRAYS: to_record({"sample_index": arrival.sample_index, "sample_labels": arrival.sample_labels}),
                 P.ADAPTER: payload,
             })

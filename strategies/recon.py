@@ -70,6 +70,9 @@ class ReconStrategy(ClientEvaluation, Strategy):
         self.book = RetryBook(scenario.faults.retries)
         self.faults = fault_plan(scenario.faults.inject, scenario.simulation.timeout)
         self.failures: list[dict] = []
+        # tasks of each client the server accepted: a client's adapter schedule counts them
+        # (the server says it; a node restarted or resumed would count from 0 itself)
+        self.learned: dict[int, int] = {}
         self.pending: dict[int, Arrival] = {}  # node -> the arrival its message carries
         self._sent: dict[int, list[Waiting]] = {}  # node -> the plan tasks its message carries
         active = scenario.adapters.active and adapter_shapes
@@ -113,6 +116,7 @@ class ReconStrategy(ClientEvaluation, Strategy):
             arrival = merge_arrivals([p.arrival for p in parts], server_round)
             content = RecordDict({
                 P.TASK_CONFIG: ConfigRecord({"round": server_round, "task": arrival.task,
+                                             "learned": self.learned.get(client, 0),
                                              **self.faults.get((client, server_round), {})}),
                 P.TASK_ARRAYS: to_record({"sample_index": arrival.sample_index, "sample_labels": arrival.sample_labels,
                                           **task_arrays}),
@@ -169,6 +173,7 @@ class ReconStrategy(ClientEvaluation, Strategy):
             # only a reply whose every part passed counts: a rejected one leaves the global state as it was
             accepted.append((arrival, checked))
             self.nodes.delivered(arrival.client)
+            self.learned[arrival.client] = self.learned.get(arrival.client, 0) + 1
         for node, arrival in self.pending.items():
             self.fail(server_round, arrival, "no reply before the timeout", self._sent.get(node, []))
         self.pending = {}
@@ -234,6 +239,7 @@ class ReconStrategy(ClientEvaluation, Strategy):
         return {
             "traffic": self.traffic.state(),
             "failures": self.failures,
+            "learned": {str(c): k for c, k in self.learned.items()},
             "book": self.book.state(),
             "nodes": self.nodes.state(),
             "client_eval": self.client_eval_state(),
@@ -251,6 +257,7 @@ class ReconStrategy(ClientEvaluation, Strategy):
         self.stats = stats
         self.traffic.restore(state["traffic"])
         self.failures = list(state["failures"])
+        self.learned = {int(c): int(k) for c, k in state["learned"].items()}
         self.book = RetryBook.from_state(state["book"])
         self.nodes.restore(state["nodes"])
         self.restore_client_eval(state["client_eval"])

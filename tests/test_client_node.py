@@ -43,11 +43,3 @@ def test_a_node_without_a_setup_says_so():
     setup = setup_record(scenario_json(scenario_of()), "abc")
     node.setup(message({P.SETUP: ConfigRecord(setup), P.BACKBONE: ArrayRecord({})}), context)
     assert node.backbone_state(context) is None
-
-
-def test_progress_counts_tasks():
-    context = Context(1, 1, {"partition-id": 0}, RecordDict(), {})
-    assert node.tasks_done(context) == 0
-    node.task_learned(context, 10)
-    node.task_learned(context, 5)
-    assert node.tasks_done(context) == 2 and int(context.state[node.PROGRESS]["samples"]) == 15

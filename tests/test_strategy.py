@@ -83,7 +83,7 @@ def test_round_sends_each_client_its_task_and_merges_replies(strategy):
     assert metrics["updates"] == 3
     assert strategy.traffic.of(1)["bytes_up"] > 0 and strategy.traffic.of(1)["bytes_down"] > 0
     # The setup and backbone go out once per client; a task message then holds only the round and task.
-    assert set(messages[0].content[P.TASK_CONFIG]) == {"round", "task"}
+    assert set(messages[0].content[P.TASK_CONFIG]) == {"round", "task", "learned"}
     assert not any(P.BACKBONE in m.content for m in strategy.configure_train(2, ArrayRecord(), ConfigRecord(), NODES))
 
 

@@ -1,0 +1,103 @@
+"""The run itself (server.run.Run) on an in-process grid: it equals one site's statistics,
+and a run stopped after any round and resumed ends where an undisturbed run ends, for
+every merge policy and method."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fedrecon.scenario import load_scenario
+from server.prepare import prepare
+from server.run import Run
+from tests.conftest import small_scenario
+from tests.inprocess import InProcessGrid
+from tests.test_strategy import identity  # noqa: F401 (fixture)
+
+STAGGERED = {**small_scenario()["tasks"], "arrival": {"kind": "staggered", "offset": 1}}  # 3 clients, 4 rounds
+ADAPTERS = {"rank": 2, "lr": 1e-3, "epochs": 1, "batch_size": 10}
+METHODS = {
+    "exact": {},
+    "fedrecon": {"merge": {"prototypes": "fedrecon"}},
+    "fedproto": {"merge": {"prototypes": "fedproto"}},
+    "local": {"merge": {"prototypes": "local"}},
+    "centralized": {"merge": {"prototypes": "centralized"}},
+    "fedavg_finetune": {"merge": {"method": "fedavg_finetune"}, "finetune": {"epochs": 1, "lr": 1e-3}},
+    "ffa": {"merge": {"prototypes": "exact", "adapters": "ffa"}, "adapters": {"schedule": "every_task", **ADAPTERS}},
+    "stack": {"merge": {"prototypes": "exact", "adapters": "stack"}, "adapters": {"schedule": "every_task", **ADAPTERS}},
+    "adapter steps": {"merge": {"prototypes": "exact", "adapters": "ffa"},
+                      "adapters": {"schedule": "first_task", "steps": 2, **ADAPTERS}},
+}
+
+
+class Stop(Exception):
+    """The process died: nothing after this point happens."""
+
+
+def run(path, out, stop_before: int | None = None, resume: bool = False) -> dict | None:
+    """The scenario run on fresh in-process nodes; ``stop_before``: the run dies when it
+    sends round ``stop_before``'s first message (after round ``stop_before - 1``'s checkpoint)."""
+    prep = prepare(load_scenario(path))
+
+    def die(message):
+        if stop_before is not None and int(message.content["task_config"]["round"]) >= stop_before:
+            raise Stop
+        return False
+
+    grid = InProcessGrid(prep.plan.clients, drop=lambda m: "task_config" in m.content and die(m))
+    job = Run(grid, prep, out, echo=lambda *a: None, poll_interval=0)
+    job.resume() if resume else job.start()
+    try:
+        return job.run()
+    except Stop:
+        return None
+
+
+def ending(out) -> dict:
+    with np.load(out / "stats.npz") as npz:
+        stats = {k: npz[k] for k in npz.files}
+    with np.load(out / "checkpoint.npz") as npz:
+        model = {k: npz[k] for k in npz.files if k.startswith("model/")}
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {"summary": json.loads((out / "summary.json").read_text()), "stats": stats, "model": model, "rows": rows}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_a_run_stopped_after_a_round_and_resumed_ends_like_an_undisturbed_one(method, write_scenario, tmp_path):
+    # Prepare
+    path = write_scenario(small_scenario(tasks=STAGGERED, **METHODS[method]))
+    assert run(path, tmp_path / "straight") is not None
+    # Execute: stopped after round 2's checkpoint, resumed by a new run on new nodes
+    assert run(path, tmp_path / "resumed", stop_before=3) is None
+    assert not (tmp_path / "resumed" / "summary.json").exists()
+    run(path, tmp_path / "resumed", resume=True)
+    # Assert: the same statistics (and adapter or model) to the bit, the same rows and summary
+    straight, resumed = ending(tmp_path / "straight"), ending(tmp_path / "resumed")
+    for part in ("stats", "model"):
+        assert straight[part].keys() == resumed[part].keys()
+        for key in straight[part]:
+            assert straight[part][key].tobytes() == resumed[part][key].tobytes(), (part, key)
+    volatile = {"wall_seconds", "bytes_down", "bytes_down_resent"}  # the new nodes get the setup again
+    assert {k: v for k, v in resumed["summary"].items() if k not in volatile} == \
+           {k: v for k, v in straight["summary"].items() if k not in volatile}
+    assert [r["accuracy"] for r in resumed["rows"]] == [r["accuracy"] for r in straight["rows"]]
+    s = resumed["summary"]
+    assert s["bytes_down_resent"] > 0 and s["bytes_down"] - s["bytes_down_resent"] == straight["summary"]["bytes_down"]
+
+
+def test_the_run_equals_one_site_and_sends_the_setup_once(write_scenario, tmp_path):
+    path = write_scenario(small_scenario(tasks=STAGGERED))
+    summary = run(path, tmp_path / "run")
+    prep = prepare(load_scenario(path))
+    from fedrecon.backbones.embed import embed
+    from fedrecon.learning.stats import ClassStats
+
+    index = np.concatenate([a.sample_index for a in prep.plan.arrivals])
+    labels = np.concatenate([a.sample_labels for a in prep.plan.arrivals])
+    central = ClassStats.from_features(labels, embed(prep.model, prep.dataset.inputs[index]))
+    merged = ending(tmp_path / "run")["stats"]
+    np.testing.assert_array_equal(merged["ids"], central.ids)
+    np.testing.assert_allclose(merged["sums"], central.sums, rtol=1e-9)
+    assert summary["failures"] == 0 and summary["rounds"] == 4 and summary["bytes_down_resent"] == 0
