@@ -67,7 +67,7 @@ def _dataset(scenario: Scenario) -> ClassDataset:
     except PluginError as exc:
         raise _fail(scenario, ("data", "dataset"), str(exc)) from None
     except (DataError, OSError) as exc:
-        raise _fail(scenario, ("data", "root"), str(exc)) from None
+        raise _data_error(scenario, exc) from None
     except Exception as exc:  # a plug-in loader that fails its own way: one line, not its traceback
         if scenario.data.dataset in DATASETS:
             raise
@@ -78,6 +78,13 @@ def _dataset(scenario: Scenario) -> ClassDataset:
         raise _fail(scenario, ("data", "dataset"), f"{scenario.data.dataset} gives {dataset.modality} samples, "
                                                    f"backbone {scenario.model.backbone} reads {backbone.modality}")
     return dataset
+
+
+def _data_error(scenario: Scenario, exc: Exception) -> ScenarioError:
+    """A data problem, blamed on the key that names the file it is about."""
+    d = scenario.data
+    key = next((k for k in ("test_path", "path") if getattr(d, k) and getattr(d, k) in str(exc)), "root")
+    return _fail(scenario, ("data", key), " ".join(str(exc).split()))
 
 
 def _needs_build(scenario: Scenario, entry: BackboneEntry) -> bool:
@@ -162,6 +169,10 @@ def prepare(scenario: Scenario) -> Prepared:
 
     checked = check(scenario, build=True)
     weights = state_to_numpy(checked.model)
-    dim = embed(checked.model, checked.dataset.inputs[:1]).shape[1]
+    try:  # the first use of the samples: a file that is corrupt inside is found here, before the run
+        first = checked.dataset.inputs[:1]
+    except (DataError, OSError) as exc:
+        raise _data_error(scenario, exc) from None
+    dim = embed(checked.model, first).shape[1]
     return Prepared(checked.scenario, checked.dataset, checked.plan, checked.entry, checked.model, checked.adapted,
                     weights, state_digest(weights), dim)

@@ -224,6 +224,8 @@ class ReconStrategy(ClientEvaluation, Strategy):
 
     def fail(self, server_round: int, arrival: Arrival, reason: str, parts: list[Waiting] = ()) -> None:
         log(WARNING, "round %d: client %d task %d rejected: %s", server_round, arrival.client, arrival.task, reason)
+        # the node may have lost its setup (a restart under the same id): the next message brings it again
+        self.nodes.ready.discard(arrival.client)
         self.failures.append({"round": server_round, "client": arrival.client, "task": arrival.task, "reason": reason})
         self.book.failed(list(parts), server_round, reason)
 

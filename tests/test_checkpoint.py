@@ -48,3 +48,20 @@ def test_per_client_statistics_survive_a_checkpoint(tmp_path):
     assert sorted(again) == [0, 7]
     for c in parts:
         np.testing.assert_array_equal(again[c].sums, parts[c].sums)
+
+
+def test_a_crash_while_writing_leaves_the_last_checkpoint_whole(tmp_path, monkeypatch):
+    stats = ClassStats.from_features(np.array([0, 1]), np.eye(2))
+    save_run_state(tmp_path, 1, stats, {"note": "first"})
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", crash)
+    try:
+        save_run_state(tmp_path, 2, stats, {"note": "second"})
+    except OSError:
+        pass
+    monkeypatch.undo()
+    done, _, state = load_run_state(tmp_path)
+    assert (done, state) == (1, {"note": "first"})

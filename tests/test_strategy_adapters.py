@@ -128,13 +128,13 @@ def steps_strategy(steps: int = 2):
                          adapters={"schedule": "first_task", "rank": 2, "steps": steps})
 
 
-def test_adapter_rounds_merge_before_the_task_messages_and_summaries_do_not_move_the_adapter():
+def test_adapter_steps_merge_before_the_task_messages_and_summaries_do_not_move_the_adapter():
     # Prepare: client c answers B = (c + 1) * (step + 1): means 2, then 4 (equal sample counts)
     s = steps_strategy()
     grid = AdaptGrid(lambda c, step: b_factors((c + 1.0) * (step + 1)))
     # Execute
     messages = grid.steps(s, 1)
-    # Assert: two adapter rounds of three clients; the second started from the first's merge
+    # Assert: two adapter steps of three clients; the second started from the first's merge
     assert [len(r) for r in grid.sent] == [3, 3]
     assert all(m.metadata.message_type == "train.adapt" for r in grid.sent for m in r)
     np.testing.assert_allclose(from_record(grid.sent[1][0].content[P.ADAPTER])["conv.B"], 2.0)

@@ -17,14 +17,20 @@ def _image_folder(folder: Path, image_size: int) -> dict[str, list[np.ndarray]]:
     if not folder.is_dir():
         raise DataError(f"image folder not found: {folder}")
     out: dict[str, list[np.ndarray]] = {}
-    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-        for f in sorted(class_dir.iterdir()):
-            if f.suffix.lower() in _IMAGE_SUFFIXES:
-                try:
-                    img = Image.open(f).convert("RGB").resize((image_size, image_size), Image.BILINEAR)
-                except (UnidentifiedImageError, OSError) as exc:
-                    raise DataError(f"{f}: not a readable image ({exc})") from None
-                out.setdefault(class_dir.name, []).append(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        # hidden files (.DS_Store) are no samples; any other file must be an image
+        files = sorted(f for f in class_dir.iterdir() if not f.name.startswith("."))
+        if not files:
+            raise DataError(f"{class_dir}: no images (every class folder needs at least one)")
+        for f in files:
+            if f.suffix.lower() not in _IMAGE_SUFFIXES:
+                raise DataError(f"{f}: not an image file (allowed: {', '.join(sorted(_IMAGE_SUFFIXES))})")
+            try:
+                with Image.open(f) as opened:
+                    img = opened.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+            except (UnidentifiedImageError, OSError, ValueError) as exc:
+                raise DataError(f"{f}: not a readable image ({exc})") from None
+            out.setdefault(class_dir.name, []).append(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
     if not out:
         raise DataError(f"{folder}: no <class>/<image> files found")
     return out

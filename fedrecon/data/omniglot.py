@@ -6,6 +6,7 @@ import csv
 import io
 import re
 import zipfile
+import zlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def _load_cached(path: str, subset: str, image_size: int) -> ClassDataset:
         try:
             with np.load(path) as npz:
                 images = npz["images"]
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError) as exc:
             raise DataError(f"{path}: not a readable .npz file ({exc})") from None
         x = resize_ink(~images.reshape(n_classes * n_drawers, *images.shape[2:]), image_size)
         frozen(x)

@@ -122,6 +122,8 @@ def _pairs(path: Path, text_col: str, label_col: str, group_col: str | None) -> 
         if missing:
             raise DataError(f"{path}: row {k + 1} has no column {missing[0]!r}; columns: {', '.join(map(str, row))}")
         label = str(row[label_col])
+        if not label.strip():
+            raise DataError(f"{path}: row {k + 1} has an empty {label_col!r}: every row needs its class")
         out.append((str(row[text_col]), label))
         if group_col:
             groups.setdefault(label, str(row[group_col]))

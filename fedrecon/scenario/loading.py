@@ -16,6 +16,7 @@ from fedrecon.scenario.checks import cross_checks
 from fedrecon.scenario.errors import ScenarioError, SourceMap, source_of
 from fedrecon.scenario.model import Scenario
 from fedrecon.scenario.tasks import ArrivalProcess, Split
+from fedrecon.scenario.yaml_guard import YamlRefused, compose, read_text
 
 # Keys whose relative paths are taken from the scenario file's folder.
 PATH_KEYS = {"data": ("root", "path", "test_path"), "model": ("checkpoint", "embedding_cache")}
@@ -26,7 +27,7 @@ def _positions(node: yaml.Node, path: tuple = (), out: dict | None = None) -> di
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             # Integer keys (client ids) are ints in the loaded data and in pydantic's locations.
-            name = int(key.value) if key.tag == "tag:yaml.org,2002:int" else key.value
+            name = yaml.safe_load(key.value) if key.tag == "tag:yaml.org,2002:int" else key.value
             here = path + (name,)
             out[here] = (key.start_mark.line + 1, key.start_mark.column + 1)
             _positions(value, here, out)
@@ -137,7 +138,10 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> tuple[
             problems.append(f"{label}: expected key.path=value, e.g. --set tasks.num_classes=50")
             continue
         try:
-            value = yaml.safe_load(value_text)
+            _, value = compose(value_text)
+        except YamlRefused as exc:
+            problems.append(f"{label}: value refused: {exc}")
+            continue
         except yaml.YAMLError as exc:
             problems.append(f"{label}: value is not valid YAML: {getattr(exc, 'problem', exc)}")
             continue
@@ -168,17 +172,25 @@ def _has(node: dict | list, part: Any) -> bool:
 
 
 def parse_scenario(text: str, path: str = "<string>", overrides: list[str] | tuple[str, ...] = ()) -> Scenario:
-    """Parse and validate YAML ``text``; raise :class:`ScenarioError` listing every problem."""
+    """Parse and validate YAML ``text``; raise :class:`ScenarioError` listing every problem.
+
+    The YAML is read by :mod:`fedrecon.scenario.yaml_guard`: bounded, plain values only."""
     try:
-        node = yaml.compose(text)
-        raw = yaml.safe_load(text)
+        node, raw = compose(text)
+    except YamlRefused as exc:
+        raise ScenarioError([exc.where(path)]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
-        raise ScenarioError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else f"{path}:1:1"
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        if "another document" in problem:
+            problem = "a scenario file holds one document; a second one starts here"
+        raise ScenarioError([f"{where}: not valid YAML: {problem}"]) from None
     positions = _positions(node) if node is not None else {}
     if raw is None and overrides:
         raw = {}
+    if raw is None:
+        raise ScenarioError([f"{path}:1:1: the file is empty; a scenario is a mapping of keys (name, clients, tasks, ...)"])
     if not isinstance(raw, dict):
         raise ScenarioError([f"{path}:1:1: a scenario is a mapping of keys (name, clients, tasks, ...), got {type(raw).__name__}"])
     raw, labels = apply_overrides(raw, overrides)
@@ -211,7 +223,13 @@ def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     path = Path(path)
     if not path.is_file():
         raise ScenarioError([f"{path}: scenario file not found"])
-    scenario = parse_scenario(path.read_text(), str(path), overrides)
+    try:
+        text = read_text(path)
+    except YamlRefused as exc:
+        raise ScenarioError([exc.where(str(path))]) from None
+    except OSError as exc:
+        raise ScenarioError([f"{path}: cannot be read ({exc.strerror})"]) from None
+    scenario = parse_scenario(text, str(path), overrides)
     base = path.resolve().parent
     update = {section: getattr(scenario, section).model_copy(update={k: resolve_path(base, getattr(getattr(scenario, section), k))
                                                                    for k in keys})
