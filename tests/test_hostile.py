@@ -114,6 +114,15 @@ def omniglot_copy(tmp_path: Path, spoil) -> Path:
     return path
 
 
+def png_zip(tmp_path: Path) -> Path:
+    """The official PNG layout as a zip (data.root), cut off at a third."""
+    whole = (DATA_ROOT / "omniglot" / "images_background_small1.zip").read_bytes()
+    (tmp_path / "drawings.zip").write_bytes(whole[: len(whole) // 3])
+    path = tmp_path / "s.yaml"
+    path.write_text(BASE + "data: {root: drawings.zip}\nmodel: {backbone: pixels}\n")
+    return path
+
+
 def flip_inside(data: bytes) -> bytes:
     """One byte of the compressed images changed: the zip still opens, its contents do not decode."""
     spoiled = bytearray(data)
@@ -156,6 +165,7 @@ CSV = b"text,label\nhello,a\nbye,b\n"
 DATA_FILES = {
     "a truncated npz": (lambda t: omniglot_copy(t, lambda d: d[: len(d) // 3]), "images_evaluation.npz: not a readable .npz file"),
     "an npz that is no zip": (lambda t: omniglot_copy(t, lambda d: b"not a zip at all"), "not a readable .npz file"),
+    "a truncated PNG zip": (png_zip, "drawings.zip: not a readable zip file"),
     "a CSV that is not UTF-8": (lambda t: text_scenario(t, b"text,label\ncaf\xe9,a\n", test=CSV), "train.csv: not UTF-8 text"),
     "a CSV without the column": (lambda t: text_scenario(t, b"utterance,label\nhi,a\n", test=CSV),
                                  "train.csv: row 1 has no column 'text'; columns: utterance, label"),
