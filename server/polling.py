@@ -20,6 +20,7 @@ class PollingGrid:
     def __init__(self, grid, interval: float = 0.2):
         self._grid = grid
         self.interval = interval
+        self.watch = lambda received: None  # told how many replies are in after every pull
 
     def __getattr__(self, name):
         return getattr(self._grid, name)
@@ -34,6 +35,7 @@ class PollingGrid:
         while waiting:
             got = list(self._grid.pull_messages(waiting))
             replies += got
+            self.watch(len(replies))
             waiting -= {m.metadata.reply_to_message_id for m in got}
             if not waiting or (deadline is not None and time.monotonic() >= deadline):
                 break

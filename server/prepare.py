@@ -149,11 +149,23 @@ def _try_plugin(scenario: Scenario, model, entry: BackboneEntry, dataset: ClassD
                                                      f"features (2, d), got shape {features.shape}")
 
 
+def _tracking(scenario: Scenario) -> None:
+    """A tracker the scenario names must be installed (they are optional extras)."""
+    import importlib.util
+
+    from server.tracking import INSTALL
+
+    for name, install in INSTALL.items():
+        if getattr(scenario.tracking, name) is not None and importlib.util.find_spec(name) is None:
+            raise _fail(scenario, ("tracking", name), f"{name} is not installed: {install}")
+
+
 def check(scenario: Scenario, build: bool = False) -> Prepared:
     """Every check a run makes before it starts, without starting it: the merge policy,
-    the data, the backbone (built only where a check needs it, or with ``build``) and
-    the plan. Raises :class:`ScenarioError`."""
+    the trackers, the data, the backbone (built only where a check needs it, or with
+    ``build``) and the plan. Raises :class:`ScenarioError`."""
     policy = _policy(scenario)
+    _tracking(scenario)
     dataset = _dataset(scenario)
     entry, model, adapted = _backbone(scenario, dataset, build)
     train_indices, test_indices = dataset.split_indices()

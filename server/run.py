@@ -21,8 +21,10 @@ from fedrecon.scenario.loading import scenario_json
 from server.checkpoint import load_parts, load_run_state, save_run_state
 from server.polling import PollingGrid
 from server.prepare import Prepared
+from server.progress import Progress
 from server.report import RunRecorder
 from server.scoring import Scoring
+from server.tracking import Tracking
 from strategies.adapter_steps import AdapterSteps
 from strategies.finetune import FedAvgFinetune
 from strategies.recon import ReconStrategy
@@ -63,15 +65,20 @@ class Run:
         The run folder (with ``resume``, one holding a checkpoint: its rounds are not run again).
     poll_interval : float
         Seconds between two pulls for replies; 0 keeps the Grid's own ``send_and_receive``.
+    progress : Progress or None
+        Where progress inside a round goes (None: nowhere).
     """
 
-    def __init__(self, grid, prep: Prepared, out_dir: str | Path, echo=print, poll_interval: float = 0.2):
+    def __init__(self, grid, prep: Prepared, out_dir: str | Path, echo=print, poll_interval: float = 0.2,
+                 progress: Progress | None = None):
         self.grid = PollingGrid(grid, poll_interval) if poll_interval > 0 else grid
         self.prep, self.scenario, self.plan = prep, prep.scenario, prep.plan
         self.strategy = make_strategy(prep)
         self.scoring = Scoring(prep, self.strategy)
         self.recorder = RunRecorder(out_dir, self.plan.rounds, echo)
+        self.tracking = Tracking(self.scenario, self.recorder.out)
         self.echo = echo
+        self.progress = progress or Progress.silent()
         self.timeout = self.scenario.simulation.timeout
         self.done = 0  # rounds finished (and checkpointed)
         self.arrays = ArrayRecord({})  # the merged statistics, as the evaluate messages carry them
@@ -82,6 +89,7 @@ class Run:
         """A new run folder: the scenario as run and the plan."""
         (self.recorder.out / "scenario.json").write_text(scenario_json(self.scenario) + "\n")
         self.recorder.write_plan(self.plan)
+        self.tracking.start()
 
     def resume(self) -> None:
         """Continue after the folder's last checkpoint."""
@@ -91,19 +99,27 @@ class Run:
             self.strategy.own = load_parts(self.recorder.out)
         self.recorder.restore(state["rows"])
         self.done = done
+        self.tracking.start(done)
         self.echo(f"fedrecon: resuming {self.recorder.out} after round {done}")
 
     # --- a round -----------------------------------------------------------------------------------
 
-    def exchange(self, messages: list) -> list:
-        return list(self.grid.send_and_receive(messages, timeout=self.timeout)) if messages else []
+    def exchange(self, messages: list, server_round: int, phase: str) -> list:
+        """Send a phase's messages and wait for their replies (at most the round timeout)."""
+        if not messages:
+            return []
+        with self.progress.phase(server_round, phase, len(messages)) as seen:
+            if isinstance(self.grid, PollingGrid):
+                self.grid.watch = seen
+            return list(self.grid.send_and_receive(messages, timeout=self.timeout))
 
     def identify(self) -> None:
         """Map partition ids to nodes: wait for every node the first time; later, ask only
         the nodes not known yet (a restarted SuperNode) and drop the ones gone."""
         nodes = self.strategy.nodes
         if not nodes.ids:
-            nodes.wait_for_all(self.grid, NODE_WAIT)
+            with self.progress.phase(self.done + 1, "clients", nodes.clients, "connected") as seen:
+                nodes.wait_for_all(self.grid, NODE_WAIT, seen)
         queries = nodes.configure_identify(list(self.grid.get_node_ids()))
         nodes.aggregate_identify(list(self.grid.send_and_receive(queries, timeout=NODE_WAIT)) if queries else [])
 
@@ -111,19 +127,21 @@ class Run:
         """The round's trainers train the merged adapter, step by step (AdapterSteps only)."""
         if not isinstance(self.strategy, AdapterSteps):
             return
-        for step in range(self.strategy.steps(server_round)):
-            replies = self.exchange(self.strategy.configure_adapt(server_round, step))
+        steps = self.strategy.steps(server_round)
+        for step in range(steps):
+            replies = self.exchange(self.strategy.configure_adapt(server_round, step), server_round,
+                                    f"adapter step {step + 1}/{steps}")
             if not self.strategy.aggregate_adapt(server_round, step, replies):
                 break  # no one trains this round (first_task: later tasks): no more steps
 
     def train(self, server_round: int) -> None:
         messages = self.strategy.configure_train(server_round, self.arrays, ConfigRecord(), self.grid)
-        arrays, _ = self.strategy.aggregate_train(server_round, self.exchange(messages))
+        arrays, _ = self.strategy.aggregate_train(server_round, self.exchange(messages, server_round, "tasks"))
         self.arrays = arrays if arrays is not None else self.arrays
 
     def evaluate_on_clients(self, server_round: int) -> None:
         messages = self.strategy.configure_evaluate(server_round, self.arrays, ConfigRecord(), self.grid)
-        self.strategy.aggregate_evaluate(server_round, self.exchange(messages))
+        self.strategy.aggregate_evaluate(server_round, self.exchange(messages, server_round, "evaluation on the clients"))
 
     def round(self, server_round: int) -> None:
         began = time.time()
@@ -141,7 +159,7 @@ class Run:
         if per_class is not None:
             self.recorder.record_classes(server_round, *per_class)
         traffic = self.strategy.traffic.of(server_round)
-        self.recorder.record({
+        row = {
             "round": server_round,
             "classes_seen": int(len(self.plan.classes_seen(server_round))),
             "classes_learned": self.strategy.classes_learned(),
@@ -151,11 +169,13 @@ class Run:
             "bytes_down_resent": traffic["bytes_down_resent"],
             "failures": sum(f["round"] == server_round for f in self.strategy.failures),
             "seconds": round(time.time() - began, 3),
-        })
+        }
+        self.recorder.record(row)
         save_run_state(self.recorder.out, server_round, self.strategy.stats,
                        {"strategy": self.strategy.state(), "rows": self.recorder.rows},
                        self.strategy.own, self.strategy.model_arrays())
         self.done = server_round
+        self.tracking.round(row)  # after the checkpoint: a round a killed run repeats is logged once
 
     # --- the whole run -------------------------------------------------------------------------------
 
@@ -174,7 +194,7 @@ class Run:
         s, strategy = self.scenario, self.strategy
         np.savez(self.recorder.out / "stats.npz", **strategy.stats.to_arrays())
         finetuning = s.merge.method == "fedavg_finetune"
-        return self.recorder.finish({
+        summary = self.recorder.finish({
             "scenario": s.name,
             "clients": s.clients.count,
             "merge": s.merge.method if finetuning else s.merge.prototypes,
@@ -187,12 +207,16 @@ class Run:
             "lost_tasks": len(strategy.book.lost),
             "bytes_down_resent": sum(r["bytes_down_resent"] for r in self.recorder.rows),
         })
+        self.tracking.finish(summary)
+        return summary
 
 
 def run_scenario(grid, prep: Prepared, out_dir: str | Path, echo=print, resume: bool = False,
                  poll_interval: float = 0.2) -> dict:
-    """Drive the scenario on ``grid`` and write the run folder; return the summary."""
-    run = Run(grid, prep, out_dir, echo, poll_interval)
+    """Drive the scenario on ``grid`` and write the run folder; return the summary.
+    Progress inside a round goes where the round lines go, when they go to the console."""
+    progress = Progress(prep.plan.rounds) if echo is print else None
+    run = Run(grid, prep, out_dir, echo, poll_interval, progress)
     run.resume() if resume else run.start()
     return run.run()
 

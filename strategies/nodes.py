@@ -39,12 +39,14 @@ class Nodes:
     def node(self, client: int) -> int:
         return self.ids[client]
 
-    def wait_for_all(self, grid, timeout: float) -> None:
-        """Block until every client's node is connected (the first round only)."""
+    def wait_for_all(self, grid, timeout: float, seen=lambda connected: None) -> None:
+        """Block until every client's node is connected (the first round only); ``seen``
+        is told how many are, every half second."""
         deadline = time.monotonic() + timeout
-        while len(list(grid.get_node_ids())) < self.clients:
+        while (connected := len(list(grid.get_node_ids()))) < self.clients:
+            seen(connected)
             if time.monotonic() > deadline:
-                raise RuntimeError(f"only {len(list(grid.get_node_ids()))} of {self.clients} clients connected in {timeout:.0f} s")
+                raise RuntimeError(f"only {connected} of {self.clients} clients connected in {timeout:.0f} s")
             time.sleep(0.5)
 
     def configure_identify(self, online: list[int]) -> list[Message]:

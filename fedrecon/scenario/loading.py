@@ -19,7 +19,8 @@ from fedrecon.scenario.tasks import ArrivalProcess, Split
 from fedrecon.scenario.yaml_guard import YamlRefused, compose, read_text
 
 # Keys whose relative paths are taken from the scenario file's folder.
-PATH_KEYS = {"data": ("root", "path", "test_path"), "model": ("checkpoint", "embedding_cache")}
+PATH_KEYS = {"data": ("root", "path", "test_path"), "model": ("checkpoint", "embedding_cache"),
+             "tracking": ("mlflow", "tensorboard")}
 
 
 def _positions(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict:
@@ -208,8 +209,9 @@ def parse_scenario(text: str, path: str = "<string>", overrides: list[str] | tup
 
 
 def resolve_path(base: Path, value: str | None) -> str | None:
-    if value is None:
-        return None
+    """``value`` made absolute against ``base`` (a URI such as ``sqlite:///x.db`` stays as it is)."""
+    if value is None or "://" in value:
+        return value
     p = Path(value).expanduser()
     return str(p if p.is_absolute() else (base / p).resolve())
 

@@ -160,6 +160,18 @@ class SimulationConfig(Strict):
     timeout: float = Field(600.0, gt=0, description="seconds the server waits for replies each round")
 
 
+class TrackingConfig(Strict):
+    """Experiment trackers a run logs to, besides its run folder (optional extras)."""
+
+    mlflow: str | None = Field(None, description="MLflow: a folder (an SQLite store mlflow.db and the artifacts, in it; "
+                                                 "relative to the scenario file) or a tracking URI; null: off. "
+                                                 "Needs pip install 'fedrecon[mlflow]'")
+    experiment: str = Field("fedrecon", min_length=1, description="MLflow experiment the run goes into")
+    tensorboard: str | None = Field(None, description="TensorBoard: a folder for event files, one subfolder a run "
+                                                      "(relative to the scenario file); null: off. Needs pip install "
+                                                      "'fedrecon[tensorboard]'")
+
+
 class FaultInjection(Strict):
     """A client that misbehaves on purpose in one round (for tests and demos)."""
 
