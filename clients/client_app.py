@@ -45,18 +45,28 @@ def train(msg: Message, context: Context) -> Message:
     task, arrays = _task(msg)
     faults.before_task(task)
     backbone = node.backbone_state(context)
-    extra = {}
+    factors, extra = {}, {}
     if not setup.scenario.adapters.active:
         stats = learn_task(setup, backbone, arrays["sample_index"], arrays["sample_labels"])
     else:
-        stats, extra = _learn_adapted(msg, context, setup, task, arrays, backbone)
-    reply = RecordDict({P.STATS: _record(faults.spoil(task, stats.to_arrays())), **extra,
-                        P.METRICS: _metrics(task, arrays, start)})
+        result = _learn_adapted(msg, context, setup, task, arrays, backbone)
+        stats, factors = result.stats, result.factors
+        extra = {P.ADAPTER_UPDATE: _record(factors)}
+        if result.drift is not None:
+            extra[P.DRIFT] = _record({"sums": result.drift[0], "weights": result.drift[1]})
+    metrics = _metrics(task, arrays, start)
+    if P.SECAGG in msg.content:  # the statistics leave this client only masked, in the round's layout
+        from clients import secure
+
+        vector = secure.masked(msg, context, stats, factors, float(len(arrays["sample_index"])))
+        return Message(RecordDict({P.MASKED: _record(faults.spoil(task, {"masked": vector})), P.METRICS: metrics}),
+                       reply_to=msg)
+    reply = RecordDict({P.STATS: _record(faults.spoil(task, stats.to_arrays())), **extra, P.METRICS: metrics})
     return Message(reply, reply_to=msg)
 
 
-def _learn_adapted(msg: Message, context: Context, setup, task: dict, arrays: dict, backbone) -> tuple:
-    """Train the adapter on the task; the reply's adapter update (and drift sums) as records.
+def _learn_adapted(msg: Message, context: Context, setup, task: dict, arrays: dict, backbone):
+    """Train the adapter on the task (the result's factors and drift sums go in the reply).
     Under ``merge.adapters: none`` the client's own factors stay in its context."""
     from clients.learner import learn_task_adapted
 
@@ -66,10 +76,7 @@ def _learn_adapted(msg: Message, context: Context, setup, task: dict, arrays: di
                                 global_state, local_state, int(task["learned"]), arrays.get("prototypes"))
     if result.local:
         context.state[node.LOCAL_ADAPTER] = _record(result.local)
-    extra = {P.ADAPTER_UPDATE: _record(result.factors)}
-    if result.drift is not None:
-        extra[P.DRIFT] = _record({"sums": result.drift[0], "weights": result.drift[1]})
-    return result.stats, extra
+    return result
 
 
 @app.train(P.ADAPT)
@@ -118,6 +125,30 @@ def evaluate(msg: Message, context: Context) -> Message:
     correct, samples = score_share(setup, node.backbone_state(context), _numpy(msg.content[P.MODEL]),
                                    arrays["sample_index"], arrays["sample_labels"], int(config["round"]), adapter)
     return Message(RecordDict({P.METRICS: MetricRecord({"correct": correct, "samples": samples})}), reply_to=msg)
+
+
+@app.query(P.SECAGG_KEYS)
+def secagg_keys(msg: Message, context: Context) -> Message:
+    """Secure aggregation, step 1: this round's public keys."""
+    from clients import secure
+
+    return Message(RecordDict({P.SECAGG: secure.keys(msg, context)}), reply_to=msg)
+
+
+@app.query(P.SECAGG_SHARES)
+def secagg_shares(msg: Message, context: Context) -> Message:
+    """Secure aggregation, step 2: shares of this client's secrets, encrypted for each holder."""
+    from clients import secure
+
+    return Message(RecordDict({P.SHARES: secure.shares(msg, context)}), reply_to=msg)
+
+
+@app.query(P.SECAGG_UNMASK)
+def secagg_unmask(msg: Message, context: Context) -> Message:
+    """Secure aggregation, step 4: the shares that unmask the survivors' sum."""
+    from clients import secure
+
+    return Message(RecordDict({P.SHARES: secure.unmask(msg, context)}), reply_to=msg)
 
 
 @app.query(P.IDENTIFY)

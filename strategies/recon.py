@@ -74,6 +74,8 @@ class ReconStrategy(ClientEvaluation, Strategy):
         # (the server says it; a node restarted or resumed would count from 0 itself)
         self.learned: dict[int, int] = {}
         self.pending: dict[int, Arrival] = {}  # node -> the arrival its message carries
+        self._tasks: dict[int, tuple[Arrival, list[Waiting]]] = {}
+        self._tasks_round = 0
         self._sent: dict[int, list[Waiting]] = {}  # node -> the plan tasks its message carries
         active = scenario.adapters.active and adapter_shapes
         self.adapters = AdapterServer(adapter_shapes, scenario) if active else None
@@ -98,13 +100,13 @@ class ReconStrategy(ClientEvaluation, Strategy):
 
     # --- a round's task messages ---------------------------------------------------------------
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
-        """One message per client with a task due (or a failed task waiting): its classes
-        and sample indices, the round's records, and the setup if its node lacks it."""
-        self._sent = {}
+    def tasks_of(self, server_round: int) -> dict[int, tuple[Arrival, list[Waiting]]]:
+        """The round's tasks by client, taken once a round: the one due and the failed ones
+        waiting, merged (one message a round); a client not connected keeps its tasks."""
+        if self._tasks_round == server_round:
+            return self._tasks
         due = {a.client: Waiting(a, 0) for a in self.plan.arrivals_at(server_round)}
-        messages = []
-        records, task_arrays = self.round_records()
+        tasks = {}
         for client in sorted(set(due) | set(self.book.waiting)):
             parts = self.book.take(client) + ([due[client]] if client in due else [])
             if client not in self.nodes:
@@ -112,8 +114,17 @@ class ReconStrategy(ClientEvaluation, Strategy):
                 self.failures.append({"round": server_round, "client": client, "task": parts[-1].arrival.task,
                                       "reason": "not connected"})
                 continue
-            # one message a round: a retried task travels merged with the client's new one
-            arrival = merge_arrivals([p.arrival for p in parts], server_round)
+            tasks[client] = (merge_arrivals([p.arrival for p in parts], server_round), parts)
+        self._tasks, self._tasks_round = tasks, server_round
+        return tasks
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
+        """One message per client with a task due (or a failed task waiting): its classes
+        and sample indices, the round's records, and the setup if its node lacks it."""
+        self._sent = {}
+        messages = []
+        records, task_arrays = self.round_records()
+        for client, (arrival, parts) in self.tasks_of(server_round).items():
             content = RecordDict({
                 P.TASK_CONFIG: ConfigRecord({"round": server_round, "task": arrival.task,
                                              "learned": self.learned.get(client, 0),
@@ -121,6 +132,7 @@ class ReconStrategy(ClientEvaluation, Strategy):
                 P.TASK_ARRAYS: to_record({"sample_index": arrival.sample_index, "sample_labels": arrival.sample_labels,
                                           **task_arrays}),
                 **records,
+                **self.client_records(client, server_round),
             })
             self.add_setup(content, client, server_round)
             node = self.nodes.node(client)
@@ -129,6 +141,10 @@ class ReconStrategy(ClientEvaluation, Strategy):
             self._sent[node] = parts
         self.traffic.sent(server_round, messages)
         return messages
+
+    def client_records(self, client: int, server_round: int) -> dict:
+        """Records a client's own task message carries besides the round's (none here)."""
+        return {}
 
     def round_records(self) -> tuple[dict, dict]:
         """Records every task message of the round carries, and arrays added to its task

@@ -20,7 +20,38 @@ HEAD_KEYS = {"metric": "ncm", "shrinkage": "lda", "ridge_lambda": "ridge", "rand
 def cross_checks(s: Scenario, source: SourceMap) -> list[str]:
     return [*_task_checks(s, source), *_client_checks(s, source), *_split_checks(s, source), *_event_checks(s, source),
             *_adapter_checks(s, source), *_method_checks(s, source), *_fault_checks(s, source), *_data_checks(s, source),
-            *_revisit_checks(s, source)]
+            *_revisit_checks(s, source), *_privacy_checks(s, source)]
+
+
+# Built-in policies that need each client's own prototypes, not only the round's sum.
+PER_CLIENT_POLICIES = {"fedrecon": "averages each client's prototype in turn", "fedproto": "averages client prototypes",
+                       "local": "keeps each client's statistics apart", "centralized": "runs one site"}
+
+
+def _privacy_checks(s: Scenario, source: SourceMap) -> list[str]:
+    """Secure aggregation reveals only sums: what needs more than a sum is refused, not approximated."""
+    problems = []
+    if not s.privacy.secure_aggregation:
+        for k, fault in enumerate(s.faults.inject):
+            if fault.kind == "drop_mid_aggregation":
+                problems.append(source.error(("faults", "inject", k, "kind"), "drop_mid_aggregation needs "
+                                                                             "privacy.secure_aggregation: true"))
+        return problems
+    loc = ("privacy", "secure_aggregation")
+    if s.merge.method != "prototypes":
+        problems.append(source.error(loc, "fedavg_finetune sends whole models: secure aggregation sums class statistics"))
+    elif s.merge.prototypes in PER_CLIENT_POLICIES:
+        problems.append(source.error(loc, f"merge.prototypes {s.merge.prototypes} {PER_CLIENT_POLICIES[s.merge.prototypes]}: "
+                                          "the server would learn only the round's sum; use exact"))
+    if s.merge.adapters == "stack":
+        problems.append(source.error(loc, "merge.adapters stack refactorises each client's factors: use ffa or fedavg"))
+    if s.adapters.steps:
+        problems.append(source.error(loc, "adapter steps are not securely aggregated yet: use adapters.steps 0"))
+    if s.adapters.staleness == "compensate":
+        problems.append(source.error(loc, "compensate's drift sums are not securely aggregated yet: use staleness keep"))
+    if s.evaluation.where == "clients":
+        problems.append(source.error(loc, "clients' evaluation counts are not securely aggregated yet: use evaluation.where server"))
+    return problems
 
 
 def _task_checks(s: Scenario, source: SourceMap) -> list[str]:

@@ -6,7 +6,8 @@ from pydantic import Field, PrivateAttr
 
 from fedrecon.scenario.base import Strict
 from fedrecon.scenario.sections import (AdaptersConfig, ClientsConfig, DataConfig, EvaluationConfig, FaultsConfig,
-                                        FinetuneConfig, MergeConfig, ModelConfig, SimulationConfig, TrackingConfig)
+                                        FinetuneConfig, MergeConfig, ModelConfig, PrivacyConfig, SimulationConfig,
+                                        TrackingConfig)
 from fedrecon.scenario.tasks import TasksConfig
 
 
@@ -26,6 +27,7 @@ class Scenario(Strict):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="when accuracy is measured")
     simulation: SimulationConfig = Field(default_factory=SimulationConfig, description="Flower simulation resources")
     faults: FaultsConfig = Field(default_factory=FaultsConfig, description="retries of failed tasks and injected faults")
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig, description="secure aggregation of the statistics")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="experiment trackers (MLflow, TensorBoard)")
     # where each key was in the file (errors found later, against the data, still point there)
     _source: object = PrivateAttr(None)

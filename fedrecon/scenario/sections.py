@@ -172,12 +172,24 @@ class TrackingConfig(Strict):
                                                       "'fedrecon[tensorboard]'")
 
 
+class PrivacyConfig(Strict):
+    """What the server may learn of each client's statistics (docs/privacy.md)."""
+
+    secure_aggregation: bool = Field(False, description="the server learns only each round's sum of the clients' "
+                                                        "statistics (and adapter updates): SecAgg+-style masking, exact")
+    threshold: float = Field(0.5, gt=0.0, le=1.0, description="secure aggregation: fraction of a round's clients whose "
+                                                             "shares unmask its sum (at least 2); fewer survivors reveal nothing")
+
+
 class FaultInjection(Strict):
     """A client that misbehaves on purpose in one round (for tests and demos)."""
 
     client: int = Field(ge=0, description="client id")
     round: Round = Field(description="round whose task message carries the fault")
-    kind: Literal["raise", "timeout", "garbage"] = Field(description="raise: the ClientApp raises; timeout: it answers too late; garbage: it sends NaN statistics")
+    kind: Literal["raise", "timeout", "garbage", "drop_mid_aggregation"] = Field(
+        description="raise: the ClientApp raises; timeout: it answers too late; garbage: it sends NaN statistics "
+                    "(under secure aggregation: random bytes); drop_mid_aggregation: secure aggregation only, it shares "
+                    "its keys and then sends no masked statistics")
     seconds: float | None = Field(None, gt=0, description="timeout: how long the client stalls; null: simulation.timeout + 2")
 
 
