@@ -187,6 +187,8 @@ class Run:
             "bytes_up": traffic["bytes_up"],
             "bytes_down": traffic["bytes_down"],
             "bytes_down_resent": traffic["bytes_down_resent"],
+            "messages_down": traffic["messages_down"],
+            "messages_up": traffic["messages_up"],
             "failures": sum(f["round"] == server_round for f in self.strategy.failures),
             "seconds": round(time.time() - began, 3),
         }

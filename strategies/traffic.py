@@ -11,19 +11,25 @@ from strategies.records import message_bytes
 
 class Traffic:
     """Per round: ``bytes_down``, ``bytes_up`` and ``bytes_down_resent`` (a node that
-    lost its setup, e.g. a restarted SuperNode, gets the backbone again)."""
+    lost its setup, e.g. a restarted SuperNode, gets the backbone again), and the
+    messages each way (``messages_down``, ``messages_up``: replies that are no error)."""
 
     def __init__(self):
         self.rounds: dict[int, dict[str, int]] = {}
 
     def of(self, server_round: int) -> dict[str, int]:
-        return self.rounds.setdefault(server_round, {"bytes_down": 0, "bytes_up": 0, "bytes_down_resent": 0})
+        return self.rounds.setdefault(server_round, {"bytes_down": 0, "bytes_up": 0, "bytes_down_resent": 0,
+                                                     "messages_down": 0, "messages_up": 0})
 
     def sent(self, server_round: int, messages: Iterable[Message]) -> None:
+        messages = list(messages)
         self.of(server_round)["bytes_down"] += message_bytes(messages)
+        self.of(server_round)["messages_down"] += len(messages)
 
     def received(self, server_round: int, replies: Iterable[Message]) -> None:
-        self.of(server_round)["bytes_up"] += message_bytes(r for r in replies if not r.has_error())
+        answers = [r for r in replies if not r.has_error()]
+        self.of(server_round)["bytes_up"] += message_bytes(answers)
+        self.of(server_round)["messages_up"] += len(answers)
 
     def resent(self, server_round: int, size: int) -> None:
         self.of(server_round)["bytes_down_resent"] += size
