@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -175,6 +175,12 @@ def check(scenario: Scenario, build: bool = False) -> Prepared:
     plan = make_plan(scenario, train_indices, dataset.groups, test_indices)
     if is_one_site(policy):
         plan = plan.at_one_site()
+    if scenario.privacy.secure_aggregation:
+        alone = [r for r in range(1, plan.rounds + 1) if len({a.client for a in plan.arrivals_at(r)}) == 1]
+        if alone:
+            shown = ", ".join(map(str, alone[:10])) + (" ..." if len(alone) > 10 else "")
+            plan = replace(plan, warnings=(*plan.warnings, f"secure aggregation: rounds {shown} have a single client, "
+                                                           "whose statistics are the round's sum"))
     return Prepared(scenario, dataset, plan, entry, model, adapted)
 
 

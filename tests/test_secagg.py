@@ -140,3 +140,18 @@ def test_the_layout_reads_back_what_a_client_wrote_and_refuses_classes_without_a
     assert Layout.from_json(layout.to_json()) == layout
     with pytest.raises(ValueError, match="no slot"):
         Layout((1,), 4, True, 3).vector(stats)
+
+
+def test_a_share_tampered_with_in_transit_is_refused():
+    from cryptography.exceptions import InvalidTag
+
+    clients = {c: ClientRound.start(c, 5) for c in range(3)}
+    keys = {c: cl.public() for c, cl in clients.items()}
+    sent = clients[0].share(keys, 2)
+    clients[1].share(keys, 2)
+    spoiled = bytearray(sent[1])
+    spoiled[-1] ^= 1
+    with pytest.raises(InvalidTag):
+        clients[1].receive({0: bytes(spoiled)})
+    clients[1].receive({0: sent[1]})  # the untouched one is taken
+    assert 0 in clients[1].held
