@@ -47,7 +47,8 @@ def train(msg: Message, context: Context) -> Message:
     backbone = node.backbone_state(context)
     factors, extra = {}, {}
     if not setup.scenario.adapters.active:
-        stats = learn_task(setup, backbone, arrays["sample_index"], arrays["sample_labels"])
+        stats = learn_task(setup, backbone, arrays["sample_index"], arrays["sample_labels"],
+                           float(task["dp_std"]) if "dp_std" in task else None)
     else:
         result = _learn_adapted(msg, context, setup, task, arrays, backbone)
         stats, factors = result.stats, result.factors

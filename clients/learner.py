@@ -9,6 +9,7 @@ import numpy as np
 from torch import nn
 
 from clients.node import Setup
+from fedrecon import dp
 from fedrecon.backbones.cache import EmbeddingCache, embed_samples
 from fedrecon.backbones.embed import build_backbone, model_from_numpy, pick_device, state_digest, state_to_numpy
 from fedrecon.backbones.registry import backbone_entry
@@ -67,12 +68,17 @@ def task_features(setup: Setup, state: dict | None, sample_index: np.ndarray, sa
     return embed_samples(model, ds, sample_index, pick_device(setup.scenario.model.device), cache)
 
 
-def learn_task(setup: Setup, state: dict | None, sample_index: np.ndarray, sample_labels: np.ndarray) -> ClassStats:
+def learn_task(setup: Setup, state: dict | None, sample_index: np.ndarray, sample_labels: np.ndarray,
+               noise_std: float | None = None) -> ClassStats:
     """Statistics of the task's classes from its training samples: counts and feature
-    sums, and what the head needs besides (second moment, random features)."""
+    sums, and what the head needs besides (second moment, random features). With
+    ``noise_std`` (``privacy.dp``) the features are clipped and the statistics noised."""
     s = setup.scenario
     features = task_features(setup, state, sample_index, sample_labels)
-    return ClassStats.from_features(sample_labels, features, head_spec(s.merge, s.seed))
+    if noise_std is not None:
+        features = dp.clip_rows(features, s.privacy.dp.clip)
+    stats = ClassStats.from_features(sample_labels, features, head_spec(s.merge, s.seed))
+    return stats if noise_std is None else dp.add_noise(stats, noise_std)
 
 
 def adapted_backbone(setup: Setup, state: dict | None) -> Adapted:

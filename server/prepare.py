@@ -161,6 +161,9 @@ def _tracking(scenario: Scenario) -> None:
     for name, install in INSTALL.items():
         if getattr(scenario.tracking, name) is not None and importlib.util.find_spec(name) is None:
             raise _fail(scenario, ("tracking", name), f"{name} is not installed: {install}")
+    if scenario.privacy.dp is not None and importlib.util.find_spec("dp_accounting") is None:
+        raise _fail(scenario, ("privacy", "dp"), "dp-accounting (the privacy accountant) is not installed: "
+                                                 "pip install 'fedrecon[dp]' (or: pip install dp-accounting)")
 
 
 def check(scenario: Scenario, build: bool = False) -> Prepared:

@@ -228,6 +228,7 @@ class Run:
             "retries": strategy.book.retries,
             "lost_tasks": len(strategy.book.lost),
             "bytes_down_resent": sum(r["bytes_down_resent"] for r in self.recorder.rows),
+            **(strategy.budget.summary() if getattr(strategy, "budget", None) is not None else {}),
         })
         self.tracking.finish(summary)
         return summary

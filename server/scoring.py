@@ -7,6 +7,7 @@ import copy
 import numpy as np
 
 from fedrecon.backbones.cache import EmbeddingCache
+from fedrecon.dp import released
 from fedrecon.backbones.embed import pick_device
 from fedrecon.learning.evaluate import Evaluator
 from fedrecon.learning.finetune import class_counts as finetune_counts
@@ -51,13 +52,15 @@ class Scoring:
             self.adapted.load(adapters.start_for(0, server_round + 1))
             self.evaluator.reset()
             self.scored_version = adapters.version
+        noisy = getattr(strategy, "budget", None) is not None  # post-processing of noisy statistics: free under DP
         if strategy.own is not None:
             # no merge: each client's own head, averaged over the clients that learned something
-            own = [self.evaluator.accuracy(stats, seen) for stats in strategy.own.values()]
+            own = [self.evaluator.accuracy(released(stats) if noisy else stats, seen) for stats in strategy.own.values()]
             return (float(np.mean(own)) if own else 0.0), None
         if self.finetuning:
             correct, total = finetune_counts(self.tuned, strategy.model, self.dataset, self.plan, seen, self.device)
         else:
-            correct, total = self.evaluator.class_counts(strategy.stats, seen)  # the merged statistics, not decoded again
+            stats = released(strategy.stats) if noisy else strategy.stats  # the merged statistics, not decoded again
+            correct, total = self.evaluator.class_counts(stats, seen)
         accuracy = float(correct.sum() / total.sum()) if total.sum() else float("nan")
         return accuracy, (seen, correct, total)

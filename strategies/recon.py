@@ -16,6 +16,7 @@ from fedrecon.learning.heads import head_spec
 from fedrecon.learning.stats import ClassStats, add_stats
 from fedrecon.plan.records import Arrival, Plan, merge_arrivals
 from fedrecon.scenario.model import Scenario
+from strategies.budget import PrivacyBudget
 from strategies.client_evaluation import ClientEvaluation
 from strategies.faults import RetryBook, Waiting, fault_plan
 from strategies.nodes import Nodes
@@ -80,6 +81,7 @@ class ReconStrategy(ClientEvaluation, Strategy):
         active = scenario.adapters.active and adapter_shapes
         self.adapters = AdapterServer(adapter_shapes, scenario) if active else None
         self._prototypes = 0  # prototypes sent this round (drift sums must match)
+        self.budget = PrivacyBudget(scenario, plan) if scenario.privacy.dp is not None else None
         ClientEvaluation.__init__(self)
 
     def summary(self) -> None:
@@ -116,7 +118,16 @@ class ReconStrategy(ClientEvaluation, Strategy):
                 continue
             tasks[client] = (merge_arrivals([p.arrival for p in parts], server_round), parts)
         self._tasks, self._tasks_round = tasks, server_round
+        if tasks and self.budget is not None and not self.budget.allows_another():
+            for client in list(tasks):
+                arrival, parts = tasks.pop(client)
+                self.fail(server_round, arrival, f"privacy budget spent (epsilon {self.budget.config.epsilon} after "
+                                                 f"{self.budget.releases} rounds): not released", parts)
         return tasks
+
+    def noise_std(self, server_round: int) -> float:
+        """Differential privacy: the noise each client adds (its statistics go out one by one)."""
+        return self.budget.std(1)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
         """One message per client with a task due (or a failed task waiting): its classes
@@ -128,6 +139,7 @@ class ReconStrategy(ClientEvaluation, Strategy):
             content = RecordDict({
                 P.TASK_CONFIG: ConfigRecord({"round": server_round, "task": arrival.task,
                                              "learned": self.learned.get(client, 0),
+                                             **({"dp_std": self.noise_std(server_round)} if self.budget else {}),
                                              **self.faults.get((client, server_round), {})}),
                 P.TASK_ARRAYS: to_record({"sample_index": arrival.sample_index, "sample_labels": arrival.sample_labels,
                                           **task_arrays}),
@@ -140,6 +152,8 @@ class ReconStrategy(ClientEvaluation, Strategy):
             self.pending[node] = arrival
             self._sent[node] = parts
         self.traffic.sent(server_round, messages)
+        if messages and self.budget is not None:
+            self.budget.release()  # what the clients send is noised for this release
         return messages
 
     def client_records(self, client: int, server_round: int) -> dict:
@@ -201,7 +215,7 @@ class ReconStrategy(ClientEvaluation, Strategy):
         """The reply's statistics, adapter factors and drift sums, every part checked
         (raises :class:`PayloadError`)."""
         limit = self.scenario.faults.max_reply_bytes or reply_limit(arrival, self.dim, self.spec)
-        update = check_update(decode_reply(reply, limit), arrival, self.dim, self.spec)
+        update = check_update(decode_reply(reply, limit), arrival, self.dim, self.spec, noisy=self.budget is not None)
         factors = drift = None
         if self.adapters is not None:
             factors = self.check_factors(reply) if P.ADAPTER_UPDATE in reply.content else None
@@ -263,6 +277,7 @@ class ReconStrategy(ClientEvaluation, Strategy):
             "client_eval": self.client_eval_state(),
             "policy": policy_state(self.policy),
             "adapter_version": self.adapters.version if self.adapters is not None else 0,
+            "releases": self.budget.releases if self.budget is not None else 0,
         }
 
     def model_arrays(self) -> dict[str, np.ndarray]:
@@ -280,6 +295,8 @@ class ReconStrategy(ClientEvaluation, Strategy):
         self.nodes.restore(state["nodes"])
         self.restore_client_eval(state["client_eval"])
         restore_policy(self.policy, state.get("policy", {}))
+        if self.budget is not None:
+            self.budget.releases = int(state["releases"])
         if self.adapters is not None and model:
             self.adapters.state = dict(model)
             self.adapters.version = int(state.get("adapter_version", 0))

@@ -49,6 +49,10 @@ class SecureRecon(ReconStrategy):
     def method(self) -> str:
         return f"{super().method()}; secure aggregation (threshold {self.scenario.privacy.threshold} of a round's clients)"
 
+    def noise_std(self, server_round: int) -> float:
+        """Differential privacy: each of at least ``threshold`` summed clients adds its share of the noise."""
+        return self.budget.std(self.secure.threshold)
+
     # --- keys -------------------------------------------------------------------------------------
 
     def configure_keys(self, server_round: int) -> list[Message]:
@@ -59,6 +63,8 @@ class SecureRecon(ReconStrategy):
         return self._ask(server_round, sorted(tasks), self.keys_type, {})
 
     def aggregate_keys(self, server_round: int, replies) -> None:
+        if self.secure is None:
+            return
         for client, reply in self._answers(server_round, replies, "key advertisement").items():
             keys = reply.content[P.SECAGG]
             c, s = bytes(keys["c"]), bytes(keys["s"])
@@ -151,9 +157,9 @@ class SecureRecon(ReconStrategy):
         tasks = self.tasks_of(server_round)
         try:
             total = decode(self.secure.unmask(reveals, self.layout.size()))
-            arrays, factor_sums, weight = self.layout.read(total)
             union = merge_arrivals([tasks[c][0] for c in survivors], server_round)
-            update = check_update(arrays, union, self.dim, self.spec)
+            arrays, factor_sums, weight = self.layout.read(total, union.classes)
+            update = check_update(arrays, union, self.dim, self.spec, noisy=self.budget is not None)
         except (NotEnough, PayloadError, ValueError) as exc:
             self._abort(server_round, f"the round's sum is not revealed: {exc}" if isinstance(exc, NotEnough)
                         else f"the round's secure sum fails its checks: {exc}")

@@ -16,9 +16,12 @@ class PayloadError(ValueError):
     """A client's reply is malformed or does not match the task it was given."""
 
 
-def check_update(arrays: dict[str, np.ndarray], arrival: Arrival, dim: int, spec: StatsSpec | None = None) -> ClassStats:
+def check_update(arrays: dict[str, np.ndarray], arrival: Arrival, dim: int, spec: StatsSpec | None = None,
+                 noisy: bool = False) -> ClassStats:
     """Return the reply as :class:`ClassStats` if it is exactly what ``arrival`` allows
-    (and, under ``spec``, carries exactly the second-order arrays the head needs)."""
+    (and, under ``spec``, carries exactly the second-order arrays the head needs).
+    ``noisy`` (differential privacy): counts and second-order arrays carry noise, so only
+    their form is checked, not their values."""
     spec = spec or StatsSpec()
     missing = ({"ids", "counts", "sums"} | spec.keys()) - set(arrays)
     if missing:
@@ -35,16 +38,16 @@ def check_update(arrays: dict[str, np.ndarray], arrival: Arrival, dim: int, spec
         raise PayloadError(f"sums must be float64 {(len(ids), dim)}, got {sums.dtype} {sums.shape}")
     if not (np.isfinite(counts).all() and np.isfinite(sums).all()):
         raise PayloadError("counts or sums hold NaN or inf")
-    if (counts <= 0).any():
+    if (counts <= 0).any() and not noisy:
         raise PayloadError("counts must be positive (a sum with a zero or negative count is no class statistic)")
     expected = dict(zip(arrival.classes, (len(s) for s in arrival.samples)))
     if sorted(ids.tolist()) != sorted(expected) or len(set(ids.tolist())) != len(ids):
         raise PayloadError(f"class ids {sorted(ids.tolist())} are not the task's classes {sorted(expected)}")
     for cid, count in zip(ids.tolist(), counts.tolist()):
-        if count != expected[cid]:
+        if count != expected[cid] and not noisy:
             raise PayloadError(f"class {cid}: count {count} but the task gave {expected[cid]} samples")
     order = np.argsort(ids)
-    extra, shared = check_second_order(arrays, ids, counts, sums, dim, spec)
+    extra, shared = check_second_order(arrays, ids, np.maximum(counts, 1.0) if noisy else counts, sums, dim, spec, noisy)
     return ClassStats(ids[order].astype(np.int64), counts[order], sums[order],
                       {k: v[order] for k, v in extra.items()}, shared)
 
@@ -115,8 +118,9 @@ def check_drift(arrays: dict[str, np.ndarray], prototypes: int, dim: int) -> tup
     return sums, weights
 
 
-def _triangle(arrays: dict, name: str, side: int) -> np.ndarray:
-    """A packed symmetric matrix (upper triangle): float64, finite, of the right side, diagonal >= 0."""
+def _triangle(arrays: dict, name: str, side: int, noisy: bool = False) -> np.ndarray:
+    """A packed symmetric matrix (upper triangle): float64, finite, of the right side, diagonal >= 0
+    (unless noise may have made it negative)."""
     v = arrays[name]
     if v.dtype != np.float64 or v.ndim != 1 or triangle_side(len(v)) != side:
         raise PayloadError(f"{name} must be the float64 upper triangle of a {side}x{side} matrix "
@@ -124,7 +128,7 @@ def _triangle(arrays: dict, name: str, side: int) -> np.ndarray:
     if not np.isfinite(v).all():
         raise PayloadError(f"{name} holds NaN or inf")
     full = unpack_symmetric(v)  # symmetric by construction: only one triangle travels
-    if (np.diag(full) < 0).any():
+    if (np.diag(full) < 0).any() and not noisy:
         raise PayloadError(f"{name} has a negative diagonal entry (a sum of squares)")
     return full
 
@@ -134,7 +138,7 @@ def _tolerance(x: float) -> float:
 
 
 def check_second_order(arrays: dict, ids: np.ndarray, counts: np.ndarray, sums: np.ndarray, dim: int,
-                       spec: StatsSpec) -> tuple[dict, dict]:
+                       spec: StatsSpec, noisy: bool = False) -> tuple[dict, dict]:
     """The second-order arrays of a reply, checked; nothing global is touched.
 
     Besides shapes, dtypes and finiteness: a second moment must be at least the
@@ -145,8 +149,8 @@ def check_second_order(arrays: dict, ids: np.ndarray, counts: np.ndarray, sums: 
     extra, shared = {}, {}
     between = float(np.sum(sums**2 / counts[:, None])) if len(ids) else 0.0
     if spec.second_moment:
-        moment = _triangle(arrays, "second_moment", dim)
-        if np.trace(moment) < between - _tolerance(between):
+        moment = _triangle(arrays, "second_moment", dim, noisy)
+        if np.trace(moment) < between - _tolerance(between) and not noisy:
             raise PayloadError("second_moment is smaller than the class means imply (negative within-class scatter)")
         shared["second_moment"] = moment
     if spec.random_features:

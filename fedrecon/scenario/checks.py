@@ -28,9 +28,25 @@ PER_CLIENT_POLICIES = {"fedrecon": "averages each client's prototype in turn", "
                        "local": "keeps each client's statistics apart", "centralized": "runs one site"}
 
 
+def _dp_checks(s: Scenario, source: SourceMap) -> list[str]:
+    """Differential privacy noises counts, sums and second moments: what it cannot noise is refused."""
+    if s.privacy.dp is None:
+        return []
+    loc, problems = ("privacy", "dp"), []
+    if s.merge.method != "prototypes":
+        problems.append(source.error(loc, "fedavg_finetune releases whole models: differential privacy noises class statistics"))
+    if s.merge.head == "ridge":
+        problems.append(source.error(loc, "the ridge head's random features have no clip bound yet: use head ncm or lda"))
+    if s.adapters.active:
+        problems.append(source.error(loc, "adapter updates are not noised yet: use adapters.schedule frozen"))
+    if s.evaluation.where == "clients":
+        problems.append(source.error(loc, "clients would score with noisy counts unprocessed: use evaluation.where server"))
+    return problems
+
+
 def _privacy_checks(s: Scenario, source: SourceMap) -> list[str]:
     """Secure aggregation reveals only sums: what needs more than a sum is refused, not approximated."""
-    problems = []
+    problems = _dp_checks(s, source)
     if not s.privacy.secure_aggregation:
         for k, fault in enumerate(s.faults.inject):
             if fault.kind == "drop_mid_aggregation":

@@ -172,6 +172,15 @@ class TrackingConfig(Strict):
                                                       "'fedrecon[tensorboard]'")
 
 
+class DPConfig(Strict):
+    """Differential privacy of the released statistics (docs/privacy.md): clipped features,
+    Gaussian noise calibrated to spend ``epsilon`` at ``delta`` over the planned rounds."""
+
+    epsilon: float = Field(gt=0.0, description="privacy budget of the whole run (a sample is the unit)")
+    delta: float = Field(1e-5, gt=0.0, lt=1.0, description="the budget's delta")
+    clip: float = Field(gt=0.0, description="L2 norm each sample's feature vector is clipped to (MiniLM's are 1)")
+
+
 class PrivacyConfig(Strict):
     """What the server may learn of each client's statistics (docs/privacy.md)."""
 
@@ -179,6 +188,8 @@ class PrivacyConfig(Strict):
                                                         "statistics (and adapter updates): SecAgg+-style masking, exact")
     threshold: float = Field(0.5, gt=0.0, le=1.0, description="secure aggregation: fraction of a round's clients whose "
                                                              "shares unmask its sum (at least 2); fewer survivors reveal nothing")
+    dp: DPConfig | None = Field(None, description="differential privacy of the released statistics; null: none. "
+                                                  "Needs pip install 'fedrecon[dp]'")
 
 
 class FaultInjection(Strict):

@@ -80,8 +80,9 @@ class Layout:
             out.append(part)
         return np.concatenate(out) if out else np.zeros(0)
 
-    def read(self, vector: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float]:
-        """The summed vector as reply arrays (the classes whose summed count is positive),
+    def read(self, vector: np.ndarray, classes=None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float]:
+        """The summed vector as reply arrays of ``classes`` (default: those whose summed count
+        is positive; under differential privacy counts are noisy, so the caller names them),
         the factor sums (weighted) and the weight total."""
         if len(vector) != self.size():
             raise ValueError(f"{len(vector)} values where the layout has {self.size()}")
@@ -90,7 +91,7 @@ class Layout:
             parts[name] = vector[start : start + n]
             start += n
         k = len(self.classes)
-        keep = parts["counts"] > 0
+        keep = parts["counts"] > 0 if classes is None else np.isin(np.array(self.classes, dtype=np.int64), list(classes))
         arrays = {"ids": np.array(self.classes, dtype=np.int64)[keep], "counts": parts["counts"][keep],
                   "sums": parts["sums"].reshape(k, self.dim)[keep]}
         if self.random_features:

@@ -1,0 +1,38 @@
+"""The run's privacy budget (``privacy.dp``): the noise clients add, and the epsilon spent."""
+
+from __future__ import annotations
+
+import math
+
+from fedrecon import dp
+from fedrecon.plan.records import Plan
+from fedrecon.scenario.model import Scenario
+
+
+class PrivacyBudget:
+    """Calibrated once for the plan's rounds with arrivals; every round whose statistics go
+    out is one release. A round that would spend more than the budget is not run."""
+
+    def __init__(self, scenario: Scenario, plan: Plan):
+        self.config = scenario.privacy.dp
+        self.planned = len({a.round for a in plan.arrivals})
+        self.multiplier = dp.calibrate(self.config.epsilon, self.config.delta, self.planned)
+        self.sensitivity = dp.sensitivity(self.config.clip, scenario.merge.head == "lda")
+        self.releases = 0
+
+    def allows_another(self) -> bool:
+        return dp.epsilon_spent(self.multiplier, self.releases + 1, self.config.delta) <= self.config.epsilon * (1 + 1e-9)
+
+    def std(self, sharing: int = 1) -> float:
+        """Noise a client adds to each released value when ``sharing`` clients' noise adds up."""
+        return self.multiplier * self.sensitivity / math.sqrt(sharing)
+
+    def release(self) -> None:
+        self.releases += 1
+
+    def spent(self) -> float:
+        return dp.epsilon_spent(self.multiplier, self.releases, self.config.delta)
+
+    def summary(self) -> dict:
+        return {"privacy_epsilon": round(self.spent(), 6), "privacy_delta": self.config.delta,
+                "noise_multiplier": round(self.multiplier, 6), "releases": self.releases}
