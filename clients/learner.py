@@ -52,7 +52,7 @@ def frozen_backbone(setup: Setup, state: dict[str, np.ndarray] | None) -> nn.Mod
 
 def checked_dataset(setup: Setup, sample_index: np.ndarray, sample_labels: np.ndarray) -> ClassDataset:
     """The task's dataset, after checking the server's sample indices and labels against ours."""
-    ds = load_dataset(setup.scenario.data)
+    ds = load_dataset(setup.scenario.data, setup.cache)
     if len(sample_index) and (sample_index.min() < 0 or sample_index.max() >= len(ds.labels)):
         raise ValueError(f"sample index outside the dataset's {len(ds.labels)} samples")
     if not np.array_equal(ds.labels[sample_index], sample_labels):
@@ -64,7 +64,8 @@ def task_features(setup: Setup, state: dict | None, sample_index: np.ndarray, sa
     """Features of the samples the server named under the frozen backbone (cached)."""
     ds = checked_dataset(setup, sample_index, sample_labels)
     model = frozen_backbone(setup, state)
-    cache = EmbeddingCache(setup.backbone_digest, ds.fingerprint, setup.scenario.model.embedding_cache)
+    folder = setup.scenario.model.embedding_cache or (setup.cache.folder / "features" if setup.cache else None)
+    cache = EmbeddingCache(setup.backbone_digest, ds.fingerprint, folder)
     return embed_samples(model, ds, sample_index, pick_device(setup.scenario.model.device), cache)
 
 

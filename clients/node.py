@@ -9,11 +9,14 @@ may share it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from flwr.app import ArrayRecord, Context, Message
 
 from fedrecon import protocol as P
+from fedrecon.data.cache import DiskCache
 from fedrecon.scenario.loading import scenario_from_json
 from fedrecon.scenario.model import Scenario
 
@@ -29,12 +32,24 @@ class NoSetup(RuntimeError):
 @dataclass(frozen=True)
 class Setup:
     """The run as this node sees it: the scenario (``data.root`` the node's own when
-    its node config names a ``data-root``), the backbone's digest and the node's
-    partition id."""
+    its node config names a ``data-root``), the backbone's digest, the node's partition
+    id, and its disk cache of prepared samples and features (None: none)."""
 
     scenario: Scenario
     backbone_digest: str
     client: int
+    cache: DiskCache | None = None
+
+
+def node_cache(node_config: dict) -> DiskCache | None:
+    """The node's disk cache: the node config's ``cache-dir`` (and ``cache-mb``), else
+    ``$FLWR_HOME/fedrecon-cache`` for a SuperNode (every message is a new process there),
+    else none (a simulation's workers keep what they prepared in memory)."""
+    folder = node_config.get("cache-dir") or (Path(os.environ["FLWR_HOME"]) / "fedrecon-cache"
+                                              if os.environ.get("FLWR_HOME") else None)
+    if not folder:
+        return None
+    return DiskCache(Path(str(folder)), int(float(node_config.get("cache-mb", 2048)) * 2**20))
 
 
 def setup(msg: Message, context: Context) -> Setup:
@@ -53,7 +68,8 @@ def setup(msg: Message, context: Context) -> Setup:
     root = context.node_config.get("data-root")
     if root:
         scenario = scenario.model_copy(update={"data": scenario.data.model_copy(update={"root": str(root)})})
-    return Setup(scenario, str(record["backbone_digest"]), int(context.node_config["partition-id"]))
+    return Setup(scenario, str(record["backbone_digest"]), int(context.node_config["partition-id"]),
+                 node_cache(context.node_config))
 
 
 def held_digest(context: Context) -> str:

@@ -71,3 +71,36 @@ def test_png_wrong_layout_is_refused(tmp_path):
         load_omniglot_png(tmp_path / "flat")
     with pytest.raises(DataError, match="not found"):
         load_omniglot_png(tmp_path / "nothing.zip")
+
+
+def test_a_node_cache_keeps_decoded_drawings_and_never_serves_them_stale(tmp_path):
+    import os
+    import shutil
+    import time
+
+    from fedrecon.data import omniglot
+    from fedrecon.data.cache import DiskCache
+
+    folder = tmp_path / "data" / "omniglot"
+    folder.mkdir(parents=True)
+    for name in ("alphabets.csv", "images_evaluation.npz"):
+        shutil.copy(DATA_ROOT / "omniglot" / name, folder)
+    cache = DiskCache(tmp_path / "cache")
+    first = omniglot.load_omniglot(folder, "evaluation", 28, cache).inputs
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+    omniglot._load_cached.cache_clear()  # as a new process would
+    start = time.perf_counter()
+    again = omniglot.load_omniglot(folder, "evaluation", 28, cache).inputs
+    assert time.perf_counter() - start < 0.5 and isinstance(again, np.memmap)
+    np.testing.assert_array_equal(again, first)
+    np.testing.assert_array_equal(first, load_omniglot(DATA_ROOT, "evaluation", 28).inputs)
+    # another size, or the file changed: another key
+    omniglot.load_omniglot(folder, "evaluation", 20, cache).inputs
+    os.utime(folder / "images_evaluation.npz", ns=(1, 1))
+    omniglot._load_cached.cache_clear()
+    omniglot.load_omniglot(folder, "evaluation", 28, cache).inputs
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 3
+    # bounded: a small limit keeps only the newest entry
+    small = DiskCache(tmp_path / "cache", limit=1000)
+    small.array("x" * 24, lambda: np.ones(10))
+    assert [p.name for p in (tmp_path / "cache").glob("*.npy")] == ["x" * 24 + ".npy"]

@@ -54,13 +54,14 @@ def _npz_shape(path: Path, name: str = "images") -> tuple[int, ...]:
     return tuple(shape)
 
 
-def load_omniglot(root: str | Path, subset: str = "evaluation", image_size: int = 28) -> ClassDataset:
+def load_omniglot(root: str | Path, subset: str = "evaluation", image_size: int = 28, cache=None) -> ClassDataset:
     """Load Omniglot from the shared ``images_<subset>.npz`` files.
 
     ``root`` is the folder holding ``omniglot/`` or the ``omniglot`` folder itself.
     Class ``i`` is the subset's ``i``-th character in the official order; its group
     is the character's alphabet. The drawings are decoded and resized the first time
-    the samples are needed.
+    the samples are needed, or read from ``cache`` (a :class:`fedrecon.data.cache.DiskCache`)
+    when an earlier process prepared them.
     """
     root = Path(root)
     if (root / "omniglot").is_dir():
@@ -70,11 +71,11 @@ def load_omniglot(root: str | Path, subset: str = "evaluation", image_size: int 
     path = root / f"images_{subset}.npz"
     if not path.is_file():
         raise DataError(f"Omniglot file not found: {path} (set data.root to the folder holding omniglot/)")
-    return _load_cached(str(path), subset, image_size)
+    return _load_cached(str(path), subset, image_size, cache)
 
 
 @lru_cache(maxsize=4)
-def _load_cached(path: str, subset: str, image_size: int) -> ClassDataset:
+def _load_cached(path: str, subset: str, image_size: int, cache=None) -> ClassDataset:
     shape = _npz_shape(Path(path))
     if len(shape) != 4:
         raise DataError(f"{path}: images must be (characters, drawers, height, width), got shape {shape}")
@@ -90,14 +91,18 @@ def _load_cached(path: str, subset: str, image_size: int) -> ClassDataset:
         raise DataError(f"{root / 'alphabets.csv'} lists {len(names)} {subset} characters, {path} has {n_classes}")
     frozen(labels)
 
-    def inputs() -> np.ndarray:
+    def decode() -> np.ndarray:
         try:
             with np.load(path) as npz:
                 images = npz["images"]
         except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError) as exc:
             raise DataError(f"{path}: not a readable .npz file ({exc})") from None
-        x = resize_ink(~images.reshape(n_classes * n_drawers, *images.shape[2:]), image_size)
-        frozen(x)
+        return resize_ink(~images.reshape(n_classes * n_drawers, *images.shape[2:]), image_size)
+
+    def inputs() -> np.ndarray:
+        x = decode() if cache is None else cache.array(cache.key("omniglot", [Path(path)], image_size=image_size), decode)
+        if x.flags.writeable:
+            frozen(x)
         return x
 
     return ClassDataset(inputs, labels, tuple(names), tuple(groups))
@@ -151,11 +156,11 @@ def load_omniglot_png(path: str | Path, image_size: int = 28) -> ClassDataset:
     return ClassDataset(resize_ink(np.stack(inks), image_size), np.asarray(labels, dtype=np.int64), tuple(names), tuple(groups))
 
 
-def load(data) -> ClassDataset:
+def load(data, cache=None) -> ClassDataset:
     """The ``omniglot`` dataset of a scenario's ``data`` section: the shared npz files
     under ``data.root``, or the official PNG layout when ``data.root`` is a zip or a
     folder of ``<Alphabet>/characterNN/`` drawings."""
     root = Path(data.root)
     png = root.suffix == ".zip" or (root.is_dir() and not (root / "omniglot").is_dir() and not any(root.glob("images_*.npz"))
                                     and (any(root.glob("*/character*")) or any(root.glob("*/*/character*"))))
-    return load_omniglot_png(root, data.image_size) if png else load_omniglot(root, data.subset, data.image_size)
+    return load_omniglot_png(root, data.image_size) if png else load_omniglot(root, data.subset, data.image_size, cache)

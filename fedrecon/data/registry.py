@@ -19,16 +19,19 @@ OPTIONAL_KEYS = ("path", "test_path", "text_column", "label_column", "group_colu
 @dataclass(frozen=True)
 class DatasetEntry:
     """A dataset the scenario names: its loader (an import path, imported when the data
-    is loaded), what its samples are, and the optional ``data`` keys it reads and needs."""
+    is loaded), what its samples are, the optional ``data`` keys it reads and needs, and
+    whether it keeps its prepared samples in a node's disk cache (its loader then also
+    takes a ``cache``)."""
 
     load: str
     modality: str
     reads: tuple[str, ...] = ()
     needs: tuple[str, ...] = ()
+    caches: bool = False
 
 
 DATASETS: dict[str, DatasetEntry] = {
-    "omniglot": DatasetEntry("fedrecon.data.omniglot:load", "image"),
+    "omniglot": DatasetEntry("fedrecon.data.omniglot:load", "image", caches=True),
     "clinc150": DatasetEntry("fedrecon.data.text:load_clinc150", "text"),
     "hwu64": DatasetEntry("fedrecon.data.text:load_hwu64", "text"),
     "text": DatasetEntry("fedrecon.data.text:load_text_file", "text", OPTIONAL_KEYS, ("path", "text_column", "label_column")),
@@ -46,16 +49,18 @@ def dataset_entry(name: str) -> DatasetEntry:
     return DatasetEntry(name, "", OPTIONAL_KEYS)
 
 
-def load_dataset(data):
-    """The dataset the ``data`` section names (a :class:`ClassDataset`).
+def load_dataset(data, cache=None):
+    """The dataset the ``data`` section names (a :class:`ClassDataset`); ``cache`` (a
+    :class:`fedrecon.data.cache.DiskCache`) keeps what a loader that caches prepares.
 
     Raises :class:`fedrecon.data.dataset.DataError` for a missing or malformed file,
     :class:`PluginError` for a plug-in that cannot be imported or returns something else.
     """
     from fedrecon.data.dataset import ClassDataset
 
-    loader = load_object(dataset_entry(data.dataset).load)
-    dataset = loader(data)
+    entry = dataset_entry(data.dataset)
+    loader = load_object(entry.load)
+    dataset = loader(data, cache) if entry.caches else loader(data)
     if not isinstance(dataset, ClassDataset):
         raise PluginError(f"{data.dataset} returned a {type(dataset).__name__}, not a fedrecon.data.dataset.ClassDataset")
     return dataset
