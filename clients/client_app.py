@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -9,6 +10,19 @@ from flwr.clientapp import ClientApp
 
 from clients import faults, node
 from fedrecon import protocol as P
+
+
+def process_age() -> float:
+    """Seconds since this process started (a SuperNode starts one per message), -1 where unknown."""
+    try:
+        start_ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        uptime = float(open("/proc/uptime").read().split()[0])
+        return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 3)
+    except (OSError, ValueError, IndexError):
+        return -1.0
+
+
+LOADED_AT = process_age()  # when Flower loaded this app in the message's process
 
 # clients.learner and clients.evaluator import torch (seconds): they are imported in
 # the handlers that need them, so that an identify query, which in deployment starts a
@@ -37,10 +51,13 @@ def _metrics(task: dict, arrays: dict, start: float, **extra) -> MetricRecord:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """A task: learn its classes and send their statistics (and, under adapters, the factors)."""
+    """A task: learn its classes and send their statistics (and, under adapters, the factors).
+    The reply's metrics say where the message's time went (process, imports, data, backbone, embedding)."""
+    timings = {"load_s": LOADED_AT, "process_s": process_age()}
+    start = time.perf_counter()
     from clients.learner import learn_task
 
-    start = time.perf_counter()
+    timings["import_s"] = round(time.perf_counter() - start, 4)
     setup = node.setup(msg, context)
     task, arrays = _task(msg)
     faults.before_task(task)
@@ -48,14 +65,14 @@ def train(msg: Message, context: Context) -> Message:
     factors, extra = {}, {}
     if not setup.scenario.adapters.active:
         stats = learn_task(setup, backbone, arrays["sample_index"], arrays["sample_labels"],
-                           float(task["dp_std"]) if "dp_std" in task else None)
+                           float(task["dp_std"]) if "dp_std" in task else None, timings)
     else:
         result = _learn_adapted(msg, context, setup, task, arrays, backbone)
         stats, factors = result.stats, result.factors
         extra = {P.ADAPTER_UPDATE: _record(factors)}
         if result.drift is not None:
             extra[P.DRIFT] = _record({"sums": result.drift[0], "weights": result.drift[1]})
-    metrics = _metrics(task, arrays, start)
+    metrics = _metrics(task, arrays, start, **timings)
     if P.SECAGG in msg.content:  # the statistics leave this client only masked, in the round's layout
         from clients import secure
 

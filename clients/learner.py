@@ -4,6 +4,7 @@ summarise them (or train an adapter, or fine-tune the baseline's model)."""
 from __future__ import annotations
 
 import copy
+import time
 
 import numpy as np
 from torch import nn
@@ -60,22 +61,38 @@ def checked_dataset(setup: Setup, sample_index: np.ndarray, sample_labels: np.nd
     return ds
 
 
-def task_features(setup: Setup, state: dict | None, sample_index: np.ndarray, sample_labels: np.ndarray) -> np.ndarray:
-    """Features of the samples the server named under the frozen backbone (cached)."""
+def task_features(setup: Setup, state: dict | None, sample_index: np.ndarray, sample_labels: np.ndarray,
+                  timings: dict | None = None) -> np.ndarray:
+    """Features of the samples the server named under the frozen backbone (cached);
+    ``timings`` gets the seconds of the data, backbone and embedding steps."""
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        if timings is not None:
+            now = time.perf_counter()
+            timings[name] = round(now - clock, 4)
+            clock = now
+
     ds = checked_dataset(setup, sample_index, sample_labels)
+    ds.inputs  # the samples decoded (or memory-mapped from the node's cache)
+    lap("data_s")
     model = frozen_backbone(setup, state)
+    lap("backbone_s")
     folder = setup.scenario.model.embedding_cache or (setup.cache.folder / "features" if setup.cache else None)
     cache = EmbeddingCache(setup.backbone_digest, ds.fingerprint, folder)
-    return embed_samples(model, ds, sample_index, pick_device(setup.scenario.model.device), cache)
+    features = embed_samples(model, ds, sample_index, pick_device(setup.scenario.model.device), cache)
+    lap("embed_s")
+    return features
 
 
 def learn_task(setup: Setup, state: dict | None, sample_index: np.ndarray, sample_labels: np.ndarray,
-               noise_std: float | None = None) -> ClassStats:
+               noise_std: float | None = None, timings: dict | None = None) -> ClassStats:
     """Statistics of the task's classes from its training samples: counts and feature
     sums, and what the head needs besides (second moment, random features). With
     ``noise_std`` (``privacy.dp``) the features are clipped and the statistics noised."""
     s = setup.scenario
-    features = task_features(setup, state, sample_index, sample_labels)
+    features = task_features(setup, state, sample_index, sample_labels, timings)
     if noise_std is not None:
         features = dp.clip_rows(features, s.privacy.dp.clip)
     stats = ClassStats.from_features(sample_labels, features, head_spec(s.merge, s.seed))

@@ -42,12 +42,12 @@ class Setup:
 
 
 def node_cache(node_config: dict) -> DiskCache | None:
-    """The node's disk cache: the node config's ``cache-dir`` (and ``cache-mb``), else
-    ``$FLWR_HOME/fedrecon-cache`` for a SuperNode (every message is a new process there),
-    else none (a simulation's workers keep what they prepared in memory)."""
+    """The node's disk cache: the node config's ``cache-dir`` (and ``cache-mb``; ``none``:
+    off), else ``$FLWR_HOME/fedrecon-cache`` for a SuperNode (every message is a new
+    process there), else none (a simulation's workers keep what they prepared in memory)."""
     folder = node_config.get("cache-dir") or (Path(os.environ["FLWR_HOME"]) / "fedrecon-cache"
                                               if os.environ.get("FLWR_HOME") else None)
-    if not folder:
+    if not folder or str(folder) == "none":
         return None
     return DiskCache(Path(str(folder)), int(float(node_config.get("cache-mb", 2048)) * 2**20))
 

@@ -79,20 +79,29 @@ def cmd_run(args) -> int:
 
 
 def cmd_deploy_local(args) -> int:
-    """Run a scenario on Flower's deployment engine: a local SuperLink and SuperNodes."""
+    """Run a scenario on Flower's deployment engine: a local SuperLink and SuperNodes.
+    With ``--set``, the scenario as changed is written to the work folder (paths made
+    absolute) and that file is what the SuperLink's ServerApp loads."""
     import tempfile
 
+    from fedrecon.scenario.loading import scenario_json
     from server.deploy import deploy_and_run
+    from server.prepare import check
     from server.run import default_out_dir
 
-    if args.set:
-        print("fedrecon: deploy-local reads the scenario file as it is (the SuperLink loads it); no --set", file=sys.stderr)
-        return 2
-    scenario = load_scenario(args.scenario)
+    scenario = load_scenario(args.scenario, args.set)
+    check(scenario)  # a bad scenario or data never starts the SuperLink
     out = Path(args.out) if args.out else default_out_dir(scenario)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fedrecon-deploy-"))
-    status = deploy_and_run(args.scenario, out, workdir, scenario.clients.count, tls=args.tls or args.auth,
-                            auth=args.auth, timeout=args.timeout, poll_interval=args.poll_interval)
+    path = Path(args.scenario)
+    if args.set:
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = workdir / "scenario.json"
+        path.write_text(scenario_json(scenario) + "\n")
+    node_config = {"cache-dir": args.cache_dir} if args.cache_dir else {}
+    status = deploy_and_run(path, out, workdir, scenario.clients.count, tls=args.tls or args.auth,
+                            auth=args.auth, timeout=args.timeout, poll_interval=args.poll_interval,
+                            node_config=node_config, task_poll=args.task_poll)
     print(f"fedrecon: run {status}; run folder {out}")
     return 0 if status == "finished:completed" else 1
 
@@ -176,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     dep.add_argument("--workdir", help="folder for certificates, keys, FLWR_HOMEs and logs (default: a new temp folder)")
     dep.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the run to finish")
     dep.add_argument("--poll-interval", type=float, default=0.2, help="seconds between pulls for replies; 0: Flower's own (3 s)")
+    dep.add_argument("--task-poll", type=float, default=0.1,
+                     help="FLWR_SUPEREXEC_TASK_POLL_INTERVAL: seconds between a SuperExec's looks for work (Flower's default 1)")
+    dep.add_argument("--cache-dir", help="every SuperNode's disk cache folder; 'none': off (default: under each node's FLWR_HOME)")
     add_set(dep)
     dep.set_defaults(func=cmd_deploy_local)
 

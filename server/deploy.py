@@ -98,6 +98,9 @@ class LocalDeployment:
         (needs ``tls``).
     data_root : str or None
         ``data-root`` node config of every SuperNode (None: the scenario's path).
+    node_config : dict
+        More node config of every SuperNode (e.g. ``cache-dir``; ``none`` turns the node's
+        disk cache off).
     task_poll : float
         ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``: how often a SuperExec looks for a new
         app process to start (Flower's default 1 s).
@@ -108,6 +111,7 @@ class LocalDeployment:
     tls: bool = False
     auth: bool = False
     data_root: str | None = None
+    node_config: dict = field(default_factory=dict)
     task_poll: float = 0.1
     port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -183,6 +187,7 @@ class LocalDeployment:
         config = f"partition-id={partition} num-partitions={self.clients}"
         if self.data_root:
             config += f' data-root="{self.data_root}"'
+        config += "".join(f" {k}={json.dumps(v)}" for k, v in self.node_config.items())
         args = ["flower-supernode", *self.tls_args("supernode"), "--superlink", f"127.0.0.1:{self.port}",
                 "--port", str(free_port()), "--node-config", config]
         if self.auth:
@@ -223,12 +228,12 @@ class LocalDeployment:
             raise RuntimeError(f"flwr {' '.join(args)} failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
         return proc
 
-    def submit(self, run_config: dict[str, str | float | int], tries: int = 30) -> int:
-        """``flwr run .`` with the run config; the run id."""
+    def submit(self, run_config: dict[str, str | float | int], tries: int = 30, app: Path = REPO) -> int:
+        """``flwr run APP`` (this project by default) with the run config; the run id."""
         text = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
         answer: dict = {}
         for _ in range(tries):  # right after start the SuperLink may not answer yet
-            proc = self.flwr("run", ".", CONNECTION, "--format", "json", "--run-config", text, check=False)
+            proc = self.flwr("run", str(app), CONNECTION, "--format", "json", "--run-config", text, check=False)
             try:
                 answer = json.loads(proc.stdout)
             except json.JSONDecodeError:
@@ -259,9 +264,11 @@ class LocalDeployment:
 
 
 def deploy_and_run(scenario: str | Path, out: str | Path, workdir: str | Path, clients: int, tls: bool = False,
-                   auth: bool = False, timeout: float = 1800.0, poll_interval: float = 0.2, echo=print) -> str:
+                   auth: bool = False, timeout: float = 1800.0, poll_interval: float = 0.2, echo=print,
+                   node_config: dict | None = None, task_poll: float = 0.1) -> str:
     """Start a local deployment, run ``scenario`` on it into ``out``, stop it; the run's final status."""
-    with LocalDeployment(Path(workdir), clients, tls=tls, auth=auth) as deployment:
+    with LocalDeployment(Path(workdir), clients, tls=tls, auth=auth, node_config=node_config or {},
+                         task_poll=task_poll) as deployment:
         echo(f"fedrecon: SuperLink on 127.0.0.1:{deployment.port} ({'TLS' if tls else 'insecure'}"
              f"{', SuperNode auth' if auth else ''}), {clients} SuperNodes; logs in {deployment.workdir}")
         run_id = deployment.submit({"scenario": str(Path(scenario).resolve()), "out": str(Path(out).resolve()),

@@ -26,10 +26,17 @@ class PollingGrid:
         return getattr(self._grid, name)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        return self.collect(self.push(messages), timeout=timeout)
+
+    def push(self, messages: Iterable[Message]) -> set[str]:
+        """Send without waiting; the ids to :meth:`collect` the replies of later."""
         messages = list(messages)
-        if not messages:
-            return []
-        waiting = set(self._grid.push_messages(messages))
+        return set(self._grid.push_messages(messages)) if messages else set()
+
+    def collect(self, waiting: set[str], *, timeout: float | None = None) -> list[Message]:
+        """The replies to the messages ``waiting`` names, pulled every ``interval`` seconds
+        until all are in or ``timeout`` seconds have passed."""
+        waiting = set(waiting)
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
         while waiting:

@@ -9,7 +9,9 @@ here, on the Grid.
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +29,31 @@ from server.scoring import Scoring
 from server.tracking import Tracking
 from strategies.adapter_steps import AdapterSteps
 from strategies.finetune import FedAvgFinetune
+from strategies.nodes import identify_queries
 from strategies.recon import ReconStrategy
 from strategies.secure import SecureRecon
 
 # Seconds to wait for every client's node to connect, and for identify answers.
 NODE_WAIT = 300.0
+
+
+@dataclass
+class EarlyIdentify:
+    """Identify queries pushed to the nodes online when the ServerApp starts, answered while
+    the server prepares the scenario: in deployment each answer costs a new process on its
+    node, and the first round no longer waits for them (nodes that connect later are asked
+    then)."""
+
+    grid: PollingGrid
+    waiting: set[str]
+    began: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def ask(cls, grid: PollingGrid) -> "EarlyIdentify":
+        return cls(grid, grid.push(identify_queries(sorted(grid.get_node_ids()))))
+
+    def answers(self, timeout: float) -> list:
+        return self.grid.collect(self.waiting, timeout=timeout)
 
 
 def _prototype_strategy(prep: Prepared, setup: dict) -> ReconStrategy:
@@ -70,11 +92,16 @@ class Run:
         Seconds between two pulls for replies; 0 keeps the Grid's own ``send_and_receive``.
     progress : Progress or None
         Where progress inside a round goes (None: nowhere).
+    early : EarlyIdentify or None
+        Identify queries sent before the scenario was prepared (on ``grid``).
     """
 
     def __init__(self, grid, prep: Prepared, out_dir: str | Path, echo=print, poll_interval: float = 0.2,
-                 progress: Progress | None = None):
-        self.grid = PollingGrid(grid, poll_interval) if poll_interval > 0 else grid
+                 progress: Progress | None = None, early: EarlyIdentify | None = None):
+        wrap = poll_interval > 0 and not isinstance(grid, PollingGrid)
+        self.grid = PollingGrid(grid, poll_interval) if wrap else grid
+        self.early = early
+        self.connected = False  # every client's node has been seen once
         self.prep, self.scenario, self.plan = prep, prep.scenario, prep.plan
         self.strategy = make_strategy(prep)
         self.scoring = Scoring(prep, self.strategy)
@@ -111,20 +138,55 @@ class Run:
         """Send a phase's messages and wait for their replies (at most the round timeout)."""
         if not messages:
             return []
+        began = time.perf_counter()
         with self.progress.phase(server_round, phase, len(messages)) as seen:
             if isinstance(self.grid, PollingGrid):
                 self.grid.watch = seen
-            return list(self.grid.send_and_receive(messages, timeout=self.timeout))
+            replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        self.log_messages(server_round, phase, replies, time.perf_counter() - began)
+        return replies
+
+    def log_messages(self, server_round: int, phase: str, replies: list, seconds: float) -> None:
+        """``messages.jsonl``: a line a reply, with the client's own timings (where a message's time goes)."""
+        clients = {node: client for client, node in self.strategy.nodes.ids.items()}
+        lines = []
+        for reply in replies:
+            line = {"round": server_round, "phase": phase, "client": clients.get(reply.metadata.src_node_id),
+                    "exchange_s": round(seconds, 3), "error": reply.has_error()}
+            if not reply.has_error() and "metrics" in reply.content:
+                line.update({k: v for k, v in reply.content["metrics"].items() if k.endswith("_s") or k == "seconds"})
+            lines.append(json.dumps(line))
+        self._log_lines(lines)
+
+    def log_server(self, server_round: int, phase: str, seconds: float) -> None:
+        """A line in ``messages.jsonl`` for the server's own work between exchanges."""
+        self._log_lines([json.dumps({"round": server_round, "phase": phase, "server_s": round(seconds, 3)})])
+
+    def _log_lines(self, lines: list[str]) -> None:
+        if lines:
+            with (self.recorder.out / "messages.jsonl").open("a") as f:
+                f.write("\n".join(lines) + "\n")
 
     def identify(self) -> None:
         """Map partition ids to nodes: wait for every node the first time; later, ask only
         the nodes not known yet (a restarted SuperNode) and drop the ones gone."""
         nodes = self.strategy.nodes
-        if not nodes.ids:
+        if self.early is not None:
+            began = time.perf_counter()
+            replies = self.early.answers(NODE_WAIT)
+            nodes.aggregate_identify(replies, warn=False)
+            self.log_messages(self.done + 1, "identify (early)", replies, time.perf_counter() - self.early.began)
+            self.log_server(self.done + 1, "identify (early): the round's wait", time.perf_counter() - began)
+            self.early = None
+        if not self.connected:
             with self.progress.phase(self.done + 1, "clients", nodes.clients, "connected") as seen:
                 nodes.wait_for_all(self.grid, NODE_WAIT, seen)
+            self.connected = True
         queries = nodes.configure_identify(list(self.grid.get_node_ids()))
-        nodes.aggregate_identify(list(self.grid.send_and_receive(queries, timeout=NODE_WAIT)) if queries else [])
+        began = time.perf_counter()
+        replies = list(self.grid.send_and_receive(queries, timeout=NODE_WAIT)) if queries else []
+        nodes.aggregate_identify(replies)
+        self.log_messages(self.done + 1, "identify", replies, time.perf_counter() - began)
 
     def adapter_steps(self, server_round: int) -> None:
         """The round's trainers train the merged adapter, step by step (AdapterSteps only)."""
@@ -175,7 +237,9 @@ class Run:
         """Score, record and checkpoint a round that did something (its seconds include the scoring)."""
         if not self.strategy.active(server_round):
             return
+        scoring = time.perf_counter()
         accuracy, per_class = self.scoring.score(server_round)
+        self.log_server(server_round, "scoring", time.perf_counter() - scoring)
         if per_class is not None:
             self.recorder.record_classes(server_round, *per_class)
         traffic = self.strategy.traffic.of(server_round)
@@ -235,11 +299,11 @@ class Run:
 
 
 def run_scenario(grid, prep: Prepared, out_dir: str | Path, echo=print, resume: bool = False,
-                 poll_interval: float = 0.2) -> dict:
+                 poll_interval: float = 0.2, early: EarlyIdentify | None = None) -> dict:
     """Drive the scenario on ``grid`` and write the run folder; return the summary.
     Progress inside a round goes where the round lines go, when they go to the console."""
     progress = Progress(prep.plan.rounds) if echo is print else None
-    run = Run(grid, prep, out_dir, echo, poll_interval, progress)
+    run = Run(grid, prep, out_dir, echo, poll_interval, progress, early)
     run.resume() if resume else run.start()
     return run.run()
 

@@ -8,8 +8,9 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedrecon.scenario import ScenarioError, load_scenario
+from server.polling import PollingGrid
 from server.prepare import Prepared, prepare
-from server.run import default_out_dir, run_scenario
+from server.run import EarlyIdentify, default_out_dir, run_scenario
 
 app = ServerApp()
 
@@ -36,12 +37,14 @@ def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
     poll = float(cfg.get("poll_interval", 0.2))
     resume = str(cfg.get("resume", ""))
-    if resume:  # a run folder: its own scenario, continued after its checkpoint
-        run_scenario(grid, prepare(resume_scenario(resume)), resume, resume=True, poll_interval=poll)
-        return
-    scenario = load_scenario(scenario_path(str(cfg["scenario"])))
-    out = str(cfg.get("out", "")) or default_out_dir(scenario)
-    run_scenario(grid, prepare(scenario), out, poll_interval=poll)
+    # a resumed run folder brings its own scenario, continued after its checkpoint
+    scenario = resume_scenario(resume) if resume else load_scenario(scenario_path(str(cfg["scenario"])))
+    out = resume or str(cfg.get("out", "")) or default_out_dir(scenario)
+    early = None
+    if poll > 0:  # the nodes say who they are while the scenario is prepared
+        grid = PollingGrid(grid, poll)
+        early = EarlyIdentify.ask(grid)
+    run_scenario(grid, prepare(scenario), out, resume=bool(resume), poll_interval=poll, early=early)
 
 
 def make_app(prep: Prepared, out_dir: str | Path, echo=print, resume: bool = False) -> ServerApp:

@@ -11,6 +11,11 @@ from flwr.common.logger import log
 from fedrecon import protocol as P
 
 
+def identify_queries(node_ids) -> list[Message]:
+    """A ``query.identify`` message to each node: it answers with its partition id and the setup it holds."""
+    return [Message(RecordDict(), dst_node_id=n, message_type=f"{MessageType.QUERY}.{P.IDENTIFY}") for n in node_ids]
+
+
 class Nodes:
     """Partition ids to node ids, learned through ``query.identify`` messages.
 
@@ -58,10 +63,9 @@ class Nodes:
                 log(WARNING, "client %d (node %d) is gone; its tasks wait until it is back", pid, node)
                 del self.ids[pid]
                 self.ready.discard(pid)
-        unknown = sorted(online_set - set(self.ids.values()))
-        return [Message(RecordDict(), dst_node_id=n, message_type=f"{MessageType.QUERY}.{P.IDENTIFY}") for n in unknown]
+        return identify_queries(sorted(online_set - set(self.ids.values())))
 
-    def aggregate_identify(self, replies: list[Message]) -> None:
+    def aggregate_identify(self, replies: list[Message], warn: bool = True) -> None:
         for reply in replies:
             if reply.has_error():
                 continue
@@ -74,7 +78,7 @@ class Nodes:
             else:
                 self.ready.discard(pid)
         missing = self.missing()
-        if missing:
+        if missing and warn:
             log(WARNING, "clients %s are not connected", missing)
 
     def missing(self) -> list[int]:

@@ -17,15 +17,34 @@ from fedrecon.data.dataset import ClassDataset, DataError, frozen
 OMNIGLOT_SETS = ("background", "evaluation")
 
 
-def resize_ink(ink: np.ndarray, size: int) -> np.ndarray:
-    """Area-average ``(N, h, w)`` ink maps to ``(N, 1, size, size)`` float32."""
-    import torch
-    import torch.nn.functional as F
+def area_weights(size: int, length: int) -> np.ndarray:
+    """``(size, length)`` float32: row ``i`` averages input ``floor(i*length/size)`` up to
+    ``ceil((i+1)*length/size)`` (the bins of torch's adaptive average pooling)."""
+    weights = np.zeros((size, length), np.float32)
+    for i in range(size):
+        start, stop = (i * length) // size, -((-(i + 1) * length) // size)
+        weights[i, start:stop] = 1.0 / (stop - start)
+    return weights
 
-    x = torch.from_numpy(ink.astype(np.float32)).unsqueeze(1)
-    if x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="area")
-    return x.numpy()
+
+def resize_ink(ink: np.ndarray, size: int, chunk: int = 2048) -> np.ndarray:
+    """Area-average ``(N, h, w)`` ink maps to ``(N, 1, size, size)`` float32.
+
+    Area averaging is linear: ``rows @ ink @ cols.T`` with :func:`area_weights`, which
+    equals ``F.interpolate(mode="area")`` to float rounding and is several times faster
+    on a CPU (two matrix products instead of a pooling pass over every pixel); chunks keep
+    the float copy of a boolean dataset small."""
+    import torch
+
+    n, h, w = ink.shape
+    if (h, w) == (size, size):
+        return ink.astype(np.float32)[:, None]
+    rows, cols = torch.from_numpy(area_weights(size, h)), torch.from_numpy(area_weights(size, w).T.copy())
+    out = np.empty((n, 1, size, size), np.float32)
+    for start in range(0, n, chunk):
+        x = torch.from_numpy(ink[start:start + chunk].astype(np.float32))
+        out[start:start + chunk, 0] = torch.matmul(rows, torch.matmul(x, cols)).numpy()
+    return out
 
 
 def _alphabets(root: Path, subset: str) -> list[tuple[str, int, int]]:
