@@ -1,4 +1,4 @@
-"""The ``fedrecon`` command: run, validate, plan, schema and pretrain."""
+"""The ``fedrecon`` command: run, deploy-local, certs, node-key, validate, plan, schema, report and pretrain."""
 
 from __future__ import annotations
 
@@ -106,6 +106,34 @@ def cmd_deploy_local(args) -> int:
     return 0 if status == "finished:completed" else 1
 
 
+def cmd_certs(args) -> int:
+    """A CA and a SuperLink certificate for the names and addresses SuperNodes will dial."""
+    from server.certs import make_certificates
+
+    try:
+        paths = make_certificates(Path(args.out), tuple(args.host), tuple(args.ip), args.days)
+    except (FileExistsError, ValueError) as exc:
+        print(f"fedrecon certs: {exc}", file=sys.stderr)
+        return 2
+    names = ", ".join([*args.host, *args.ip])
+    print(f"fedrecon: {paths['ca']} (give to every SuperNode and the flwr CLI), {paths['cert']} and "
+          f"{paths['key']} (SuperLink only), valid {args.days:g} days for {names}")
+    return 0
+
+
+def cmd_node_key(args) -> int:
+    """A SuperNode's key pair: the private key stays on the node, the .pub is registered."""
+    from server.certs import make_node_key
+
+    try:
+        private, public = make_node_key(Path(args.path))
+    except FileExistsError as exc:
+        print(f"fedrecon node-key: {exc}", file=sys.stderr)
+        return 2
+    print(f"fedrecon: {private} (the SuperNode's --auth-supernode-private-key), {public} (flwr supernode register)")
+    return 0
+
+
 def cmd_validate(args) -> int:
     """Every check a run makes before Flower starts (plug-ins, data, checkpoint, plan), file by file."""
     from server.prepare import check
@@ -190,6 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
     dep.add_argument("--cache-dir", help="every SuperNode's disk cache folder; 'none': off (default: under each node's FLWR_HOME)")
     add_set(dep)
     dep.set_defaults(func=cmd_deploy_local)
+
+    crt = sub.add_parser("certs", help="make a CA and a SuperLink certificate for a deployment's host names")
+    crt.add_argument("out", help="folder for ca.crt, server.pem and server.key (must not hold them yet)")
+    crt.add_argument("--host", action="append", default=[], metavar="NAME",
+                     help="a DNS name SuperNodes dial the SuperLink by (repeatable)")
+    crt.add_argument("--ip", action="append", default=[], metavar="ADDRESS",
+                     help="an IP address SuperNodes dial the SuperLink by (repeatable)")
+    crt.add_argument("--days", type=float, default=365.0, help="how long the certificates are valid")
+    crt.set_defaults(func=cmd_certs)
+
+    key = sub.add_parser("node-key", help="make a SuperNode's key pair for SuperNode authentication")
+    key.add_argument("path", help="private key file; the public key goes to PATH.pub")
+    key.set_defaults(func=cmd_node_key)
 
     val = sub.add_parser("validate", help="check scenario files (and their data) without running them")
     val.add_argument("files", nargs="+")

@@ -8,16 +8,17 @@ registered with the SuperLink. docs/deployment.md gives the same steps by hand.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from server.certs import make_certificates, make_node_key
 
 REPO = Path(__file__).resolve().parents[1]
 CONNECTION = "local-deployment"
@@ -34,53 +35,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_certificates(folder: Path) -> dict[str, Path]:
-    """A CA and a server certificate for localhost / 127.0.0.1 (valid one day)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    def certificate(subject, key, issuer, signer, ca: bool, san=None):
-        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
-                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(days=1))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-        if san:
-            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-        return builder.sign(signer, hashes.SHA256())
-
-    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca = certificate(name("fedrecon local CA"), ca_key, name("fedrecon local CA"), ca_key, True)
-    san = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    server = certificate(name("localhost"), server_key, ca.subject, ca_key, False, san)
-    paths = {"ca": folder / "ca.crt", "cert": folder / "server.pem", "key": folder / "server.key"}
-    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths["cert"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                      serialization.NoEncryption()))
-    return paths
-
-
-def make_node_key(path: Path) -> tuple[Path, Path]:
-    """An ECDSA P-384 key pair in OpenSSH format (what ``ssh-keygen -t ecdsa -b 384`` writes)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP384R1())
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                       serialization.NoEncryption()))
-    path.chmod(0o600)
-    public = path.with_suffix(".pub")
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
-    return path, public
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 @dataclass
@@ -144,8 +103,9 @@ class LocalDeployment:
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         home = self._home(name)
         log = (self.workdir / f"{name}.log").open("w")
+        # Each in its own process group: a SuperNode's SuperExec and app processes go with it.
         proc = subprocess.Popen([str(Path(sys.executable).parent / args[0]), *args[1:]], env=self.env(home), cwd=REPO,
-                                stdout=log, stderr=subprocess.STDOUT)
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
         return proc
 
@@ -200,18 +160,27 @@ class LocalDeployment:
             self.start_supernode(partition)
         return self
 
+    def kill(self, name: str) -> None:
+        """Kill a process and everything it started at once (SIGKILL to its group), as a
+        crashed or unplugged machine would end."""
+        proc = self.procs[name]
+        if proc.poll() is None:
+            _signal_group(proc, signal.SIGKILL)
+        proc.wait(timeout=20)
+
     def stop(self) -> None:
-        """End the processes this deployment started (SuperNodes first), by their handles."""
+        """End the processes this deployment started (SuperNodes first) with their children."""
         for name in sorted(self.procs, key=lambda n: n == "superlink"):
             proc = self.procs[name]
             if proc.poll() is None:
-                proc.terminate()
+                _signal_group(proc, signal.SIGTERM)
         for proc in self.procs.values():
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                _signal_group(proc, signal.SIGKILL)
                 proc.wait(timeout=10)
+            _signal_group(proc, signal.SIGKILL)  # children left behind by a leader that exited
 
     def __enter__(self) -> "LocalDeployment":
         return self.start()

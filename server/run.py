@@ -183,10 +183,27 @@ class Run:
                 nodes.wait_for_all(self.grid, NODE_WAIT, seen)
             self.connected = True
         queries = nodes.configure_identify(list(self.grid.get_node_ids()))
+        if not queries and self.waits_for_missing():
+            # every client with work this round is away (a SuperNode restarting): rather than
+            # spend the round, give them one round timeout to come back
+            deadline = time.monotonic() + self.timeout
+            while not queries and time.monotonic() < deadline:
+                time.sleep(1.0)
+                queries = nodes.configure_identify(list(self.grid.get_node_ids()))
         began = time.perf_counter()
-        replies = list(self.grid.send_and_receive(queries, timeout=NODE_WAIT)) if queries else []
+        # a node that died may stay listed until Flower's heartbeat gives up on it: wait for
+        # its answer no longer than for a task's
+        replies = list(self.grid.send_and_receive(queries, timeout=self.timeout)) if queries else []
         nodes.aggregate_identify(replies)
         self.log_messages(self.done + 1, "identify", replies, time.perf_counter() - began)
+
+    def waits_for_missing(self) -> bool:
+        """True when the next round has work and all of it is for clients not connected."""
+        server_round = self.done + 1
+        working = {client for client, parts in self.strategy.book.waiting.items() if parts}
+        if server_round <= self.plan.rounds:
+            working |= {a.client for a in self.plan.arrivals_at(server_round)}
+        return bool(working) and working <= set(self.strategy.nodes.missing())
 
     def adapter_steps(self, server_round: int) -> None:
         """The round's trainers train the merged adapter, step by step (AdapterSteps only)."""
@@ -278,6 +295,8 @@ class Run:
 
     def finish(self) -> dict:
         s, strategy = self.scenario, self.strategy
+        # a task still waiting here had no round left (its client away, or out of tries)
+        strategy.book.give_up(self.done, "still waiting when the run ended (its client away, or no round left)")
         np.savez(self.recorder.out / "stats.npz", **strategy.stats.to_arrays())
         finetuning = s.merge.method == "fedavg_finetune"
         summary = self.recorder.finish({

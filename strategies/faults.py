@@ -51,6 +51,13 @@ class RetryBook:
                 continue
             self.waiting.setdefault(part.arrival.client, []).append(Waiting(part.arrival, part.tries + 1))
 
+    def give_up(self, server_round: int, reason: str) -> None:
+        """Count every task still waiting as lost (the run ends without another round for it)."""
+        for parts in self.waiting.values():
+            self.lost += [{"round": server_round, "client": p.arrival.client, "task": p.arrival.task,
+                           "classes": list(p.arrival.classes), "reason": reason} for p in parts]
+        self.waiting = {}
+
     # --- checkpoint ---------------------------------------------------------------------
 
     def state(self) -> dict:

@@ -49,6 +49,9 @@ def test_retry_book_gives_up_after_the_limit_and_keeps_tasks_of_absent_clients()
     book.put_back([Waiting(task.arrival, 0)])
     restored = RetryBook.from_state(book.state())
     assert restored.waiting[0][0].arrival == task.arrival and restored.lost == book.lost
+    # the run ends with the task still waiting (its client away): it is lost, not forgotten
+    restored.give_up(5, "run ended")
+    assert not restored and len(restored.lost) == 2 and restored.lost[-1]["reason"] == "run ended"
 
 
 def test_raising_and_silent_clients_end_with_the_fault_free_statistics():
