@@ -56,6 +56,7 @@ def train(msg: Message, context: Context) -> Message:
     timings = {"load_s": LOADED_AT, "process_s": process_age()}
     start = time.perf_counter()
     from clients.learner import learn_task
+    from fedrecon.backbones.embed import pick_device
 
     timings["import_s"] = round(time.perf_counter() - start, 4)
     setup = node.setup(msg, context)
@@ -63,6 +64,7 @@ def train(msg: Message, context: Context) -> Message:
     faults.before_task(task)
     backbone = node.backbone_state(context)
     factors, extra = {}, {}
+    timings["cuda"] = float(pick_device(setup.scenario.model.device).type == "cuda")  # 1: this task ran on a GPU
     if not setup.scenario.adapters.active:
         stats = learn_task(setup, backbone, arrays["sample_index"], arrays["sample_labels"],
                            float(task["dp_std"]) if "dp_std" in task else None, timings)

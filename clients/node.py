@@ -25,6 +25,10 @@ LOCAL_ADAPTER = "local_adapter"  # Context.state key: this client's own factors 
 _SCENARIOS: dict[str, Scenario] = {}  # setup digest -> the scenario it holds
 
 
+class WrongNode(RuntimeError):
+    """A message meant for another client (the server assumed the wrong node): refused unread."""
+
+
 class NoSetup(RuntimeError):
     """The node holds no setup for this run (it restarted since it got one): the server sends it again."""
 
@@ -54,6 +58,10 @@ def node_cache(node_config: dict) -> DiskCache | None:
 
 def setup(msg: Message, context: Context) -> Setup:
     """The setup this message brings (kept in the node's context), else the kept one."""
+    if P.FOR_CLIENT in msg.content:
+        meant, mine = int(msg.content[P.FOR_CLIENT]["partition_id"]), int(context.node_config["partition-id"])
+        if meant != mine:
+            raise WrongNode(f"this message is for client {meant}, and this node is client {mine}")
     if P.SETUP in msg.content:
         context.state[SETUP] = msg.content[P.SETUP]
         context.state[P.BACKBONE] = msg.content[P.BACKBONE] if P.BACKBONE in msg.content else ArrayRecord({})

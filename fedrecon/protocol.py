@@ -38,6 +38,9 @@ ADAPT = "adapt"
 # message type "query.identify"; reply ConfigRecord IDENTITY: partition_id, setup_digest
 IDENTIFY = "identify"
 IDENTITY = "identity"
+# ConfigRecord partition_id: the client a message with the setup is meant for (the node
+# refuses it if it is another client: the server's node memory was wrong)
+FOR_CLIENT = "for_client"
 
 # message type "evaluate" (evaluation.where: clients)
 EVAL_CONFIG = "eval_config"  # ConfigRecord: round

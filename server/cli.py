@@ -35,7 +35,7 @@ def cmd_run(args) -> int:
     from flwr.simulation import run_simulation
 
     from clients.client_app import app as client_app
-    from server.prepare import prepare
+    from server.prepare import check_simulation_devices, prepare
     from server.run import default_out_dir
     from server.server_app import make_app, resume_scenario
 
@@ -49,6 +49,7 @@ def cmd_run(args) -> int:
         return 2
     else:
         scenario = load_scenario(args.scenario, args.set)
+    check_simulation_devices(scenario)
     prep = prepare(scenario)
     out = Path(args.resume or args.out or default_out_dir(scenario))
     sim = scenario.simulation
@@ -99,9 +100,10 @@ def cmd_deploy_local(args) -> int:
         path = workdir / "scenario.json"
         path.write_text(scenario_json(scenario) + "\n")
     node_config = {"cache-dir": args.cache_dir} if args.cache_dir else {}
+    gpus = tuple(g for g in args.gpus.split(",") if g) if args.gpus else ()
     status = deploy_and_run(path, out, workdir, scenario.clients.count, tls=args.tls or args.auth,
                             auth=args.auth, timeout=args.timeout, poll_interval=args.poll_interval,
-                            node_config=node_config, task_poll=args.task_poll)
+                            node_config=node_config, task_poll=args.task_poll, gpus=gpus)
     print(f"fedrecon: run {status}; run folder {out}")
     return 0 if status == "finished:completed" else 1
 
@@ -215,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     dep.add_argument("--poll-interval", type=float, default=0.2, help="seconds between pulls for replies; 0: Flower's own (3 s)")
     dep.add_argument("--task-poll", type=float, default=0.1,
                      help="FLWR_SUPEREXEC_TASK_POLL_INTERVAL: seconds between a SuperExec's looks for work (Flower's default 1)")
+    dep.add_argument("--gpus", metavar="0,1,...",
+                     help="pin SuperNodes to GPUs: SuperNode k sees only GPU number k mod the list's length "
+                          "(CUDA_VISIBLE_DEVICES); with model.device auto its clients use it")
     dep.add_argument("--cache-dir", help="every SuperNode's disk cache folder; 'none': off (default: under each node's FLWR_HOME)")
     add_set(dep)
     dep.set_defaults(func=cmd_deploy_local)

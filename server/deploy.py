@@ -63,6 +63,10 @@ class LocalDeployment:
     task_poll : float
         ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``: how often a SuperExec looks for a new
         app process to start (Flower's default 1 s).
+    gpus : tuple of str
+        GPU numbers: SuperNode ``k`` (and every app process it starts) sees only
+        ``gpus[k % len(gpus)]`` (``CUDA_VISIBLE_DEVICES``); empty: every node sees what
+        this process sees. Several SuperNodes may share one GPU.
     """
 
     workdir: Path
@@ -72,6 +76,7 @@ class LocalDeployment:
     data_root: str | None = None
     node_config: dict = field(default_factory=dict)
     task_poll: float = 0.1
+    gpus: tuple[str, ...] = ()
     port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -100,11 +105,16 @@ class LocalDeployment:
         return {**os.environ, **QUIET, "FLWR_HOME": str(home), "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(self.task_poll),
                 "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+    def node_env(self, partition: int) -> dict[str, str]:
+        """What a SuperNode's environment adds: its GPU, where GPUs are given."""
+        return {"CUDA_VISIBLE_DEVICES": self.gpus[partition % len(self.gpus)]} if self.gpus else {}
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         home = self._home(name)
         log = (self.workdir / f"{name}.log").open("w")
         # Each in its own process group: a SuperNode's SuperExec and app processes go with it.
-        proc = subprocess.Popen([str(Path(sys.executable).parent / args[0]), *args[1:]], env=self.env(home), cwd=REPO,
+        proc = subprocess.Popen([str(Path(sys.executable).parent / args[0]), *args[1:]],
+                                env={**self.env(home), **(env or {})}, cwd=REPO,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
         return proc
@@ -152,7 +162,7 @@ class LocalDeployment:
                 "--port", str(free_port()), "--node-config", config]
         if self.auth:
             args += ["--auth-supernode-private-key", str(self.node_key(partition, register))]
-        return self._spawn(name or f"supernode{partition}", args)
+        return self._spawn(name or f"supernode{partition}", args, self.node_env(partition))
 
     def start(self) -> "LocalDeployment":
         self.start_superlink()
@@ -234,10 +244,10 @@ class LocalDeployment:
 
 def deploy_and_run(scenario: str | Path, out: str | Path, workdir: str | Path, clients: int, tls: bool = False,
                    auth: bool = False, timeout: float = 1800.0, poll_interval: float = 0.2, echo=print,
-                   node_config: dict | None = None, task_poll: float = 0.1) -> str:
+                   node_config: dict | None = None, task_poll: float = 0.1, gpus: tuple[str, ...] = ()) -> str:
     """Start a local deployment, run ``scenario`` on it into ``out``, stop it; the run's final status."""
     with LocalDeployment(Path(workdir), clients, tls=tls, auth=auth, node_config=node_config or {},
-                         task_poll=task_poll) as deployment:
+                         task_poll=task_poll, gpus=gpus) as deployment:
         echo(f"fedrecon: SuperLink on 127.0.0.1:{deployment.port} ({'TLS' if tls else 'insecure'}"
              f"{', SuperNode auth' if auth else ''}), {clients} SuperNodes; logs in {deployment.workdir}")
         run_id = deployment.submit({"scenario": str(Path(scenario).resolve()), "out": str(Path(out).resolve()),

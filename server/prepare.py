@@ -187,6 +187,22 @@ def check(scenario: Scenario, build: bool = False) -> Prepared:
     return Prepared(scenario, dataset, plan, entry, model, adapted)
 
 
+def check_simulation_devices(scenario: Scenario) -> None:
+    """In simulation the clients run on this machine: a GPU share or a CUDA device it does
+    not have would leave Ray waiting for resources that never come, or fail in every client.
+    (A deployment's SuperNodes have their own devices; this is not asked there.)"""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if scenario.simulation.num_gpus > 0:
+        raise _fail(scenario, ("simulation", "num_gpus"), f"{scenario.simulation.num_gpus:g} GPUs per client, but torch "
+                    "sees no CUDA GPU on this machine: use 0 (CPU), or run where there is one")
+    if scenario.model.device.startswith("cuda"):
+        raise _fail(scenario, ("model", "device"), f"{scenario.model.device!r}, but torch sees no CUDA GPU on this "
+                    "machine: use auto or cpu")
+
+
 def prepare(scenario: Scenario) -> Prepared:
     """:func:`check`, then the backbone's weights, their digest and its feature size."""
     from fedrecon.backbones.embed import embed, state_digest, state_to_numpy

@@ -21,6 +21,7 @@ from fedrecon.learning.finetune import initial_model
 from fedrecon.protocol import setup_record
 from fedrecon.scenario.loading import scenario_json
 from server.checkpoint import load_parts, load_run_state, save_run_state
+from server.node_memory import NodeMemory
 from server.polling import PollingGrid
 from server.prepare import Prepared
 from server.progress import Progress
@@ -42,15 +43,22 @@ class EarlyIdentify:
     """Identify queries pushed to the nodes online when the ServerApp starts, answered while
     the server prepares the scenario: in deployment each answer costs a new process on its
     node, and the first round no longer waits for them (nodes that connect later are asked
-    then)."""
+    then). Nodes the memory knows from an earlier run are not asked: ``assumed`` maps their
+    partition ids to them."""
 
     grid: PollingGrid
     waiting: set[str]
+    assumed: dict[int, int] = field(default_factory=dict)
+    memory: NodeMemory | None = None
     began: float = field(default_factory=time.perf_counter)
 
     @classmethod
-    def ask(cls, grid: PollingGrid) -> "EarlyIdentify":
-        return cls(grid, grid.push(identify_queries(sorted(grid.get_node_ids()))))
+    def ask(cls, grid: PollingGrid, memory: NodeMemory | None = None) -> "EarlyIdentify":
+        online = sorted(grid.get_node_ids())
+        remembered = memory.recall() if memory is not None else {}
+        unknown = [n for n in online if n not in remembered]
+        assumed = {remembered[n]: n for n in online if n in remembered}
+        return cls(grid, grid.push(identify_queries(unknown)), assumed, memory)
 
     def answers(self, timeout: float) -> list:
         return self.grid.collect(self.waiting, timeout=timeout)
@@ -101,6 +109,7 @@ class Run:
         wrap = poll_interval > 0 and not isinstance(grid, PollingGrid)
         self.grid = PollingGrid(grid, poll_interval) if wrap else grid
         self.early = early
+        self.memory = early.memory if early is not None else None
         self.connected = False  # every client's node has been seen once
         self.prep, self.scenario, self.plan = prep, prep.scenario, prep.plan
         self.strategy = make_strategy(prep)
@@ -154,7 +163,7 @@ class Run:
             line = {"round": server_round, "phase": phase, "client": clients.get(reply.metadata.src_node_id),
                     "exchange_s": round(seconds, 3), "error": reply.has_error()}
             if not reply.has_error() and "metrics" in reply.content:
-                line.update({k: v for k, v in reply.content["metrics"].items() if k.endswith("_s") or k == "seconds"})
+                line.update({k: v for k, v in reply.content["metrics"].items() if k.endswith("_s") or k in ("seconds", "cuda")})
             lines.append(json.dumps(line))
         self._log_lines(lines)
 
@@ -173,6 +182,7 @@ class Run:
         nodes = self.strategy.nodes
         if self.early is not None:
             began = time.perf_counter()
+            nodes.assume(self.early.assumed)
             replies = self.early.answers(NODE_WAIT)
             nodes.aggregate_identify(replies, warn=False)
             self.log_messages(self.done + 1, "identify (early)", replies, time.perf_counter() - self.early.began)
@@ -196,6 +206,12 @@ class Run:
         replies = list(self.grid.send_and_receive(queries, timeout=self.timeout)) if queries else []
         nodes.aggregate_identify(replies)
         self.log_messages(self.done + 1, "identify", replies, time.perf_counter() - began)
+        self.remember()
+
+    def remember(self) -> None:
+        """Keep the confirmed node of each client for the next run on these nodes."""
+        if self.memory is not None:
+            self.memory.remember(self.strategy.nodes.confirmed())
 
     def waits_for_missing(self) -> bool:
         """True when the next round has work and all of it is for clients not connected."""
@@ -297,6 +313,7 @@ class Run:
         s, strategy = self.scenario, self.strategy
         # a task still waiting here had no round left (its client away, or out of tries)
         strategy.book.give_up(self.done, "still waiting when the run ended (its client away, or no round left)")
+        self.remember()
         np.savez(self.recorder.out / "stats.npz", **strategy.stats.to_arrays())
         finetuning = s.merge.method == "fedavg_finetune"
         summary = self.recorder.finish({

@@ -8,6 +8,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedrecon.scenario import ScenarioError, load_scenario
+from server.node_memory import NodeMemory
 from server.polling import PollingGrid
 from server.prepare import Prepared, prepare
 from server.run import EarlyIdentify, default_out_dir, run_scenario
@@ -43,7 +44,10 @@ def main(grid: Grid, context: Context) -> None:
     early = None
     if poll > 0:  # the nodes say who they are while the scenario is prepared
         grid = PollingGrid(grid, poll)
-        early = EarlyIdentify.ask(grid)
+        # nodes known from an earlier run get their first task without being asked; secure
+        # aggregation's first messages name no client, so there every node is asked
+        memory = None if scenario.privacy.secure_aggregation else NodeMemory.default()
+        early = EarlyIdentify.ask(grid, memory)
     run_scenario(grid, prepare(scenario), out, resume=bool(resume), poll_interval=poll, early=early)
 
 

@@ -37,6 +37,7 @@ class Nodes:
         self.ids: dict[int, int] = {}  # partition id -> node id
         self.ready: set[int] = set()  # partition ids whose node holds the setup
         self.sent_setup: set[int] = set()  # partition ids sent the setup at least once
+        self.assumed: set[int] = set()  # partition ids mapped from an earlier run's memory, not yet confirmed
 
     def __contains__(self, client: int) -> bool:
         return client in self.ids
@@ -65,13 +66,38 @@ class Nodes:
                 self.ready.discard(pid)
         return identify_queries(sorted(online_set - set(self.ids.values())))
 
+    def assume(self, remembered: dict[int, int]) -> None:
+        """Partition ids to node ids as an earlier run on these nodes learned them (no
+        query): the first message to each brings the setup and names its client, and a
+        node that is another client refuses it (see :meth:`failed`)."""
+        for pid, node in remembered.items():
+            if 0 <= pid < self.clients and pid not in self.ids and node not in self.ids.values():
+                self.ids[pid] = node
+                self.assumed.add(pid)
+
+    def confirmed(self) -> dict[int, int]:
+        """Partition ids to node ids that a node's answer or reply confirmed."""
+        return {pid: node for pid, node in self.ids.items() if pid not in self.assumed}
+
+    def failed(self, client: int) -> None:
+        """A task of ``client`` failed: its node may have lost the setup, and a node only
+        assumed to be this client's is forgotten (the next identify asks it)."""
+        self.ready.discard(client)
+        if client in self.assumed:
+            self.assumed.discard(client)
+            self.ids.pop(client, None)
+
     def aggregate_identify(self, replies: list[Message], warn: bool = True) -> None:
         for reply in replies:
             if reply.has_error():
                 continue
             identity = reply.content[P.IDENTITY]
             pid = int(identity["partition_id"])
+            for other in [p for p, n in self.ids.items() if n == reply.metadata.src_node_id and p != pid]:
+                del self.ids[other]  # an assumption the node's own answer contradicts
+                self.assumed.discard(other)
             self.ids[pid] = reply.metadata.src_node_id
+            self.assumed.discard(pid)
             # a node keeps the setup in its context; a new node or a new run has none
             if identity.get("setup_digest", "") == self.setup_digest:
                 self.ready.add(pid)
@@ -85,8 +111,9 @@ class Nodes:
         return sorted(set(range(self.clients)) - set(self.ids))
 
     def delivered(self, client: int) -> None:
-        """A reply came from the client's node: it holds the setup now."""
+        """A reply came from the client's node: it holds the setup now (and is that client)."""
         self.ready.add(client)
+        self.assumed.discard(client)
 
     def needs_setup(self, client: int) -> bool:
         return client not in self.ready

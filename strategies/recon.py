@@ -64,8 +64,10 @@ class ReconStrategy(ClientEvaluation, Strategy):
         self.own: dict[int, ClassStats] | None = {} if is_per_client(self.policy) else None
         self.setup = ConfigRecord(setup)
         self.backbone = to_record(backbone)
-        self.setup_bytes = message_bytes([Message(RecordDict({P.SETUP: self.setup, P.BACKBONE: self.backbone}), dst_node_id=0,
-                                                  message_type=self.message_type)])
+        # what the setup adds to a message: itself, the backbone and the client it is for
+        with_setup = RecordDict({P.SETUP: self.setup, P.BACKBONE: self.backbone,
+                                 P.FOR_CLIENT: ConfigRecord({"partition_id": 0})})
+        self.setup_bytes = message_bytes([Message(with_setup, dst_node_id=0, message_type=self.message_type)])
         self.nodes = Nodes(plan.clients, setup["digest"])
         self.traffic = Traffic()
         self.book = RetryBook(scenario.faults.retries)
@@ -181,6 +183,7 @@ class ReconStrategy(ClientEvaluation, Strategy):
             return
         content[P.SETUP] = self.setup
         content[P.BACKBONE] = self.backbone
+        content[P.FOR_CLIENT] = ConfigRecord({"partition_id": client})
         if self.nodes.setup_sent(client):
             self.traffic.resent(server_round, self.setup_bytes)
 
@@ -254,8 +257,9 @@ class ReconStrategy(ClientEvaluation, Strategy):
 
     def fail(self, server_round: int, arrival: Arrival, reason: str, parts: list[Waiting] = ()) -> None:
         log(WARNING, "round %d: client %d task %d rejected: %s", server_round, arrival.client, arrival.task, reason)
-        # the node may have lost its setup (a restart under the same id): the next message brings it again
-        self.nodes.ready.discard(arrival.client)
+        # the node may have lost its setup (a restart under the same id): the next message
+        # brings it again; a node only assumed to be this client's is asked who it is
+        self.nodes.failed(arrival.client)
         self.failures.append({"round": server_round, "client": arrival.client, "task": arrival.task, "reason": reason})
         self.book.failed(list(parts), server_round, reason)
 

@@ -32,10 +32,28 @@ class InProcessGrid:
             self.sent.append(message)
             if self.drop(message):
                 continue
-            try:
-                reply = client_app(message, self.contexts[message.metadata.dst_node_id])
-            except Exception as exc:  # what Flower does with a ClientApp that raises
-                reply = Message(Error(code=2, reason=f"{type(exc).__name__}: {exc}"), reply_to=message)
-            reply.metadata.__dict__["_src_node_id"] = message.metadata.dst_node_id
-            replies.append(reply)
+            replies.append(self._answer(message))
         return replies
+
+    def _answer(self, message: Message) -> Message:
+        try:
+            reply = client_app(message, self.contexts[message.metadata.dst_node_id])
+        except Exception as exc:  # what Flower does with a ClientApp that raises
+            reply = Message(Error(code=2, reason=f"{type(exc).__name__}: {exc}"), reply_to=message)
+        reply.metadata.__dict__["_src_node_id"] = message.metadata.dst_node_id
+        return reply
+
+    # push and pull, as a deployment's Grid (server.polling.PollingGrid uses them)
+    def push_messages(self, messages) -> list[str]:
+        ids = []
+        for message in messages:
+            self.sent.append(message)
+            message.metadata.__dict__["_message_id"] = f"m{len(self.sent)}"
+            ids.append(message.metadata.message_id)
+            if not self.drop(message):
+                self._waiting = {**getattr(self, "_waiting", {}), ids[-1]: self._answer(message)}
+        return ids
+
+    def pull_messages(self, message_ids) -> list[Message]:
+        waiting = getattr(self, "_waiting", {})
+        return [waiting.pop(i) for i in list(message_ids) if i in waiting]

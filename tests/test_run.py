@@ -101,3 +101,40 @@ def test_the_run_equals_one_site_and_sends_the_setup_once(write_scenario, tmp_pa
     np.testing.assert_array_equal(merged["ids"], central.ids)
     np.testing.assert_allclose(merged["sums"], central.sums, rtol=1e-9)
     assert summary["failures"] == 0 and summary["rounds"] == 4 and summary["bytes_down_resent"] == 0
+
+
+def remembered_run(path, out, memory) -> tuple[dict, InProcessGrid]:
+    """A run as the deployed ServerApp makes it: identify pushed early, with a node memory."""
+    from server.polling import PollingGrid
+    from server.run import EarlyIdentify
+
+    prep = prepare(load_scenario(path))
+    nodes = InProcessGrid(prep.plan.clients)
+    grid = PollingGrid(nodes, 0.001)
+    job = Run(grid, prep, out, echo=lambda *a: None, early=EarlyIdentify.ask(grid, memory))
+    job.start()
+    return job.run(), nodes
+
+
+def test_a_next_run_sends_first_tasks_to_remembered_nodes_and_a_wrong_memory_costs_only_a_retry(write_scenario, tmp_path):
+    from server.node_memory import NodeMemory
+
+    path = write_scenario(small_scenario())
+    memory = NodeMemory(tmp_path / "home" / "fedrecon-nodes.json")
+    first, nodes = remembered_run(path, tmp_path / "first", memory)
+    assert memory.recall() == {100: 0, 101: 1, 102: 2}
+    assert sum(m.metadata.message_type.endswith("identify") for m in nodes.sent) == 3
+    # the next run on the same nodes asks nobody: its first tasks go straight out
+    second, nodes = remembered_run(path, tmp_path / "second", memory)
+    assert not any(m.metadata.message_type.endswith("identify") for m in nodes.sent)
+    before = ending(tmp_path / "first")["stats"]
+    assert all(np.array_equal(v, before[k]) for k, v in ending(tmp_path / "second")["stats"].items())
+    assert second["failures"] == 0 and second["final_accuracy"] == first["final_accuracy"]
+    # a memory gone wrong (two nodes swapped): they refuse the tasks, are asked, and the tasks retried
+    memory.path.write_text(json.dumps({"nodes": {"100": 1, "101": 0, "102": 2}}))
+    third, nodes = remembered_run(path, tmp_path / "third", memory)
+    assert third["failures"] == 2 and third["retries"] == 2 and third["lost_tasks"] == 0
+    assert third["classes_learned"] == third["classes_seen"] == first["classes_learned"]
+    # the same sums, added in another order
+    assert all(np.allclose(v, before[k], rtol=1e-12, atol=0) for k, v in ending(tmp_path / "third")["stats"].items())
+    assert memory.recall() == {100: 0, 101: 1, 102: 2}
