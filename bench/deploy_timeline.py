@@ -116,7 +116,10 @@ Command: `.venv/bin/python bench/deploy_timeline.py` (SuperLink and N SuperNodes
 this 2-core machine; {args.rounds} rounds; the floor is `bench/floor_app`, one message a node a round
 replied at once, run in the same deployment; fedrecon: N clients, one Omniglot character each a round,
 conv4). Every message starts a new `flwr-clientapp` process (Flower 1.42); "process age at handler" is
-how old that process is when the handler starts.
+how old that process is when the handler starts. Before the node cache, the early identify and
+the node memory, the code measured 19.3 s a round and 26.8 s for the first (the section
+"deployment, tuned" above, `bench/deploy_overhead.py`, 3 SuperNodes, not rerun since). The goal:
+later rounds at most the torch floor's + 1 s, the first round at most the floor's first + 5 s.
 
 {chr(10).join(per_round)}
 

@@ -155,12 +155,16 @@ def cmd_validate(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from fedrecon.plan import timeline
+    from fedrecon.plan import GRID_CLIENTS, summary, timeline
     from server.prepare import check
 
     scenario = load_scenario(args.scenario, args.set)
     plan = check(scenario).plan
-    print(timeline(plan, f"{scenario.name}: {plan.clients} clients, {plan.rounds} rounds, seed {scenario.seed}", args.classes))
+    title = f"{scenario.name}: {plan.clients} clients, {plan.rounds} rounds, seed {scenario.seed}"
+    if plan.clients > GRID_CLIENTS and not (args.clients or args.classes):
+        print(summary(plan, title))
+    else:
+        print(timeline(plan, title, args.classes))
     return 0
 
 
@@ -244,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pln = sub.add_parser("plan", help="print a scenario's timeline: round x client -> arriving classes")
     pln.add_argument("scenario", help="scenario YAML file")
-    pln.add_argument("--classes", action="store_true", help="list class ids (* = revisit) instead of counts")
+    pln.add_argument("--classes", action="store_true", help="list class ids (* = revisit) instead of counts (the grid)")
+    pln.add_argument("--clients", action="store_true",
+                     help="the round x client grid at any size (past 40 clients a per-round summary is the default)")
     add_set(pln)
     pln.set_defaults(func=cmd_plan)
 

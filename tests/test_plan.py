@@ -155,3 +155,21 @@ def test_client_that_leaves_early_is_warned_about():
     _, plan = plan_of(raw)
     assert plan.warnings == ("client 1: 1 task(s) never arrive: it leaves in round 2",)
     assert "warning: client 1: 1 task(s) never arrive" in timeline(plan)
+
+
+def test_a_thousand_client_plan_prints_as_a_summary_and_the_grid_on_request(capsys):
+    from server.cli import main
+
+    thousand = ["--set", "clients.count=1000", "--set", "tasks.num_classes=600", "--set", "tasks.classes_per_task=1",
+                "--set", "tasks.train_shots=10", "--set", "tasks.test_shots=5",
+                "--set", "tasks.split={kind: overlap, shared: 1.0, among: 5}"]
+    assert main(["plan", "scenarios/omniglot-quickstart.yaml", *thousand]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) <= 60 and lines[1].split() == ["round", "present", "busy", "arrivals", "classes", "revisits",
+                                                     "new", "seen"]
+    total = next(line.split() for line in lines if line.startswith("total"))
+    assert total[2:] == ["3000", "3000", "0", "600", "600"]  # arrivals, classes, revisits, new, seen
+    assert sum(int(line.split()[3]) for line in lines[2:11]) == 3000  # the rounds' arrivals add up
+    assert main(["plan", "scenarios/omniglot-quickstart.yaml", *thousand, "--clients"]) == 0
+    grid = capsys.readouterr().out.splitlines()
+    assert grid[1].split()[-3:] == ["c999", "new", "seen"]

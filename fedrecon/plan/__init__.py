@@ -12,6 +12,6 @@ then ("learns it when it returns").
 
 from fedrecon.plan.build import make_plan
 from fedrecon.plan.records import Arrival, Plan, merge_arrivals
-from fedrecon.plan.timeline import timeline
+from fedrecon.plan.timeline import GRID_CLIENTS, summary, timeline
 
-__all__ = ["Arrival", "Plan", "make_plan", "merge_arrivals", "timeline"]
+__all__ = ["Arrival", "Plan", "make_plan", "merge_arrivals", "summary", "timeline", "GRID_CLIENTS"]

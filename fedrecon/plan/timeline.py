@@ -68,3 +68,46 @@ def timeline(plan: Plan, title: str = "", show_classes: bool = False) -> str:
     out.append("cells: classes arriving (+k revisits), '.' present and idle, '-' away or not sampled")
     out += [f"warning: {w}" for w in plan.warnings]
     return "\n".join(out)
+
+
+GRID_CLIENTS = 40  # past this many clients a grid is too wide to read: the summary instead
+SUMMARY_ROUNDS = 50  # past this many rounds the summary shows the first and last 20
+SUMMARY_WARNINGS = 5
+
+
+def summary(plan: Plan, title: str = "") -> str:
+    """A line a round — clients present, clients with a task, arrivals, classes new and
+    revisited, classes seen — and the totals: the plan at any number of clients."""
+    header = ["round", "present", "busy", "arrivals", "classes", "revisits", "new", "seen"]
+    rows, seen = [], 0
+    for r in range(1, plan.rounds + 1):
+        arrivals = plan.arrivals_at(r)
+        now = len(plan.classes_seen(r))
+        present = sum(plan.is_present(r, c) for c in range(plan.clients))
+        rows.append([str(r), str(present), str(len({a.client for a in arrivals})), str(len(arrivals)),
+                     str(sum(len(a.classes) for a in arrivals)), str(sum(len(a.revisits) for a in arrivals)),
+                     str(now - seen), str(now)])
+        seen = now
+    busy = len({a.client for a in plan.arrivals})
+    total = ["total", "", str(busy), str(len(plan.arrivals)), str(sum(len(a.classes) for a in plan.arrivals)),
+             str(sum(len(a.revisits) for a in plan.arrivals)), str(seen), str(seen)]
+    widths = [max(len(row[i]) for row in [header, *rows, total]) for i in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(v.rjust(w) for v, w in zip(row, widths)).rstrip()
+
+    shown = [line(row) for row in rows]
+    if len(rows) > SUMMARY_ROUNDS:
+        shown = [*shown[:20], f"... {len(rows) - 40} rounds ...", *shown[-20:]]
+    per_client = [sum(len(a.classes) for a in plan.arrivals if a.client == c) for c in range(plan.clients)]
+    samples = sum(len(a.sample_index) for a in plan.arrivals)
+    out = [title] if title else []
+    out += [line(header), *shown, line(["-" * w for w in widths]), line(total), ""]
+    out.append(f"{len(plan.arrivals)} arrivals, {seen} classes, {samples} training samples, "
+               f"{sum(len(v) for v in plan.test_samples.values())} test samples; {busy} of {plan.clients} clients "
+               f"get a task, classes a client: {min(per_client)} to {max(per_client)}")
+    out.append("present: clients in the round; busy: clients with a task; --clients prints the full grid")
+    out += [f"warning: {w}" for w in plan.warnings[:SUMMARY_WARNINGS]]
+    if len(plan.warnings) > SUMMARY_WARNINGS:
+        out.append(f"... and {len(plan.warnings) - SUMMARY_WARNINGS} more warnings (--clients prints them all)")
+    return "\n".join(out)
