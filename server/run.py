@@ -9,9 +9,7 @@ here, on the Grid.
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,8 @@ from fedrecon.learning.finetune import initial_model
 from fedrecon.protocol import setup_record
 from fedrecon.scenario.loading import scenario_json
 from server.checkpoint import load_parts, load_run_state, save_run_state
-from server.node_memory import NodeMemory
+from server.identify import EarlyIdentify
+from server.message_log import MessageLog
 from server.polling import PollingGrid
 from server.prepare import Prepared
 from server.progress import Progress
@@ -30,38 +29,11 @@ from server.scoring import Scoring
 from server.tracking import Tracking
 from strategies.adapter_steps import AdapterSteps
 from strategies.finetune import FedAvgFinetune
-from strategies.nodes import identify_queries
 from strategies.recon import ReconStrategy
 from strategies.secure import SecureRecon
 
 # Seconds to wait for every client's node to connect, and for identify answers.
 NODE_WAIT = 300.0
-
-
-@dataclass
-class EarlyIdentify:
-    """Identify queries pushed to the nodes online when the ServerApp starts, answered while
-    the server prepares the scenario: in deployment each answer costs a new process on its
-    node, and the first round no longer waits for them (nodes that connect later are asked
-    then). Nodes the memory knows from an earlier run are not asked: ``assumed`` maps their
-    partition ids to them."""
-
-    grid: PollingGrid
-    waiting: set[str]
-    assumed: dict[int, int] = field(default_factory=dict)
-    memory: NodeMemory | None = None
-    began: float = field(default_factory=time.perf_counter)
-
-    @classmethod
-    def ask(cls, grid: PollingGrid, memory: NodeMemory | None = None) -> "EarlyIdentify":
-        online = sorted(grid.get_node_ids())
-        remembered = memory.recall() if memory is not None else {}
-        unknown = [n for n in online if n not in remembered]
-        assumed = {remembered[n]: n for n in online if n in remembered}
-        return cls(grid, grid.push(identify_queries(unknown)), assumed, memory)
-
-    def answers(self, timeout: float) -> list:
-        return self.grid.collect(self.waiting, timeout=timeout)
 
 
 def _prototype_strategy(prep: Prepared, setup: dict) -> ReconStrategy:
@@ -115,6 +87,7 @@ class Run:
         self.strategy = make_strategy(prep)
         self.scoring = Scoring(prep, self.strategy)
         self.recorder = RunRecorder(out_dir, self.plan.rounds, echo)
+        self.log = MessageLog(self.recorder.out / "messages.jsonl")
         self.tracking = Tracking(self.scenario, self.recorder.out)
         self.echo = echo
         self.progress = progress or Progress.silent()
@@ -156,25 +129,11 @@ class Run:
         return replies
 
     def log_messages(self, server_round: int, phase: str, replies: list, seconds: float) -> None:
-        """``messages.jsonl``: a line a reply, with the client's own timings (where a message's time goes)."""
         clients = {node: client for client, node in self.strategy.nodes.ids.items()}
-        lines = []
-        for reply in replies:
-            line = {"round": server_round, "phase": phase, "client": clients.get(reply.metadata.src_node_id),
-                    "exchange_s": round(seconds, 3), "error": reply.has_error()}
-            if not reply.has_error() and "metrics" in reply.content:
-                line.update({k: v for k, v in reply.content["metrics"].items() if k.endswith("_s") or k in ("seconds", "cuda")})
-            lines.append(json.dumps(line))
-        self._log_lines(lines)
+        self.log.replies(server_round, phase, replies, seconds, clients)
 
     def log_server(self, server_round: int, phase: str, seconds: float) -> None:
-        """A line in ``messages.jsonl`` for the server's own work between exchanges."""
-        self._log_lines([json.dumps({"round": server_round, "phase": phase, "server_s": round(seconds, 3)})])
-
-    def _log_lines(self, lines: list[str]) -> None:
-        if lines:
-            with (self.recorder.out / "messages.jsonl").open("a") as f:
-                f.write("\n".join(lines) + "\n")
+        self.log.server(server_round, phase, seconds)
 
     def identify(self) -> None:
         """Map partition ids to nodes: wait for every node the first time; later, ask only

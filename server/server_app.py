@@ -11,7 +11,8 @@ from fedrecon.scenario import ScenarioError, load_scenario
 from server.node_memory import NodeMemory
 from server.polling import PollingGrid
 from server.prepare import Prepared, prepare
-from server.run import EarlyIdentify, default_out_dir, run_scenario
+from server.identify import EarlyIdentify
+from server.run import default_out_dir, run_scenario
 
 app = ServerApp()
 

@@ -106,7 +106,7 @@ def test_the_run_equals_one_site_and_sends_the_setup_once(write_scenario, tmp_pa
 def remembered_run(path, out, memory) -> tuple[dict, InProcessGrid]:
     """A run as the deployed ServerApp makes it: identify pushed early, with a node memory."""
     from server.polling import PollingGrid
-    from server.run import EarlyIdentify
+    from server.identify import EarlyIdentify
 
     prep = prepare(load_scenario(path))
     nodes = InProcessGrid(prep.plan.clients)
