@@ -6,13 +6,17 @@ For 3 and 8 SuperNodes on loopback (`server.deploy.LocalDeployment`: SuperExec p
 - Flower's floor: `bench/floor_app` (one message a node a round, replied at once), its
   ClientApp importing nothing, then importing torch;
 - fedrecon on a tiny scenario (N clients, one Omniglot character each a round, 4 rounds,
-  conv4), with the node's disk cache off ("before": every message decodes the dataset)
-  and on (prepared drawings memory-mapped from `$FLWR_HOME/fedrecon-cache`): the first run
-  on new nodes fills the cache, the next run on the same nodes reads it.
+  conv4): "before", with the node's disk cache and worker off (every message imports
+  torch, decodes the dataset and builds the backbone); with the disk cache (prepared
+  drawings memory-mapped from `$FLWR_HOME/fedrecon-cache`) but no worker, on a second run;
+  with both (each SuperNode's worker, clients/worker.py, keeps the imports and the
+  backbone: the message's process only decodes and encodes), the first run on new nodes
+  and the next run on the same nodes.
 
 Per round: the first round and the median of the later ones. Per message (fedrecon's
 `messages.jsonl`, rounds 2 and later, medians): the process's age when the handler starts
-(process start and Flower's own set-up), the import of the learning code (torch), reading
+(process start and Flower's own set-up), the import of the learning code (torch) or the time
+to reach the node's worker (starting it, in a node's first task), reading
 the data, building the backbone, embedding, the whole handler, and the server's wait for
 the round's replies. Writes the "deployment-timeline" section of docs/benchmarks.md:
 
@@ -37,7 +41,7 @@ from bench.docs import write_section  # noqa: E402
 from server.deploy import LocalDeployment  # noqa: E402
 
 FLOOR = REPO / "bench" / "floor_app"
-PARTS = ("load_s", "process_s", "import_s", "data_s", "backbone_s", "embed_s", "seconds", "exchange_s")
+PARTS = ("load_s", "process_s", "import_s", "worker_s", "data_s", "backbone_s", "embed_s", "seconds", "exchange_s")
 
 
 def scenario(nodes: int, rounds: int, data_root: str) -> dict:
@@ -82,13 +86,16 @@ def measure(nodes: int, rounds: int, data_root: str, work: Path) -> dict:
     path = work / f"timeline-{nodes}.yaml"
     path.write_text(yaml.safe_dump(scenario(nodes, rounds, data_root)))
     results = {}
-    with LocalDeployment(work / f"off-{nodes}", nodes, node_config={"cache-dir": "none"}) as d:
+    with LocalDeployment(work / f"off-{nodes}", nodes, node_config={"cache-dir": "none", "worker-idle-s": 0}) as d:
         results["Flower floor, nothing imported"] = floor(d, work, rounds, False)
         results["Flower floor, torch imported"] = floor(d, work, rounds, True)
-        results["fedrecon, no node cache (before)"] = ours(d, work, path, f"off-run-{nodes}")
+        results["fedrecon, no node cache, no worker (before)"] = ours(d, work, path, f"off-run-{nodes}")
+    with LocalDeployment(work / f"cache-{nodes}", nodes, node_config={"worker-idle-s": 0}) as d:
+        ours(d, work, path, f"cache-fill-{nodes}")
+        results["fedrecon, node cache, no worker, next run"] = ours(d, work, path, f"cache-run-{nodes}")
     with LocalDeployment(work / f"on-{nodes}", nodes) as d:
-        results["fedrecon, node cache, first run on new nodes"] = ours(d, work, path, f"on-run-{nodes}")
-        results["fedrecon, node cache, next run"] = ours(d, work, path, f"on-next-{nodes}")
+        results["fedrecon, node cache and worker, first run on new nodes"] = ours(d, work, path, f"on-run-{nodes}")
+        results["fedrecon, node cache and worker, next run"] = ours(d, work, path, f"on-next-{nodes}")
     return results
 
 
@@ -100,8 +107,8 @@ def main() -> None:
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args()
     per_round = ["| SuperNodes | app | first round s | later rounds s (median) |", "|---|---|---|---|"]
-    per_message = ["| SuperNodes | app | process age at load s | process age at handler s | imports s | data s | backbone s | embed s | handler s | "
-                   "server's wait a round s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    per_message = ["| SuperNodes | app | process age at load s | process age at handler s | imports s | reach worker s | data s | backbone s | embed s | handler s | "
+                   "server's wait a round s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         for nodes in args.nodes:
             results = measure(nodes, args.rounds, args.data_root, Path(tmp))

@@ -8,7 +8,7 @@ import time
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients import faults, node
+from clients import faults, node, worker
 from fedrecon import protocol as P
 
 
@@ -55,19 +55,13 @@ def train(msg: Message, context: Context) -> Message:
     The reply's metrics say where the message's time went (process, imports, data, backbone, embedding)."""
     timings = {"load_s": LOADED_AT, "process_s": process_age()}
     start = time.perf_counter()
-    from clients.learner import learn_task
-    from fedrecon.backbones.embed import pick_device
-
-    timings["import_s"] = round(time.perf_counter() - start, 4)
     setup = node.setup(msg, context)
     task, arrays = _task(msg)
     faults.before_task(task)
     backbone = node.backbone_state(context)
     factors, extra = {}, {}
-    timings["cuda"] = float(pick_device(setup.scenario.model.device).type == "cuda")  # 1: this task ran on a GPU
     if not setup.scenario.adapters.active:
-        stats = learn_task(setup, backbone, arrays["sample_index"], arrays["sample_labels"],
-                           float(task["dp_std"]) if "dp_std" in task else None, timings)
+        stats = _learn(setup, context, backbone, task, arrays, timings)
     else:
         result = _learn_adapted(msg, context, setup, task, arrays, backbone)
         stats, factors = result.stats, result.factors
@@ -83,6 +77,25 @@ def train(msg: Message, context: Context) -> Message:
                        reply_to=msg)
     reply = RecordDict({P.STATS: _record(faults.spoil(task, stats.to_arrays())), **extra, P.METRICS: metrics})
     return Message(reply, reply_to=msg)
+
+
+def _learn(setup, context: Context, backbone, task: dict, arrays: dict, timings: dict):
+    """A frozen-backbone task's statistics: from the node's worker in a SuperNode's
+    per-message process (clients/worker.py), else learned here. ``timings["cuda"]``: 1
+    when the task ran on a GPU."""
+    noise = float(task["dp_std"]) if "dp_std" in task else None
+    if worker.wanted(context.node_config):
+        from fedrecon.learning.stats import ClassStats
+
+        return ClassStats.from_arrays(worker.learn(node.setup_record(context), context.node_config, backbone,
+                                                   arrays["sample_index"], arrays["sample_labels"], noise, timings))
+    clock = time.perf_counter()
+    from clients.learner import learn_task
+    from fedrecon.backbones.embed import pick_device
+
+    timings["import_s"] = round(time.perf_counter() - clock, 4)
+    timings["cuda"] = float(pick_device(setup.scenario.model.device).type == "cuda")
+    return learn_task(setup, backbone, arrays["sample_index"], arrays["sample_labels"], noise, timings)
 
 
 def _learn_adapted(msg: Message, context: Context, setup, task: dict, arrays: dict, backbone):
@@ -173,6 +186,8 @@ def secagg_unmask(msg: Message, context: Context) -> Message:
 
 @app.query(P.IDENTIFY)
 def identify(msg: Message, context: Context) -> Message:
+    if worker.wanted(context.node_config):
+        worker.warm(context.node_config)  # its imports overlap the server's preparation
     identity = ConfigRecord({"partition_id": int(context.node_config["partition-id"]),
                              "setup_digest": node.held_digest(context)})
     return Message(RecordDict({P.IDENTITY: identity}), reply_to=msg)

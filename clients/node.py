@@ -67,17 +67,26 @@ def setup(msg: Message, context: Context) -> Setup:
         context.state[P.BACKBONE] = msg.content[P.BACKBONE] if P.BACKBONE in msg.content else ArrayRecord({})
     if SETUP not in context.state:
         raise NoSetup("this node holds no setup for the run (restarted?); the server sends it with the next task")
+    return setup_from(setup_record(context), context.node_config)
+
+
+def setup_record(context: Context) -> dict:
+    """The setup this node holds as plain values (digest, scenario JSON, backbone digest)."""
     record = context.state[SETUP]
-    digest = str(record["digest"])
+    return {k: str(record[k]) for k in ("digest", "scenario", "backbone_digest")}
+
+
+def setup_from(record: dict, node_config) -> Setup:
+    """The Setup of a setup record on the node of ``node_config`` (also the node's worker's way in)."""
+    digest = record["digest"]
     if digest not in _SCENARIOS:
-        _SCENARIOS[digest] = scenario_from_json(str(record["scenario"]))
+        _SCENARIOS[digest] = scenario_from_json(record["scenario"])
     scenario = _SCENARIOS[digest]
     # a real deployment keeps its data where it likes; the node config says where
-    root = context.node_config.get("data-root")
+    root = node_config.get("data-root")
     if root:
         scenario = scenario.model_copy(update={"data": scenario.data.model_copy(update={"root": str(root)})})
-    return Setup(scenario, str(record["backbone_digest"]), int(context.node_config["partition-id"]),
-                 node_cache(context.node_config))
+    return Setup(scenario, record["backbone_digest"], int(node_config["partition-id"]), node_cache(node_config))
 
 
 def held_digest(context: Context) -> str:

@@ -10,6 +10,7 @@ size, the least recently used entries going first.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -41,19 +42,34 @@ class DiskCache:
     def array(self, key: str, build: Callable[[], np.ndarray]) -> np.ndarray:
         """The array stored under ``key`` (memory-mapped, read-only), built and stored first if absent."""
         path = self.folder / f"{key}.npy"
-        if path.is_file():
-            try:
-                os.utime(path)  # recently used
-                return np.load(path, mmap_mode="r")
-            except (OSError, ValueError):  # a damaged entry is rebuilt
-                path.unlink(missing_ok=True)
-        array = build()
+        found = self._open(path)
+        if found is not None:
+            return found
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".{uuid.uuid4().hex}.tmp.npy"
-        np.save(tmp, np.ascontiguousarray(array))
-        os.replace(tmp, path)  # several processes may fill one cache: the last rename wins, whole
+        # Nodes on one machine may share the folder: one builds, the others wait for it
+        # rather than decode the same data side by side on the same cores.
+        with open(self.folder / f".{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            found = self._open(path)
+            if found is not None:
+                return found
+            array = build()
+            tmp = self.folder / f".{uuid.uuid4().hex}.tmp.npy"
+            np.save(tmp, np.ascontiguousarray(array))
+            os.replace(tmp, path)  # a reader sees the old file or the new one, whole
         self._evict(keep=path)
         return np.load(path, mmap_mode="r")
+
+    @staticmethod
+    def _open(path: Path) -> np.ndarray | None:
+        if not path.is_file():
+            return None
+        try:
+            os.utime(path)  # recently used
+            return np.load(path, mmap_mode="r")
+        except (OSError, ValueError):  # a damaged entry is rebuilt
+            path.unlink(missing_ok=True)
+            return None
 
     def _evict(self, keep: Path) -> None:
         entries = sorted((p for p in self.folder.glob("*.npy") if p != keep), key=lambda p: p.stat().st_mtime)

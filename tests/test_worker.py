@@ -1,0 +1,122 @@
+"""A SuperNode's worker (clients/worker.py): the statistics a task learns in its own
+process, once started reused, refusing what the task's process would refuse, gone with
+its SuperNode."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from clients import node, worker
+from clients.learner import learn_task
+from fedrecon.protocol import setup_record
+from fedrecon.scenario import scenario_json
+from server.prepare import prepare
+from tests.conftest import REPO, scenario_of
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    """A setup record, the backbone weights the server sends, a node config and a task's samples."""
+    prepared = prepare(scenario_of())
+    record = setup_record(scenario_json(prepared.scenario), prepared.digest)
+    config = {"partition-id": 1, "cache-dir": str(tmp_path_factory.mktemp("cache")), "worker-idle-s": 60}
+    labels = prepared.dataset.labels
+    index = np.concatenate([np.flatnonzero(labels == 3)[:5], np.flatnonzero(labels == 7)[:5]])
+    yield record, prepared.weights, config, index, prepared.dataset.labels[index]
+    pid = _worker_pid(worker.socket_path(config))
+    if pid > 0:
+        os.kill(pid, 15)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs; a killed worker that this test process started stays a
+    zombie until reaped, which counts as gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def _worker_pid(path) -> int:
+    out = subprocess.run(["pgrep", "-f", f"clients.worker {path}"], capture_output=True, text=True).stdout.split()
+    return int(out[0]) if out else -1
+
+
+def test_the_worker_learns_what_the_task_would_learn_here_and_stays(task):
+    # Prepare
+    record, weights, config, index, labels = task
+    here = learn_task(node.setup_from(record, config), weights, index, labels).to_arrays()
+    first, second = {}, {}
+    # Execute: the first task starts the worker, the second finds it
+    got = worker.learn(record, config, weights, index, labels, None, first)
+    again = worker.learn(record, config, weights, index, labels, None, second)
+    # Assert
+    for key, value in here.items():
+        np.testing.assert_array_equal(got[key], value)
+        np.testing.assert_array_equal(again[key], value)
+    assert first["worker_s"] > second["worker_s"] and second["worker_s"] < 0.5
+    assert {"data_s", "backbone_s", "embed_s", "cuda"} <= set(second)
+    assert _alive(_worker_pid(worker.socket_path(config)))
+
+
+def test_the_worker_refuses_labels_that_disagree_and_serves_the_next_task(task):
+    record, weights, config, index, labels = task
+    with pytest.raises(ValueError, match="labels disagree"):
+        worker.learn(record, config, weights, index, labels[::-1].copy(), None, {})
+    with pytest.raises(ValueError, match="do not match digest"):
+        worker.learn({**record, "backbone_digest": "0" * 16}, config, weights, index, labels, None, {})
+    assert worker.learn(record, config, weights, index, labels, None, {})["counts"].tolist() == [5, 5]
+
+
+def test_a_worker_leaves_when_its_supernode_is_gone(task, tmp_path):
+    # Prepare: a stand-in SuperNode process whose child (a task) starts a worker, then the SuperNode ends
+    record, weights, config, index, labels = task
+    config = {**config, "cache-dir": str(tmp_path)}  # another node config: another worker
+    script = (f"import sys, numpy as np; sys.path.insert(0, {str(REPO)!r}); from clients import worker; "
+              f"print(worker.socket_path({config!r}), flush=True); "
+              f"worker.learn({record!r}, {config!r}, None, np.array({index.tolist()}), np.array({labels.tolist()}), None, {{}})")
+    supernode = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {script!r}])"],
+                                 stdout=subprocess.PIPE, text=True, cwd=REPO)
+    path = supernode.stdout.readline().strip()
+    supernode.wait(120)
+    # Execute: the worker notices its SuperNode is gone (it checks every second)
+    deadline = time.monotonic() + 10
+    while _worker_pid(path) > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    # Assert
+    assert _worker_pid(path) < 0 and not os.path.exists(path)
+
+
+def test_the_worker_is_only_for_a_supernodes_message_processes(monkeypatch):
+    assert not worker.wanted({})  # pytest: no
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/flwr-clientapp", "--insecure"])
+    assert worker.wanted({}) and not worker.wanted({"worker-idle-s": "0"})
+
+
+def test_a_killed_worker_is_replaced_by_the_next_task(task):
+    record, weights, config, index, labels = task
+    worker.learn(record, config, weights, index, labels, None, {})
+    path = worker.socket_path(config)
+    old = _worker_pid(path)
+    os.kill(old, 9)  # its socket file stays behind
+    deadline = time.monotonic() + 10
+    while _alive(old) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    got = worker.learn(record, config, weights, index, labels, None, {})
+    assert got["counts"].tolist() == [5, 5] and _worker_pid(path) not in (-1, old)
+
+
+def test_a_task_arriving_while_the_warmed_worker_starts_waits_for_it(task, tmp_path):
+    record, weights, config, index, labels = task
+    config = {**config, "cache-dir": str(tmp_path / "warm")}
+    worker.warm(config)  # the identify query's start, not waited for
+    got = worker.learn(record, config, weights, index, labels, None, {})  # its own start loses the lock: it waits
+    assert got["counts"].tolist() == [5, 5]
+    os.kill(_worker_pid(worker.socket_path(config)), 15)
