@@ -187,7 +187,9 @@ def secagg_unmask(msg: Message, context: Context) -> Message:
 @app.query(P.IDENTIFY)
 def identify(msg: Message, context: Context) -> Message:
     if worker.wanted(context.node_config):
-        worker.warm(context.node_config)  # its imports overlap the server's preparation
+        # its imports, and the data of the scenario the query names, overlap the server's preparation
+        scenario = str(msg.content[P.PREPARE]["scenario"]) if P.PREPARE in msg.content else None
+        worker.warm(context.node_config, scenario)
     identity = ConfigRecord({"partition_id": int(context.node_config["partition-id"]),
                              "setup_digest": node.held_digest(context)})
     return Message(RecordDict({P.IDENTITY: identity}), reply_to=msg)

@@ -121,15 +121,26 @@ def _spawn(path: Path, node_config) -> subprocess.Popen:
                                 start_new_session=True)
 
 
-def warm(node_config) -> None:
-    """Start this node's worker if none listens, without waiting for it (the identify
-    query does this, so that its imports overlap the server's preparation)."""
+def warm(node_config, scenario_json: str | None = None) -> None:
+    """Start this node's worker if none listens, and have it prepare the data of
+    ``scenario_json``, without waiting for either (the identify query does this, so that
+    the imports and the data overlap the server's preparation)."""
     path = socket_path(node_config)
+    header = {"prepare": scenario_json, "node_config": {k: str(v) for k, v in dict(node_config).items()}}
     conn = _connect(path)
     if conn is None:
+        if scenario_json:  # a new worker reads it once it listens
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(header))
+            os.replace(tmp, path.with_suffix(".prepare.json"))
         _spawn(path, node_config)
-    else:
-        conn.close()
+        return
+    with conn:
+        if scenario_json:
+            try:
+                _send(conn, header, {})  # not answered: the worker prepares while this query replies
+            except OSError:
+                pass
 
 
 def _start(path: Path, node_config) -> socket.socket:
@@ -179,6 +190,23 @@ def learn(setup: dict, node_config, backbone: dict | None, sample_index: np.ndar
 
 # --- the worker's side ------------------------------------------------------------------------------------------------
 
+def _prepare(header: dict) -> None:
+    """Decode the data of the scenario the identify query named into the node's cache
+    (and this process), so that the node's first task finds it ready. A failure is the
+    first task's to report."""
+    from clients.node import setup_from
+    from fedrecon.data.registry import load_dataset
+    from fedrecon.scenario.loading import scenario_digest
+
+    text = header["prepare"]
+    try:
+        setup = setup_from({"digest": f"prepare-{scenario_digest(text)}", "scenario": text, "backbone_digest": ""},
+                           header["node_config"])
+        load_dataset(setup.scenario.data, setup.cache).inputs
+    except Exception as e:  # noqa: BLE001 (logged; the task that needs the data says what is wrong)
+        print(f"worker: could not prepare the scenario's data: {e}", file=sys.stderr, flush=True)
+
+
 def _do(header: dict, arrays: dict[str, np.ndarray]) -> tuple[dict, dict[str, np.ndarray]]:
     from clients.learner import learn_task
     from clients.node import setup_from
@@ -219,6 +247,15 @@ def serve(path: Path, parent: int, idle: float) -> None:
     server.bind(str(path))
     server.listen(8)
     server.settimeout(1.0)
+    ask = path.with_suffix(".prepare.json")  # the identify query's scenario, left by warm()
+    if ask.is_file():
+        try:
+            header = json.loads(ask.read_text())
+            ask.unlink(missing_ok=True)
+        except (OSError, ValueError):
+            header = {}
+        if header.get("prepare"):
+            _prepare(header)
     last = time.monotonic()
     try:
         while time.monotonic() - last < idle:
@@ -235,7 +272,10 @@ def serve(path: Path, parent: int, idle: float) -> None:
                 conn.settimeout(None)
                 try:
                     header, arrays = _receive(conn)
-                    _send(conn, *_do(header, arrays))
+                    if "prepare" in header:  # no answer: the identify query that sent it has gone on
+                        _prepare(header)
+                    else:
+                        _send(conn, *_do(header, arrays))
                 except Exception as e:  # the task's error goes back to the task's ClientApp, the worker stays
                     try:
                         _send(conn, {"error": f"{e}", "kind": type(e).__name__}, {})

@@ -35,9 +35,12 @@ MODEL_UPDATE = "model_update"  # ArrayRecord: the client's trained model, same k
 # ADAPTER; reply ADAPTER_UPDATE, METRICS (loss)
 ADAPT = "adapt"
 
-# message type "query.identify"; reply ConfigRecord IDENTITY: partition_id, setup_digest
+# message type "query.identify", optionally with ConfigRecord PREPARE: scenario (JSON), the
+# data a node may prepare while the server prepares; reply ConfigRecord IDENTITY:
+# partition_id, setup_digest
 IDENTIFY = "identify"
 IDENTITY = "identity"
+PREPARE = "prepare"
 # ConfigRecord partition_id: the client a message with the setup is meant for (the node
 # refuses it if it is another client: the server's node memory was wrong)
 FOR_CLIENT = "for_client"

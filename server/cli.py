@@ -1,4 +1,4 @@
-"""The ``fedrecon`` command: run, deploy-local, certs, node-key, validate, plan, schema, report and pretrain."""
+"""The ``fedrecon`` command: run, deploy-local, certs, node-key, validate, plan, schema, report, merge and pretrain."""
 
 from __future__ import annotations
 
@@ -199,6 +199,17 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    from server.merge import MergeError, merge_runs
+
+    try:
+        merge_runs(args.runs, args.out)
+    except MergeError as exc:
+        print(exc if str(exc).startswith("fedrecon merge") else f"fedrecon merge: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedrecon", description="Federated class-incremental learning on Flower.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -224,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     dep.add_argument("--gpus", metavar="0,1,...",
                      help="pin SuperNodes to GPUs: SuperNode k sees only GPU number k mod the list's length "
                           "(CUDA_VISIBLE_DEVICES); with model.device auto its clients use it")
-    dep.add_argument("--cache-dir", help="every SuperNode's disk cache folder; 'none': off (default: under each node's FLWR_HOME)")
+    dep.add_argument("--cache-dir", help="every SuperNode's disk cache folder; 'none': off (default: one folder the local SuperNodes share, WORKDIR/node-cache)")
     add_set(dep)
     dep.set_defaults(func=cmd_deploy_local)
 
@@ -262,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("runs", nargs="+", help="run folders (each with summary.json)")
     rep.add_argument("--out", default="runs/report", help="folder for report.md and its plots")
     rep.set_defaults(func=cmd_report)
+
+    mrg = sub.add_parser("merge", help="add the statistics of edge runs (clients.edge) and score the sum")
+    mrg.add_argument("runs", nargs="+", help="finished run folders, one per edge of one scenario")
+    mrg.add_argument("--out", required=True, help="folder for the merged stats.npz, scenario.json and summary.json")
+    mrg.set_defaults(func=cmd_merge)
 
     pre = sub.add_parser("pretrain", help="train the conv4 backbone on Omniglot's background set")
     pre.add_argument("--data-root", default="../shared/data", help="folder holding omniglot/")

@@ -59,7 +59,8 @@ class LocalDeployment:
         ``data-root`` node config of every SuperNode (None: the scenario's path).
     node_config : dict
         More node config of every SuperNode (e.g. ``cache-dir``; ``none`` turns the node's
-        disk cache off).
+        disk cache off). By default the SuperNodes of this machine share one cache folder,
+        ``workdir/node-cache``, so that a dataset is decoded once, not once a node.
     task_poll : float
         ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``: how often a SuperExec looks for a new
         app process to start (Flower's default 1 s).
@@ -85,6 +86,7 @@ class LocalDeployment:
             raise ValueError("SuperNode authentication needs TLS (the SuperLink refuses it otherwise)")
         self.workdir = Path(self.workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.node_config = {"cache-dir": str(self.workdir / "node-cache"), **self.node_config}
         self.certs = make_certificates(self.workdir / "certs") if self.tls else {}
         self.home = self._home("cli")
         conn = f'address = "127.0.0.1:{self.port}"\n'

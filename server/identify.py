@@ -25,12 +25,14 @@ class EarlyIdentify:
     began: float = field(default_factory=time.perf_counter)
 
     @classmethod
-    def ask(cls, grid: PollingGrid, memory: NodeMemory | None = None) -> "EarlyIdentify":
+    def ask(cls, grid: PollingGrid, memory: NodeMemory | None = None, scenario_json: str | None = None) -> "EarlyIdentify":
+        """Ask the unknown nodes; with ``scenario_json`` each may prepare the scenario's data
+        (a new node decodes it into its cache while the server prepares)."""
         online = sorted(grid.get_node_ids())
         remembered = memory.recall() if memory is not None else {}
         unknown = [n for n in online if n not in remembered]
         assumed = {remembered[n]: n for n in online if n in remembered}
-        return cls(grid, grid.push(identify_queries(unknown)), assumed, memory)
+        return cls(grid, grid.push(identify_queries(unknown, scenario_json)), assumed, memory)
 
     def answers(self, timeout: float) -> list:
         return self.grid.collect(self.waiting, timeout=timeout)

@@ -117,6 +117,7 @@ class RunRecorder:
             ("rounds", s["rounds"]),
             ("bytes up / down", f"{human_bytes(s['bytes_up'])} / {human_bytes(s['bytes_down'])}"),
             ("bytes up per learned class", "-" if s["bytes_up_per_class"] is None else human_bytes(s["bytes_up_per_class"])),
+            *([(f"bytes edges to top ({s['edges']} edges)", human_bytes(s["bytes_up_top"]))] if "bytes_up_top" in s else []),
             ("failed or rejected replies", s.get("failures", 0)),
             ("tasks retried / lost", f"{s.get('retries', 0)} / {s.get('lost_tasks', 0)}"),
             ("wall time", f"{s['wall_seconds']:.1f} s"),

@@ -245,6 +245,7 @@ class Run:
             "bytes_down_resent": traffic["bytes_down_resent"],
             "messages_down": traffic["messages_down"],
             "messages_up": traffic["messages_up"],
+            **({"bytes_up_top": traffic["bytes_up_top"]} if self.scenario.clients.edges > 1 else {}),
             "failures": sum(f["round"] == server_round for f in self.strategy.failures),
             "seconds": round(time.time() - began, 3),
         }
@@ -282,11 +283,15 @@ class Run:
             "adapters": f"{s.adapters.schedule}/{s.merge.adapters}",
             "head": s.merge.head,
             "backbone": s.model.backbone,
+            "backbone_digest": self.prep.digest,
             "evaluation": s.evaluation.where,
             "failures": len(strategy.failures),
             "retries": strategy.book.retries,
             "lost_tasks": len(strategy.book.lost),
             "bytes_down_resent": sum(r["bytes_down_resent"] for r in self.recorder.rows),
+            **({"edges": s.clients.edges, "bytes_up_top": sum(r["bytes_up_top"] for r in self.recorder.rows)}
+               if s.clients.edges > 1 else {}),
+            **({"edge": s.clients.edge} if s.clients.edge is not None else {}),
             **(strategy.budget.summary() if getattr(strategy, "budget", None) is not None else {}),
         })
         self.tracking.finish(summary)

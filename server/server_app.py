@@ -7,7 +7,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedrecon.scenario import ScenarioError, load_scenario
+from fedrecon.scenario import ScenarioError, load_scenario, scenario_json
 from server.node_memory import NodeMemory
 from server.polling import PollingGrid
 from server.prepare import Prepared, prepare
@@ -48,7 +48,7 @@ def main(grid: Grid, context: Context) -> None:
         # nodes known from an earlier run get their first task without being asked; secure
         # aggregation's first messages name no client, so there every node is asked
         memory = None if scenario.privacy.secure_aggregation else NodeMemory.default()
-        early = EarlyIdentify.ask(grid, memory)
+        early = EarlyIdentify.ask(grid, memory, scenario_json(scenario))
     run_scenario(grid, prepare(scenario), out, resume=bool(resume), poll_interval=poll, early=early)
 
 

@@ -20,7 +20,7 @@ from fedrecon.scenario.model import Scenario
 
 # Flower-free numbers of a row that are metrics (the round is the step)
 ROW_METRICS = ("accuracy", "classes_seen", "classes_learned", "bytes_up", "bytes_down", "bytes_down_resent",
-               "messages_down", "messages_up", "failures", "seconds")
+               "messages_down", "messages_up", "bytes_up_top", "failures", "seconds")
 INSTALL = {"mlflow": "pip install 'fedrecon[mlflow]' (or: pip install mlflow)",
            "tensorboard": "pip install 'fedrecon[tensorboard]' (or: pip install tensorboard)"}
 

@@ -45,7 +45,7 @@ class FedAvgFinetune(ReconStrategy):
         limit = self.scenario.faults.max_reply_bytes or model_reply_limit(self.model, arrival)
         return check_model_update(decode_reply(reply, limit, P.MODEL_UPDATE), self.model, arrival)
 
-    def fold(self, accepted: list[tuple[Arrival, dict]]) -> None:
+    def fold(self, server_round: int, accepted: list[tuple[Arrival, dict]]) -> None:
         if accepted:
             self.model = fedavg(self.model, [m for _, m in accepted], [float(len(a.sample_labels)) for a, _ in accepted])
 

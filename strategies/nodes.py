@@ -5,15 +5,18 @@ from __future__ import annotations
 import time
 from logging import WARNING
 
-from flwr.app import Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 
 from fedrecon import protocol as P
 
 
-def identify_queries(node_ids) -> list[Message]:
-    """A ``query.identify`` message to each node: it answers with its partition id and the setup it holds."""
-    return [Message(RecordDict(), dst_node_id=n, message_type=f"{MessageType.QUERY}.{P.IDENTIFY}") for n in node_ids]
+def identify_queries(node_ids, scenario_json: str | None = None) -> list[Message]:
+    """A ``query.identify`` message to each node: it answers with its partition id and the
+    setup it holds. With ``scenario_json`` the node may start preparing the scenario's data."""
+    content = {P.PREPARE: ConfigRecord({"scenario": scenario_json})} if scenario_json else {}
+    return [Message(RecordDict(content), dst_node_id=n, message_type=f"{MessageType.QUERY}.{P.IDENTIFY}")
+            for n in node_ids]
 
 
 class Nodes:

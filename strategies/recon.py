@@ -18,6 +18,7 @@ from fedrecon.plan.records import Arrival, Plan, merge_arrivals
 from fedrecon.scenario.model import Scenario
 from strategies.budget import PrivacyBudget
 from strategies.client_evaluation import ClientEvaluation
+from strategies.edges import edge_sums, sums_bytes
 from strategies.faults import RetryBook, Waiting, fault_plan
 from strategies.nodes import Nodes
 from strategies.policies import is_per_client, make_policy, policy_state, restore_policy
@@ -210,7 +211,7 @@ class ReconStrategy(ClientEvaluation, Strategy):
         for node, arrival in self.pending.items():
             self.fail(server_round, arrival, "no reply before the timeout", self._sent.get(node, []))
         self.pending = {}
-        self.fold(accepted)
+        self.fold(server_round, accepted)
         metrics = MetricRecord({"updates": len(accepted), "classes": self.classes_learned()})
         return to_record(self.stats.to_arrays()), metrics
 
@@ -234,7 +235,7 @@ class ReconStrategy(ClientEvaluation, Strategy):
         limit = adapter_reply_limit(a.shapes, rank, a.policy.replies)
         return check_adapter_update(decode_reply(reply, limit, P.ADAPTER_UPDATE), a.shapes, rank, a.policy.replies)
 
-    def fold(self, accepted: list[tuple[Arrival, tuple]]) -> None:
+    def fold(self, server_round: int, accepted: list[tuple[Arrival, tuple]]) -> None:
         """Merge a round's checked replies into the global state (none: it stays bit for bit)."""
         updates, factors, weights, drifts = [], [], [], []
         for arrival, (update, factor, drift) in accepted:
@@ -249,6 +250,10 @@ class ReconStrategy(ClientEvaluation, Strategy):
         if self.adapters is not None and self.adapters.merge(factors, weights):
             # statistics merged so far were computed under the adapter that just changed
             self.stats = self.adapters.refresh(self.stats, drifts)
+        edges = self.scenario.clients.edges
+        if updates and edges > 1:  # each edge sums its clients' replies, the top tier adds the edges' sums
+            updates = edge_sums([(a.client, u) for (a, _), u in zip(accepted, updates)], self.plan.clients, edges, self.dim)
+            self.traffic.to_top(server_round, sums_bytes(updates))
         if updates:
             self.stats = self.policy.merge(self.stats, updates)
 

@@ -11,15 +11,17 @@ from strategies.records import message_bytes
 
 class Traffic:
     """Per round: ``bytes_down``, ``bytes_up`` and ``bytes_down_resent`` (a node that
-    lost its setup, e.g. a restarted SuperNode, gets the backbone again), and the
-    messages each way (``messages_down``, ``messages_up``: replies that are no error)."""
+    lost its setup, e.g. a restarted SuperNode, gets the backbone again), the messages
+    each way (``messages_down``, ``messages_up``: replies that are no error), and under
+    ``clients.edges`` the edges' sums to the top tier (``bytes_up_top``; ``bytes_up``
+    is then what the clients send their edges)."""
 
     def __init__(self):
         self.rounds: dict[int, dict[str, int]] = {}
 
     def of(self, server_round: int) -> dict[str, int]:
         return self.rounds.setdefault(server_round, {"bytes_down": 0, "bytes_up": 0, "bytes_down_resent": 0,
-                                                     "messages_down": 0, "messages_up": 0})
+                                                     "messages_down": 0, "messages_up": 0, "bytes_up_top": 0})
 
     def sent(self, server_round: int, messages: Iterable[Message]) -> None:
         messages = list(messages)
@@ -31,6 +33,9 @@ class Traffic:
         self.of(server_round)["bytes_up"] += message_bytes(answers)
         self.of(server_round)["messages_up"] += len(answers)
 
+    def to_top(self, server_round: int, size: int) -> None:
+        self.of(server_round)["bytes_up_top"] += size
+
     def resent(self, server_round: int, size: int) -> None:
         self.of(server_round)["bytes_down_resent"] += size
 
@@ -38,4 +43,4 @@ class Traffic:
         return {str(r): t for r, t in self.rounds.items()}
 
     def restore(self, state: dict) -> None:
-        self.rounds = {int(r): dict(t) for r, t in state.items()}
+        self.rounds = {int(r): {"bytes_up_top": 0, **t} for r, t in state.items()}

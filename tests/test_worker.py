@@ -120,3 +120,20 @@ def test_a_task_arriving_while_the_warmed_worker_starts_waits_for_it(task, tmp_p
     got = worker.learn(record, config, weights, index, labels, None, {})  # its own start loses the lock: it waits
     assert got["counts"].tolist() == [5, 5]
     os.kill(_worker_pid(worker.socket_path(config)), 15)
+
+
+def test_a_worker_warmed_with_the_scenario_has_its_data_ready_for_the_first_task(task, tmp_path):
+    # Prepare: the identify query's scenario, before any task (a new node, an empty cache)
+    record, weights, config, index, labels = task
+    config = {**config, "cache-dir": str(tmp_path / "prepared")}
+    worker.warm(config, record["scenario"])
+    # Execute: the worker decodes the data into the node's cache while nobody asks it anything
+    deadline = time.monotonic() + 60
+    while not list((tmp_path / "prepared").glob("*.npy")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    timings = {}
+    got = worker.learn(record, config, weights, index, labels, None, timings)
+    # Assert: the cache was filled before the task, which found the data in the worker
+    assert list((tmp_path / "prepared").glob("*.npy"))
+    assert got["counts"].tolist() == [5, 5] and timings["data_s"] < 0.5
+    os.kill(_worker_pid(worker.socket_path(config)), 15)

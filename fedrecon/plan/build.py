@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedrecon.plan.arrivals import PROCESSES, Presence
+from fedrecon.plan.edges import only_edge
 from fedrecon.plan.records import Arrival, Plan
 from fedrecon.plan.samples import REVISITS, Item, Samples
 from fedrecon.plan.splits import SPLITS
@@ -150,7 +151,9 @@ def make_plan(scenario: Scenario, class_indices: list[np.ndarray], groups: Seque
         if c not in got:
             warnings.append(f"client {c} never gets data")
     present = tuple(presence.at(r) for r in range(1, rounds + 1))
-    return Plan(rounds, s.clients.count, tuple(arrivals), test, present, tuple(warnings))
+    plan = Plan(rounds, s.clients.count, tuple(arrivals), test, present, tuple(warnings))
+    # one edge's run: the whole plan drawn as above, then only its clients' part of it
+    return plan if s.clients.edge is None else only_edge(plan, s.clients.edge, s.clients.edges)
 
 
 def _place_revisits(s: Scenario, placed: dict[tuple[int, int], list[Item]], presence: Presence, rounds: int) -> list[str]:

@@ -20,12 +20,35 @@ HEAD_KEYS = {"metric": "ncm", "shrinkage": "lda", "ridge_lambda": "ridge", "rand
 def cross_checks(s: Scenario, source: SourceMap) -> list[str]:
     return [*_task_checks(s, source), *_client_checks(s, source), *_split_checks(s, source), *_event_checks(s, source),
             *_adapter_checks(s, source), *_method_checks(s, source), *_fault_checks(s, source), *_data_checks(s, source),
-            *_revisit_checks(s, source), *_privacy_checks(s, source)]
+            *_revisit_checks(s, source), *_privacy_checks(s, source), *_edge_checks(s, source)]
 
 
 # Built-in policies that need each client's own prototypes, not only the round's sum.
 PER_CLIENT_POLICIES = {"fedrecon": "averages each client's prototype in turn", "fedproto": "averages client prototypes",
                        "local": "keeps each client's statistics apart", "centralized": "runs one site"}
+
+
+def _edge_checks(s: Scenario, source: SourceMap) -> list[str]:
+    """Edges add their clients' statistics and the top tier adds the edges' sums: only a
+    merge that is a sum stays exact under that, so anything else is refused."""
+    c, problems = s.clients, []
+    if c.edges > c.count:
+        problems.append(source.error(("clients", "edges"), f"{c.edges} edges for {c.count} clients: at most one edge a client"))
+    if c.edge is not None and c.edges == 1:
+        problems.append(source.error(("clients", "edge"), "needs clients.edges of 2 or more (the edge is one of those groups)"))
+    elif c.edge is not None and c.edge >= c.edges:
+        problems.append(source.error(("clients", "edge"), f"edge {c.edge} of {c.edges}: allowed 0 to {c.edges - 1}"))
+    if c.edges == 1:
+        return problems
+    loc = ("clients", "edges")
+    if s.merge.method != "prototypes" or s.merge.prototypes != "exact":
+        what = s.merge.method if s.merge.method != "prototypes" else f"merge.prototypes {s.merge.prototypes}"
+        problems.append(source.error(loc, f"{what} is not a sum of the clients' statistics: edges need merge.prototypes exact"))
+    if s.adapters.active:
+        problems.append(source.error(loc, "adapters merge over the whole federation: edges need adapters.schedule frozen"))
+    if s.privacy.secure_aggregation:
+        problems.append(source.error(loc, "secure aggregation sums at one server, not at edges yet: use one or the other"))
+    return problems
 
 
 def _dp_checks(s: Scenario, source: SourceMap) -> list[str]:

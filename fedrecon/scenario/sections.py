@@ -65,6 +65,11 @@ class ClientsConfig(Strict):
     leave: PerClientLeave = Field(None, description="first round a client is gone for good; null: it stays to the end")
     dropout: PerClientProbability = Field(0.0, description="probability that a client is away in a round (seeded)")
     fraction: float = Field(1.0, gt=0.0, le=1.0, description="fraction of the present clients sampled each round (at least one)")
+    edges: int = Field(1, ge=1, le=10_000, description="edge sites: the clients in this many contiguous groups, each group's "
+                                                       "statistics summed at its edge, the edges' sums added by the top tier "
+                                                       "(exact); 1: one tier")
+    edge: int | None = Field(None, ge=0, description="run only this edge's clients (0-based) as a federation of its own; "
+                                                     "fedrecon merge adds the edge runs' statistics; null: every client")
 
 
 class MergeConfig(Strict):
