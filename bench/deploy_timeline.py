@@ -11,6 +11,8 @@ For 3 and 8 SuperNodes on loopback (`server.deploy.LocalDeployment`: SuperExec p
   drawings memory-mapped from `$FLWR_HOME/fedrecon-cache`) but no worker, on a second run;
   with both (each SuperNode's worker, clients/worker.py, keeps the imports and the
   backbone: the message's process only decodes and encodes), the first run on new nodes
+  (the early identify names the scenario, so each new node's worker imports torch and
+  decodes the data into the cache the local SuperNodes share while the server prepares)
   and the next run on the same nodes.
 
 Per round: the first round and the median of the later ones. Per message (fedrecon's
