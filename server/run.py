@@ -84,6 +84,7 @@ class Run:
         self.memory = early.memory if early is not None else None
         self.connected = False  # every client's node has been seen once
         self.prep, self.scenario, self.plan = prep, prep.scenario, prep.plan
+        self.tiers = prep.scenario.clients.edges > 1 and prep.scenario.clients.edge is None  # edges and a top tier here
         self.strategy = make_strategy(prep)
         self.scoring = Scoring(prep, self.strategy)
         self.recorder = RunRecorder(out_dir, self.plan.rounds, echo)
@@ -245,7 +246,7 @@ class Run:
             "bytes_down_resent": traffic["bytes_down_resent"],
             "messages_down": traffic["messages_down"],
             "messages_up": traffic["messages_up"],
-            **({"bytes_up_top": traffic["bytes_up_top"]} if self.scenario.clients.edges > 1 else {}),
+            **({"bytes_up_top": traffic["bytes_up_top"]} if self.tiers else {}),
             "failures": sum(f["round"] == server_round for f in self.strategy.failures),
             "seconds": round(time.time() - began, 3),
         }
@@ -290,7 +291,7 @@ class Run:
             "lost_tasks": len(strategy.book.lost),
             "bytes_down_resent": sum(r["bytes_down_resent"] for r in self.recorder.rows),
             **({"edges": s.clients.edges, "bytes_up_top": sum(r["bytes_up_top"] for r in self.recorder.rows)}
-               if s.clients.edges > 1 else {}),
+               if self.tiers else {}),
             **({"edge": s.clients.edge} if s.clients.edge is not None else {}),
             **(strategy.budget.summary() if getattr(strategy, "budget", None) is not None else {}),
         })

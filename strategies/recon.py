@@ -250,7 +250,7 @@ class ReconStrategy(ClientEvaluation, Strategy):
         if self.adapters is not None and self.adapters.merge(factors, weights):
             # statistics merged so far were computed under the adapter that just changed
             self.stats = self.adapters.refresh(self.stats, drifts)
-        edges = self.scenario.clients.edges
+        edges = self.scenario.clients.edges if self.scenario.clients.edge is None else 1  # an edge's own run: it is the edge
         if updates and edges > 1:  # each edge sums its clients' replies, the top tier adds the edges' sums
             updates = edge_sums([(a.client, u) for (a, _), u in zip(accepted, updates)], self.plan.clients, edges, self.dim)
             self.traffic.to_top(server_round, sums_bytes(updates))

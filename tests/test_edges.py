@@ -64,6 +64,7 @@ def test_edge_runs_merged_equal_the_flat_run(flat, write_scenario, tmp_path, cap
         alone = run(write_scenario(scenario(edges=2, edge=edge), f"edge{edge}.yaml"), out)
         clients = {a["client"] for a in json.loads((out / "plan.json").read_text())["arrivals"]}
         assert alone["edge"] == edge and clients == ({0, 1} if edge == 0 else {2})  # client c: edge c * 2 // 3
+        assert "bytes_up_top" not in alone  # an edge's own run has no top tier: merge counts what the edges send
         runs.append(out)
     assert main(["merge", *map(str, runs), "--out", str(tmp_path / "merged")]) == 0
     merged = json.loads((tmp_path / "merged" / "summary.json").read_text())
