@@ -91,6 +91,16 @@ def test_merge_refuses_runs_that_cannot_be_added(write_scenario, tmp_path, capsy
         err = capsys.readouterr().err.strip()
         assert why in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out").exists()  # nothing written for a refused merge
+    # the same scenario's edge 1, as if its backbone's weights had been others
+    run(write_scenario(scenario(edges=2, edge=1), "e1b.yaml"), tmp_path / "e1b")
+    summary = json.loads((tmp_path / "e1b" / "summary.json").read_text())
+    (tmp_path / "e1b" / "summary.json").write_text(json.dumps({**summary, "backbone_digest": "0" * 16}))
+    assert main(["merge", str(tmp_path / "e0"), str(tmp_path / "e1b"), "--out", str(tmp_path / "out")]) == 2
+    assert "backbones differ" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    # an edge missing: merged, with a warning
+    assert main(["merge", str(tmp_path / "e0"), "--out", str(tmp_path / "out")]) == 0
+    assert "warning: edges [1] not given" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["missing_edges"] == [1]
 
 
 @pytest.mark.parametrize("clients, merge, why", [
