@@ -8,7 +8,7 @@ from flwr.app import ArrayRecord, Message
 
 from fedrecon import protocol as P
 from fedrecon.learning.finetune import BIAS, IDS, WEIGHT, grow_head
-from fedrecon.learning.stats import ClassStats, StatsSpec, triangle_side, unpack_symmetric
+from fedrecon.learning.stats import ClassStats, StatsSpec, gram_of, triangle_side, unpack_symmetric
 from fedrecon.plan.records import Arrival
 
 
@@ -23,10 +23,15 @@ def check_update(arrays: dict[str, np.ndarray], arrival: Arrival, dim: int, spec
     ``noisy`` (differential privacy): counts and second-order arrays carry noise, so only
     their form is checked, not their values."""
     spec = spec or StatsSpec()
-    missing = ({"ids", "counts", "sums"} | spec.keys()) - set(arrays)
+    names = set(arrays)
+    if "gram_factor" in names and spec.random_features:  # the Gram of few samples, as its rank factor
+        if "gram" in names:
+            raise PayloadError("gram and gram_factor both given: a reply sends the Gram one way")
+        names = names - {"gram_factor"} | {"gram"}
+    missing = ({"ids", "counts", "sums"} | spec.keys()) - names
     if missing:
         raise PayloadError(f"missing arrays {sorted(missing)}")
-    unexpected = set(arrays) - {"ids", "counts", "sums"} - spec.keys()
+    unexpected = names - {"ids", "counts", "sums"} - spec.keys()
     if unexpected:
         raise PayloadError(f"unexpected arrays {sorted(unexpected)}")
     ids, counts, sums = arrays["ids"], arrays["counts"], arrays["sums"]
@@ -133,6 +138,17 @@ def _triangle(arrays: dict, name: str, side: int, noisy: bool = False) -> np.nda
     return full
 
 
+def _factor_gram(v: np.ndarray, side: int, samples: float) -> np.ndarray:
+    """The Gram of a rank factor (``ClassStats.gram_factor``): float64, finite, ``side``
+    columns and no more rows than the reply has samples (a Gram's rank)."""
+    if v.dtype != np.float64 or v.ndim != 2 or v.shape[1] != side or v.shape[0] > samples:
+        raise PayloadError(f"gram_factor must be float64 (rank, {side}) with a rank of at most the reply's "
+                           f"{samples:.0f} samples, got {v.dtype} {v.shape}")
+    if not np.isfinite(v).all():
+        raise PayloadError("gram_factor holds NaN or inf")
+    return gram_of(v)
+
+
 def _tolerance(x: float) -> float:
     return 1e-9 * max(abs(x), 1.0)
 
@@ -160,8 +176,12 @@ def check_second_order(arrays: dict, ids: np.ndarray, counts: np.ndarray, sums: 
             raise PayloadError(f"rf_sums must be float64 {(len(ids), m)}, got {rf.dtype} {rf.shape}")
         if not np.isfinite(rf).all() or (rf < 0).any():
             raise PayloadError("rf_sums must be finite and non-negative (sums of ReLU features)")
-        gram = _triangle(arrays, "gram", m)
-        if (gram < 0).any():
+        if "gram_factor" in arrays:
+            gram, slack = _factor_gram(arrays["gram_factor"], m, float(counts.sum())), 1e-10
+        else:
+            gram, slack = _triangle(arrays, "gram", m), 0.0
+        # from a factor, an entry that is 0 comes back as a rounding error either side of it
+        if (gram < -slack * max(float(np.diag(gram).max(initial=0.0)), 1.0)).any():
             raise PayloadError("gram has a negative entry (ReLU features are non-negative)")
         implied = float(np.sum(rf**2 / counts[:, None]))
         if np.trace(gram) < implied - _tolerance(implied):

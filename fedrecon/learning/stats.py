@@ -11,6 +11,10 @@ The second moment is uncentred (centring needs the global mean, which no client 
 so the within-class scatter ``S - sum_c n_c mu_c mu_c^T`` loses about
 ``log10(|mean|^2 / variance)`` of float64's ~16 digits: harmless for normalised
 embeddings, worth centring features for if they sit far from the origin.
+
+A Gram of few samples travels as its rank factor (:func:`gram_factor`): the server reads
+back ``L^T L``, equal to ``h^T h`` up to rounding (1e-12 of its largest entry), and adds it
+like any other; bench/ridge_wire.py measures what it saves and that the head does not change.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ _CHUNK = 2048
 # Per-class arrays (one row per id) and shared arrays (one for all classes), by name.
 PER_CLASS = ("sums", "rf_sums")
 SHARED = ("second_moment", "gram")
+# The Gram of few samples travels as its rank factor (see gram_factor): under this share
+# of M rows it is at most half the triangle's bytes, and the factor is cheap to compute.
+FACTOR_ROWS = 0.25
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,32 @@ def random_features(features: np.ndarray, seed: int, size: int) -> np.ndarray:
     return np.maximum(np.asarray(features, dtype=np.float64) @ w, 0.0)
 
 
+def _symmetric(a: np.ndarray) -> np.ndarray:
+    """``a`` made exactly symmetric from its upper triangle (h.T @ h is so only up to rounding)."""
+    return np.triu(a) + np.triu(a, 1).T
+
+
+def gram_factor(h: np.ndarray) -> np.ndarray:
+    """``L`` (``r x M``, r the rank of ``h``) with ``L^T L = h^T h``: the singular values
+    times the right singular vectors of ``h``, each row's largest entry made positive.
+
+    It is the Gram's own eigen-factor, so a reply carrying it tells the server exactly
+    what the Gram tells it and nothing of the samples themselves (they stay mixed by
+    ``h``'s left singular vectors, which are not sent). ``r M`` values instead of the
+    triangle's ``M (M + 1) / 2``: 64 MB become 320 kB for 10 samples and M = 4000.
+    Written here since it is three lines of numpy's SVD."""
+    _, s, vt = np.linalg.svd(np.asarray(h, dtype=np.float64), full_matrices=False)
+    keep = s > (s[0] * 1e-13 if len(s) else 0.0)
+    rows = s[keep, None] * vt[keep]
+    signs = np.sign(rows[np.arange(len(rows)), np.abs(rows).argmax(axis=1)])
+    return rows * signs[:, None]
+
+
+def gram_of(factor: np.ndarray) -> np.ndarray:
+    """The Gram ``L^T L`` of a rank factor, exactly symmetric."""
+    return _symmetric(factor.T @ factor)
+
+
 def pack_symmetric(a: np.ndarray) -> np.ndarray:
     """Upper triangle (row-major) of a symmetric matrix: half the bytes on the wire."""
     return a[np.triu_indices(a.shape[0])]
@@ -107,6 +140,8 @@ class ClassStats:
     sums: np.ndarray
     extra: Mapping[str, np.ndarray] = field(default_factory=dict)
     shared: Mapping[str, np.ndarray] = field(default_factory=dict)
+    # the Gram's rank factor, how a client's few samples send it (to_arrays); merges drop it
+    gram_factor: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def dim(self) -> int:
@@ -131,7 +166,13 @@ class ClassStats:
         extra, shared = {}, {}
         if spec.second_moment:
             shared["second_moment"] = features.T @ features
-        if spec.random_features:
+        factor = None
+        if spec.random_features and len(features) <= FACTOR_ROWS * spec.random_features:
+            h = random_features(features, spec.projection_seed, spec.random_features)
+            extra["rf_sums"] = (inverse == np.arange(len(ids))[:, None]) @ h
+            shared["gram"] = _symmetric(h.T @ h)
+            factor = gram_factor(h)
+        elif spec.random_features:
             m = spec.random_features
             rf_sums, gram = np.zeros((len(ids), m)), np.zeros((m, m))
             for start in range(0, len(features), _CHUNK):
@@ -140,24 +181,29 @@ class ClassStats:
                 rf_sums += onehot @ h
                 gram += h.T @ h
             extra["rf_sums"] = rf_sums
-            # h.T @ h is symmetric up to rounding; make it exactly so (it is sent as a triangle)
-            shared["gram"] = np.triu(gram) + np.triu(gram, 1).T
-        return cls(ids, counts, sums, extra, shared)
+            shared["gram"] = _symmetric(gram)
+        return cls(ids, counts, sums, extra, shared, factor)
 
     def means(self) -> np.ndarray:
         """Class prototypes: sum / count, one row per id."""
         return self.sums / self.counts[:, None]
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """Flat arrays for a message or a file; shared matrices as upper triangles."""
-        return {"ids": self.ids, "counts": self.counts, "sums": self.sums, **self.extra,
-                **{k: pack_symmetric(v) for k, v in self.shared.items()}}
+        """Flat arrays for a message or a file; shared matrices as upper triangles, the
+        Gram of few samples as its rank factor ``gram_factor``."""
+        shared = {k: pack_symmetric(v) for k, v in self.shared.items() if not (k == "gram" and self.gram_factor is not None)}
+        factor = {"gram_factor": self.gram_factor} if self.gram_factor is not None else {}
+        return {"ids": self.ids, "counts": self.counts, "sums": self.sums, **self.extra, **shared, **factor}
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> "ClassStats":
         extra = {k: np.asarray(arrays[k]) for k in PER_CLASS[1:] if k in arrays}
         shared = {k: unpack_symmetric(np.asarray(arrays[k])) for k in SHARED if k in arrays}
-        return cls(np.asarray(arrays["ids"]), np.asarray(arrays["counts"]), np.asarray(arrays["sums"]), extra, shared)
+        factor = np.asarray(arrays["gram_factor"]) if "gram_factor" in arrays else None
+        if factor is not None:
+            shared["gram"] = gram_of(factor)
+        return cls(np.asarray(arrays["ids"]), np.asarray(arrays["counts"]), np.asarray(arrays["sums"]), extra, shared,
+                   factor)
 
     def per_class(self) -> dict[str, np.ndarray]:
         """``sums`` and every extra per-class array, by name."""
