@@ -40,6 +40,7 @@ from fedrecon.learning.heads import build_head, head_spec  # noqa: E402
 from fedrecon.learning.stats import ClassStats, add_stats  # noqa: E402
 from fedrecon.scenario import load_scenario  # noqa: E402
 from server.prepare import prepare  # noqa: E402
+from server.report import human_bytes  # noqa: E402
 
 BEFORE = "float64 triangle (before)"
 NOW = "now: rank factor up to M/4 samples, else the triangle"
@@ -112,13 +113,6 @@ def measure(source, max_clients: int | None) -> dict:
     return {"rows": rows, "replies": len(arrivals), "samples": statistics.median(samples), "m": m}
 
 
-def human(n: float) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n:.0f} B"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-doc", action="store_true")
@@ -130,7 +124,7 @@ def main() -> None:
         print(title, result, flush=True)
         for name, r in result["rows"].items():
             table.append(f"| {title}; {result['replies']} replies, median {result['samples']:.0f} samples | {name} | "
-                         f"{human(r['median'])} / {human(r['largest'])} | {human(r['round'])} | {r['deviation']:.1e} | "
+                         f"{human_bytes(r['median'])} / {human_bytes(r['largest'])} | {human_bytes(r['round'])} | {r['deviation']:.1e} | "
                          f"{r['accuracy']:.4f} | {r['changed']} of {r['test']} |")
     text = f"""## The ridge head's Gram on the wire
 
