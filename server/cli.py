@@ -70,7 +70,8 @@ def cmd_run(args) -> int:
         num_supernodes=prep.plan.clients,
         backend_config={
             "client_resources": {"num_cpus": sim.num_cpus, "num_gpus": sim.num_gpus},
-            "init_args": {"logging_level": "ERROR", "log_to_driver": True},
+            "init_args": {"logging_level": "ERROR", "log_to_driver": True,
+                          **({"address": sim.ray_address} if sim.ray_address else {})},
         },
     )
     if not (out / "summary.json").is_file():

@@ -190,7 +190,11 @@ def check(scenario: Scenario, build: bool = False) -> Prepared:
 def check_simulation_devices(scenario: Scenario) -> None:
     """In simulation the clients run on this machine: a GPU share or a CUDA device it does
     not have would leave Ray waiting for resources that never come, or fail in every client.
-    (A deployment's SuperNodes have their own devices; this is not asked there.)"""
+    (A deployment's SuperNodes have their own devices; this is not asked there, nor for an
+    existing Ray cluster's, whose machines have theirs, but that cluster must answer.)"""
+    if scenario.simulation.ray_address:
+        check_ray_address(scenario)
+        return
     import torch
 
     if torch.cuda.is_available():
@@ -201,6 +205,24 @@ def check_simulation_devices(scenario: Scenario) -> None:
     if scenario.model.device.startswith("cuda"):
         raise _fail(scenario, ("model", "device"), f"{scenario.model.device!r}, but torch sees no CUDA GPU on this "
                     "machine: use auto or cpu")
+
+
+def check_ray_address(scenario: Scenario, wait: float = 5.0) -> None:
+    """An address of an existing Ray cluster must answer before the run starts: Ray itself
+    retries a wrong one without end, and ignores SIGTERM meanwhile (Ray's ``auto`` hangs the
+    same way when no cluster runs, so the head's own address is asked for)."""
+    import socket
+
+    address = scenario.simulation.ray_address
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise _fail(scenario, ("simulation", "ray_address"), f"{address!r}: allowed host:port or ray://host:port, "
+                    "the head's address that ray start --head prints")
+    try:
+        socket.create_connection((host, int(port)), timeout=wait).close()
+    except OSError as e:
+        raise _fail(scenario, ("simulation", "ray_address"), f"no Ray cluster answers at {host}:{port} ({e.strerror or e}): "
+                    "start one with ray start --head, or leave it null") from None
 
 
 def prepare(scenario: Scenario) -> Prepared:

@@ -163,6 +163,9 @@ class SimulationConfig(Strict):
     num_cpus: int = Field(1, ge=1, description="CPUs per virtual client")
     num_gpus: float = Field(0.0, ge=0.0, description="GPUs (or a fraction) per virtual client")
     timeout: float = Field(600.0, gt=0, description="seconds the server waits for replies each round")
+    ray_address: str | None = Field(None, min_length=1, description="an existing Ray cluster the virtual clients run on: "
+                                                                    "its head's host:port (ray start --head prints it) or "
+                                                                    "ray://host:port; null: Flower starts Ray on this machine")
 
 
 class TrackingConfig(Strict):
