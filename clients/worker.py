@@ -56,6 +56,11 @@ def wanted(node_config) -> bool:
     return sys.argv[0].endswith("flwr-clientapp") and float(node_config.get("worker-idle-s", IDLE_S)) > 0
 
 
+def _plain(node_config) -> dict[str, str]:
+    """The node config as JSON-able strings (a socket's key, a request's header)."""
+    return {k: str(v) for k, v in dict(node_config).items()}
+
+
 def _code_stamp() -> str:
     stamps = [f"{p}:{p.stat().st_mtime_ns}" for folder in CODE for p in sorted((ROOT / folder).rglob("*.py"))]
     return hashlib.sha256("\n".join(stamps).encode()).hexdigest()
@@ -67,7 +72,7 @@ def socket_path(node_config) -> Path:
     folder.mkdir(mode=0o700, exist_ok=True)
     if folder.stat().st_uid != os.getuid() or folder.stat().st_mode & 0o077:
         raise WorkerError(f"{folder} must belong to this user alone (mode 700)")
-    config = json.dumps({k: str(v) for k, v in dict(node_config).items()}, sort_keys=True)
+    config = json.dumps(_plain(node_config), sort_keys=True)
     key = hashlib.sha256(f"{os.getppid()}|{ROOT}|{_code_stamp()}|{config}".encode()).hexdigest()[:24]
     return folder / f"{key}.sock"
 
@@ -126,7 +131,7 @@ def warm(node_config, scenario_json: str | None = None) -> None:
     ``scenario_json``, without waiting for either (the identify query does this, so that
     the imports and the data overlap the server's preparation)."""
     path = socket_path(node_config)
-    header = {"prepare": scenario_json, "node_config": {k: str(v) for k, v in dict(node_config).items()}}
+    header = {"prepare": scenario_json, "node_config": _plain(node_config)}
     conn = _connect(path)
     if conn is None:
         if scenario_json:  # a new worker reads it once it listens
@@ -167,7 +172,7 @@ def learn(setup: dict, node_config, backbone: dict | None, sample_index: np.ndar
     path = socket_path(node_config)
     arrays = {"sample_index": sample_index, "sample_labels": sample_labels,
               **{f"backbone/{k}": v for k, v in (backbone or {}).items()}}
-    header = {"setup": setup, "node_config": {k: str(v) for k, v in dict(node_config).items()}, "noise_std": noise_std}
+    header = {"setup": setup, "node_config": _plain(node_config), "noise_std": noise_std}
     for attempt in (1, 2):  # a worker that dies under the request (killed, out of memory) is replaced once
         clock = time.perf_counter()
         conn = _connect(path) or _start(path, node_config)

@@ -16,6 +16,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord
 
 from fedrecon.learning.finetune import initial_model
+from fedrecon.plan.edges import tiers
 from fedrecon.protocol import setup_record
 from fedrecon.scenario.loading import scenario_json
 from server.checkpoint import load_parts, load_run_state, save_run_state
@@ -84,7 +85,7 @@ class Run:
         self.memory = early.memory if early is not None else None
         self.connected = False  # every client's node has been seen once
         self.prep, self.scenario, self.plan = prep, prep.scenario, prep.plan
-        self.tiers = prep.scenario.clients.edges > 1 and prep.scenario.clients.edge is None  # edges and a top tier here
+        self.tiers = tiers(prep.scenario.clients) > 1  # edges and a top tier here
         self.strategy = make_strategy(prep)
         self.scoring = Scoring(prep, self.strategy)
         self.recorder = RunRecorder(out_dir, self.plan.rounds, echo)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from flwr.app import RecordDict
-from flwr.common.serde import recorddict_to_proto
 
 from fedrecon import protocol as P
 from fedrecon.learning.stats import ClassStats, add_stats
 from fedrecon.plan.edges import edge_of
-from strategies.records import to_record
+from strategies.records import record_bytes, to_record
 
 
 def edge_sums(parts: list[tuple[int, ClassStats]], clients: int, edges: int, dim: int) -> list[ClassStats]:
@@ -22,4 +21,4 @@ def edge_sums(parts: list[tuple[int, ClassStats]], clients: int, edges: int, dim
 
 def sums_bytes(sums: list[ClassStats]) -> int:
     """What the edges' sums weigh on the wire to the top tier, each as a reply's record."""
-    return sum(recorddict_to_proto(RecordDict({P.STATS: to_record(s.to_arrays())})).ByteSize() for s in sums)
+    return sum(record_bytes(RecordDict({P.STATS: to_record(s.to_arrays())})) for s in sums)

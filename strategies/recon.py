@@ -14,6 +14,7 @@ from fedrecon import protocol as P
 from fedrecon.learning.adapter_task import AdapterServer
 from fedrecon.learning.heads import head_spec
 from fedrecon.learning.stats import ClassStats, add_stats
+from fedrecon.plan.edges import tiers
 from fedrecon.plan.records import Arrival, Plan, merge_arrivals
 from fedrecon.scenario.model import Scenario
 from strategies.budget import PrivacyBudget
@@ -250,7 +251,7 @@ class ReconStrategy(ClientEvaluation, Strategy):
         if self.adapters is not None and self.adapters.merge(factors, weights):
             # statistics merged so far were computed under the adapter that just changed
             self.stats = self.adapters.refresh(self.stats, drifts)
-        edges = self.scenario.clients.edges if self.scenario.clients.edge is None else 1  # an edge's own run: it is the edge
+        edges = tiers(self.scenario.clients)
         if updates and edges > 1:  # each edge sums its clients' replies, the top tier adds the edges' sums
             updates = edge_sums([(a.client, u) for (a, _), u in zip(accepted, updates)], self.plan.clients, edges, self.dim)
             self.traffic.to_top(server_round, sums_bytes(updates))

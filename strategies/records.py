@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import Array, ArrayRecord, Message, RecordDict
 from flwr.common.serde import recorddict_to_proto
 
 
@@ -16,6 +16,11 @@ def from_record(record: ArrayRecord) -> dict:
     return {k: v.numpy() for k, v in record.items()}
 
 
+def record_bytes(content: RecordDict) -> int:
+    """Serialized size of a message's content, as Flower puts it on the wire."""
+    return recorddict_to_proto(content).ByteSize()
+
+
 def message_bytes(messages: Iterable[Message]) -> int:
     """Serialized size of the messages' contents, as Flower puts them on the wire."""
-    return sum(recorddict_to_proto(m.content).ByteSize() for m in messages)
+    return sum(record_bytes(m.content) for m in messages)

@@ -113,8 +113,7 @@ def test_a_ray_address_that_does_not_answer_is_one_line_before_anything_starts(w
 
     address = f"127.0.0.1:{_free_port()}" if address == "closed" else address  # a port nothing listens on
     path = write_scenario(small_scenario())
-    started = time.monotonic()
     assert main(["run", str(path), "--out", str(tmp_path / "run"), "--set", f"simulation.ray_address={address}"]) == 2
     err = capsys.readouterr().err.strip()
     assert why in err and len(err.splitlines()) == 1, err
-    assert time.monotonic() - started < 30 and not (tmp_path / "run").exists()
+    assert not (tmp_path / "run").exists()  # refused before Ray or the run folder

@@ -104,6 +104,29 @@ def gram_of(factor: np.ndarray) -> np.ndarray:
     return _symmetric(factor.T @ factor)
 
 
+class _GramOfFactor(Mapping):
+    """Shared arrays whose ``gram`` is ``L^T L`` of a factor, formed when first read: a
+    client process that only passes its worker's reply on never forms it (for 1,000
+    samples and M = 4000 that is 1.6e10 multiply-adds and 128 MB)."""
+
+    def __init__(self, shared: dict, factor: np.ndarray):
+        self._shared, self._factor = dict(shared), factor
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key == "gram" and "gram" not in self._shared:
+            self._shared["gram"] = gram_of(self._factor)
+        return self._shared[key]
+
+    def __contains__(self, key) -> bool:  # without forming the Gram
+        return key == "gram" or key in self._shared
+
+    def __iter__(self):
+        return iter([*self._shared, *(["gram"] if "gram" not in self._shared else [])])
+
+    def __len__(self) -> int:
+        return len(self._shared) + ("gram" not in self._shared)
+
+
 def pack_symmetric(a: np.ndarray) -> np.ndarray:
     """Upper triangle (row-major) of a symmetric matrix: half the bytes on the wire."""
     return a[np.triu_indices(a.shape[0])]
@@ -167,21 +190,20 @@ class ClassStats:
         if spec.second_moment:
             shared["second_moment"] = features.T @ features
         factor = None
-        if spec.random_features and len(features) <= FACTOR_ROWS * spec.random_features:
-            h = random_features(features, spec.projection_seed, spec.random_features)
-            extra["rf_sums"] = (inverse == np.arange(len(ids))[:, None]) @ h
-            shared["gram"] = _symmetric(h.T @ h)
-            factor = gram_factor(h)
-        elif spec.random_features:
+        if spec.random_features:
             m = spec.random_features
+            # few samples: one chunk, whose features also give the Gram's factor
+            few = 0 < len(features) <= FACTOR_ROWS * m
+            chunk = len(features) if few else _CHUNK
             rf_sums, gram = np.zeros((len(ids), m)), np.zeros((m, m))
-            for start in range(0, len(features), _CHUNK):
-                h = random_features(features[start : start + _CHUNK], spec.projection_seed, m)
-                onehot = inverse[start : start + _CHUNK] == np.arange(len(ids))[:, None]
+            for start in range(0, len(features), chunk):
+                h = random_features(features[start : start + chunk], spec.projection_seed, m)
+                onehot = inverse[start : start + chunk] == np.arange(len(ids))[:, None]
                 rf_sums += onehot @ h
                 gram += h.T @ h
             extra["rf_sums"] = rf_sums
             shared["gram"] = _symmetric(gram)
+            factor = gram_factor(h) if few else None
         return cls(ids, counts, sums, extra, shared, factor)
 
     def means(self) -> np.ndarray:
@@ -191,7 +213,7 @@ class ClassStats:
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Flat arrays for a message or a file; shared matrices as upper triangles, the
         Gram of few samples as its rank factor ``gram_factor``."""
-        shared = {k: pack_symmetric(v) for k, v in self.shared.items() if not (k == "gram" and self.gram_factor is not None)}
+        shared = {k: pack_symmetric(self.shared[k]) for k in self.shared if not (k == "gram" and self.gram_factor is not None)}
         factor = {"gram_factor": self.gram_factor} if self.gram_factor is not None else {}
         return {"ids": self.ids, "counts": self.counts, "sums": self.sums, **self.extra, **shared, **factor}
 
@@ -201,7 +223,7 @@ class ClassStats:
         shared = {k: unpack_symmetric(np.asarray(arrays[k])) for k in SHARED if k in arrays}
         factor = np.asarray(arrays["gram_factor"]) if "gram_factor" in arrays else None
         if factor is not None:
-            shared["gram"] = gram_of(factor)
+            shared = _GramOfFactor(shared, factor)
         return cls(np.asarray(arrays["ids"]), np.asarray(arrays["counts"]), np.asarray(arrays["sums"]), extra, shared,
                    factor)
 

@@ -13,6 +13,12 @@ from dataclasses import replace
 from fedrecon.plan.records import Plan
 
 
+def tiers(clients) -> int:
+    """Edges whose sums this run adds at a top tier (a ``clients`` section): ``edges``, or 1
+    when there is no top tier here (one tier, or one edge's own run: it is the edge)."""
+    return clients.edges if clients.edge is None else 1
+
+
 def edge_of(client: int, clients: int, edges: int) -> int:
     """The edge client ``client`` of ``clients`` belongs to."""
     return client * edges // clients
