@@ -1,11 +1,21 @@
-"""Flower simulation cost: wall time, per-round overhead and peak memory for N virtual clients.
+"""Flower simulation at 100, 1,000 and 10,000 virtual clients: wall time, per-round and
+per-message time beside Flower's own floor at the same number of nodes, and the peak
+memory of all processes.
 
-Run: .venv/bin/python bench/sim_scale.py [--clients 10 100] [--rounds 5]
+Run: .venv/bin/python bench/sim_scale.py [--clients 100 1000 10000]
 
-Each client learns one Omniglot class per round from 5 drawings, so the rounds are almost
-all Flower overhead (messages, Ray actors, the server's bookkeeping and evaluation). Peak
-memory is the largest sum of the resident memory of `fedrecon run` and all processes it
-started (Ray's GCS, raylet and workers), sampled every 0.2 s from /proc.
+Each size is `fedrecon run` of the quickstart scenario with one Omniglot class a task,
+each class shared by several clients (`tasks.split: overlap`):
+- 100 clients: 100 classes, each held by 3 clients (300 tasks);
+- 1,000 clients: 600 classes, each held by 5 (3,000 tasks; the scale issue's scenario);
+- 10,000 clients: 700 classes of the background set, each held by 15 (10,500 tasks; the
+  evaluation set's 20 drawings a class cannot give 10,000 clients a sample each).
+Tasks are tiny (a few drawings), so the time is almost all per-message cost. The machine's
+weight store is emptied before each run, so the weights are found as on a first run.
+Flower's floor (bench/sim_floor.py) is the same engine with a ClientApp that only replies,
+1,000 messages a round (all nodes under 1,000). Peak memory is the largest sum of the
+resident memory of the run and every process it started (Ray's GCS, raylet and workers),
+sampled every 0.2 s from /proc.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -54,54 +65,104 @@ def tree_rss_mib(root: int) -> float:
     return total / 1024
 
 
-def run(clients: int, rounds: int, out: Path) -> dict:
-    overrides = [
-        f"clients.count={clients}", "tasks.arrival.kind=synchronous", f"tasks.num_classes={clients * rounds}",
-        "tasks.classes_per_task=1", "tasks.train_shots=5", "tasks.test_shots=5", "model.device=cpu",
-    ]
-    cmd = [sys.executable, "-m", "server.cli", "run", "scenarios/omniglot-quickstart.yaml", "--out", str(out)]
-    for o in overrides:
-        cmd += ["--set", o]
+SHAPES = {  # clients -> the scenario's overrides
+    100: ["tasks.num_classes=100", "tasks.train_shots=10", "tasks.test_shots=5",
+          "tasks.split={kind: overlap, shared: 1.0, among: 3}"],
+    1000: ["tasks.num_classes=600", "tasks.train_shots=10", "tasks.test_shots=5",
+           "tasks.split={kind: overlap, shared: 1.0, among: 5}"],
+    10000: ["data.subset=background", "tasks.num_classes=700", "tasks.train_shots=15", "tasks.test_shots=5",
+            "tasks.split={kind: overlap, shared: 1.0, among: 15}"],
+}
+
+
+def peak_of(cmd: list[str], **popen) -> tuple[float, float, subprocess.Popen]:
+    """Run ``cmd``; (wall seconds, peak MiB of its process tree, the finished process)."""
     start = time.time()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=REPO, **popen)
     peak = 0.0
     while proc.poll() is None:
         peak = max(peak, tree_rss_mib(proc.pid))
         time.sleep(0.2)
-    wall = time.time() - start
+    return time.time() - start, peak, proc
+
+
+def run(clients: int, out: Path) -> dict:
+    overrides = [f"clients.count={clients}", "tasks.classes_per_task=1", "model.device=cpu", *SHAPES[clients]]
+    cmd = [sys.executable, "-m", "server.cli", "run", "scenarios/omniglot-quickstart.yaml", "--out", str(out)]
+    for o in overrides:
+        cmd += ["--set", o]
+    from fedrecon.backbones.weights import default_folder
+
+    shutil.rmtree(default_folder(), ignore_errors=True)  # as on a machine that never ran this backbone
+    wall, peak, proc = peak_of(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if proc.returncode != 0:
         raise SystemExit(f"run with {clients} clients failed ({proc.returncode}): {' '.join(cmd)}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    later = sorted(r["seconds"] for r in rows[1:])
+    messages = [json.loads(line) for line in (out / "messages.jsonl").read_text().splitlines()]
+    tasks = [m for m in messages if m["phase"] == "tasks"]
+    identify = max((m["exchange_s"] for m in messages if m["phase"] == "identify" and m["round"] == 1), default=0.0)
+    # per task message: each later round's task exchange over its messages, the median round
+    per = sorted(max(m["exchange_s"] for m in tasks if m["round"] == r) / sum(m["round"] == r for m in tasks)
+                 for r in sorted({m["round"] for m in tasks}) if r > 1 and sum(m["round"] == r for m in tasks) >= 50)
     return {
         "clients": clients,
+        "tasks": len(tasks),
         "rounds": len(rows),
         "wall_s": round(wall, 1),
         "first_round_s": rows[0]["seconds"],
-        "median_later_round_s": later[len(later) // 2] if later else None,
+        "identify_s": identify,
+        "median_later_round_s": sorted(r["seconds"] for r in rows[1:])[len(rows[1:]) // 2],
+        "ms_per_task_message": round(1000 * per[len(per) // 2], 2) if per else None,
+        "handler_ms": round(1000 * sorted(m.get("seconds", 0.0) for m in tasks)[len(tasks) // 2], 2),
+        "bytes_down_round1": rows[0]["bytes_down"],
         "peak_rss_mib": round(peak),
+        "accuracy": round(rows[-1]["accuracy"], 4),
     }
+
+
+def floor(nodes: int) -> dict:
+    cmd = [sys.executable, str(REPO / "bench" / "sim_floor.py"), "--nodes", str(nodes), "--rounds", "3",
+           "--per-round", str(min(nodes, 1000))]
+    wall, peak, proc = peak_of(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"the floor with {nodes} nodes failed ({proc.returncode})")
+    result = json.loads(proc.stdout.read().strip().splitlines()[-1])
+    return {**result, "peak_rss_mib": round(peak)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, nargs="+", default=[10, 100])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--clients", type=int, nargs="+", default=sorted(SHAPES), choices=sorted(SHAPES))
     parser.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.clients:
-            results.append(run(n, args.rounds, Path(tmp) / f"run-{n}"))
+            results.append({**run(n, Path(tmp) / f"run-{n}"), "floor": floor(n)})
             print(json.dumps(results[-1]), flush=True)
-    lines = ["| clients | rounds | wall s | first round s | median later round s | peak memory (MiB, all processes) |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['clients']} | {r['rounds']} | {r['wall_s']} | {r['first_round_s']:.2f} | "
-              f"{r['median_later_round_s']:.2f} | {r['peak_rss_mib']} |" for r in results]
+    lines = ["| clients | tasks | rounds | wall s | first round s (identify s) | median later round s | "
+             "ms a task message (rounds 2+) | of which the ClientApp's handler | Flower's floor ms a message | "
+             "peak memory MiB, all processes (floor) | final accuracy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['clients']:,} | {r['tasks']:,} | {r['rounds']} | {r['wall_s']} | {r['first_round_s']:.1f} "
+              f"({r['identify_s']:.1f}) | {r['median_later_round_s']:.2f} | {r['ms_per_task_message']} | "
+              f"{r['handler_ms']} | {r['floor']['ms_per_message']} | {r['peak_rss_mib']:,} "
+              f"({r['floor']['peak_rss_mib']:,}) | {r['accuracy']:.4f} |" for r in results]
+    if len(results) > 1:
+        a, b = results[0], results[-1]
+        growth = (f"From {a['clients']:,} to {b['clients']:,} clients ({b['clients'] / a['clients']:.0f}x): wall time "
+                  f"x{b['wall_s'] / a['wall_s']:.1f}, time a task message x{b['ms_per_task_message'] / a['ms_per_task_message']:.1f} "
+                  f"(Flower's floor x{b['floor']['ms_per_message'] / a['floor']['ms_per_message']:.1f}: its engine scans every "
+                  f"node's messages), peak memory x{b['peak_rss_mib'] / a['peak_rss_mib']:.1f}.")
+    else:
+        growth = ""
     text = ("## Simulation: virtual clients\n\nCommand: `.venv/bin/python bench/sim_scale.py` (`fedrecon run` of the "
-            "quickstart scenario with N clients, each learning one class from 5 drawings a round, 2 clients at a time "
-            "on 2 cores; the first round holds Ray's start-up and the backbone download; memory: the sum over "
-            "`fedrecon run` and every process it started, sampled every 0.2 s).\n\n" + "\n".join(lines))
+            "quickstart scenario, one Omniglot class a task shared by several clients: 100 clients 100 classes held by "
+            "3 each; 1,000 clients 600 classes held by 5, the scale issue's scenario; 10,000 clients 700 background "
+            "classes held by 15; 2 clients at a time on 2 cores; the machine's weight store emptied first; the first "
+            "round holds Ray's start-up and the identify queries; Flower's floor: `bench/sim_floor.py`, a ClientApp "
+            "that only replies, at the same number of nodes; memory: the sum over the run and every process it "
+            "started, sampled every 0.2 s).\n\n" + "\n".join(lines) + ("\n\n" + growth if growth else ""))
     print("\n" + text)
     if not args.no_doc:
         sys.path.insert(0, str(REPO))

@@ -58,12 +58,11 @@ def train(msg: Message, context: Context) -> Message:
     setup = node.setup(msg, context)
     task, arrays = _task(msg)
     faults.before_task(task)
-    backbone = node.backbone_state(context)
     factors, extra = {}, {}
     if not setup.scenario.adapters.active:
-        stats = _learn(setup, context, backbone, task, arrays, timings)
+        stats = _learn(setup, context, task, arrays, timings)
     else:
-        result = _learn_adapted(msg, context, setup, task, arrays, backbone)
+        result = _learn_adapted(msg, context, setup, task, arrays)
         stats, factors = result.stats, result.factors
         extra = {P.ADAPTER_UPDATE: _record(factors)}
         if result.drift is not None:
@@ -79,7 +78,7 @@ def train(msg: Message, context: Context) -> Message:
     return Message(reply, reply_to=msg)
 
 
-def _learn(setup, context: Context, backbone, task: dict, arrays: dict, timings: dict):
+def _learn(setup, context: Context, task: dict, arrays: dict, timings: dict):
     """A frozen-backbone task's statistics: from the node's worker in a SuperNode's
     per-message process (clients/worker.py), else learned here. ``timings["cuda"]``: 1
     when the task ran on a GPU."""
@@ -87,7 +86,7 @@ def _learn(setup, context: Context, backbone, task: dict, arrays: dict, timings:
     if worker.wanted(context.node_config):
         from fedrecon.learning.stats import ClassStats
 
-        return ClassStats.from_arrays(worker.learn(node.setup_record(context), context.node_config, backbone,
+        return ClassStats.from_arrays(worker.learn(node.setup_record(context), context.node_config,
                                                    arrays["sample_index"], arrays["sample_labels"], noise, timings))
     clock = time.perf_counter()
     from clients.learner import learn_task
@@ -95,17 +94,17 @@ def _learn(setup, context: Context, backbone, task: dict, arrays: dict, timings:
 
     timings["import_s"] = round(time.perf_counter() - clock, 4)
     timings["cuda"] = float(pick_device(setup.scenario.model.device).type == "cuda")
-    return learn_task(setup, backbone, arrays["sample_index"], arrays["sample_labels"], noise, timings)
+    return learn_task(setup, arrays["sample_index"], arrays["sample_labels"], noise, timings)
 
 
-def _learn_adapted(msg: Message, context: Context, setup, task: dict, arrays: dict, backbone):
+def _learn_adapted(msg: Message, context: Context, setup, task: dict, arrays: dict):
     """Train the adapter on the task (the result's factors and drift sums go in the reply).
     Under ``merge.adapters: none`` the client's own factors stay in its context."""
     from clients.learner import learn_task_adapted
 
     global_state = _numpy(msg.content[P.ADAPTER]) if P.ADAPTER in msg.content else {}
     local_state = _numpy(context.state[node.LOCAL_ADAPTER]) if node.LOCAL_ADAPTER in context.state else {}
-    result = learn_task_adapted(setup, backbone, arrays["sample_index"], arrays["sample_labels"], int(task["round"]),
+    result = learn_task_adapted(setup, arrays["sample_index"], arrays["sample_labels"], int(task["round"]),
                                 global_state, local_state, int(task["learned"]), arrays.get("prototypes"))
     if result.local:
         context.state[node.LOCAL_ADAPTER] = _record(result.local)
@@ -120,7 +119,7 @@ def adapt(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
     setup = node.setup(msg, context)
     task, arrays = _task(msg)
-    factors, loss = adapt_task(setup, node.backbone_state(context), arrays["sample_index"], arrays["sample_labels"],
+    factors, loss = adapt_task(setup, arrays["sample_index"], arrays["sample_labels"],
                                int(task["round"]), int(task["step"]), _numpy(msg.content[P.ADAPTER]),
                                int(task["learned"]))
     reply = RecordDict({P.ADAPTER_UPDATE: _record(factors), P.METRICS: _metrics(task, arrays, start, loss=loss)})
@@ -155,7 +154,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         # the server's merged adapter; under merge.adapters none, this client's own
         own = context.state[node.LOCAL_ADAPTER] if node.LOCAL_ADAPTER in context.state else ArrayRecord({})
         adapter = _numpy(msg.content[P.ADAPTER] if P.ADAPTER in msg.content else own)
-    correct, samples = score_share(setup, node.backbone_state(context), _numpy(msg.content[P.MODEL]),
+    correct, samples = score_share(setup, _numpy(msg.content[P.MODEL]),
                                    arrays["sample_index"], arrays["sample_labels"], int(config["round"]), adapter)
     return Message(RecordDict({P.METRICS: MetricRecord({"correct": correct, "samples": samples})}), reply_to=msg)
 
@@ -186,10 +185,13 @@ def secagg_unmask(msg: Message, context: Context) -> Message:
 
 @app.query(P.IDENTIFY)
 def identify(msg: Message, context: Context) -> Message:
+    scenario = str(msg.content[P.PREPARE]["scenario"]) if P.PREPARE in msg.content else None
     if worker.wanted(context.node_config):
         # its imports, and the data of the scenario the query names, overlap the server's preparation
-        scenario = str(msg.content[P.PREPARE]["scenario"]) if P.PREPARE in msg.content else None
         worker.warm(context.node_config, scenario)
+    elif scenario:  # a long-lived process (simulation): the same, in a thread, while it answers the others
+        node.warm(scenario, context.node_config)
     identity = ConfigRecord({"partition_id": int(context.node_config["partition-id"]),
-                             "setup_digest": node.held_digest(context)})
+                             "setup_digest": node.held_digest(context),
+                             "weights": node.held_weights(context.node_config)})
     return Message(RecordDict({P.IDENTITY: identity}), reply_to=msg)

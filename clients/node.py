@@ -1,8 +1,8 @@
-"""What a node keeps between messages: the run's setup and the backbone (and, under
-``merge.adapters: none``, its own adapter).
-
-All of it lives in ``Context.state`` (in deployment every message runs in a new
-process). What is immutable and named by a digest (the parsed scenario, a built
+"""What a node keeps between messages: the run's setup (and, under ``merge.adapters:
+none``, its own adapter) in ``Context.state``, which survives a SuperNode's per-message
+processes; the backbone weights the server sent in a :class:`WeightStore`, by digest, once
+per process and machine rather than in every node's state, which Flower's simulation moves
+with every message. What is immutable and named by a digest (the parsed scenario, a built
 frozen backbone) is cached per process as well: virtual clients that share a process
 may share it.
 """
@@ -10,19 +10,23 @@ may share it.
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from flwr.app import ArrayRecord, Context, Message
+from flwr.app import Context, Message
 
 from fedrecon import protocol as P
+from fedrecon.backbones.weights import WeightStore, default_folder
 from fedrecon.data.cache import DiskCache
-from fedrecon.scenario.loading import scenario_from_json
+from fedrecon.scenario.loading import scenario_digest, scenario_from_json
 from fedrecon.scenario.model import Scenario
 
 SETUP = "setup"  # Context.state key
 LOCAL_ADAPTER = "local_adapter"  # Context.state key: this client's own factors (merge.adapters: none)
 _SCENARIOS: dict[str, Scenario] = {}  # setup digest -> the scenario it holds
+_WARMING: dict[str, threading.Thread] = {}  # scenario digest -> this process's warm-up (see warm)
 
 
 class WrongNode(RuntimeError):
@@ -37,12 +41,14 @@ class NoSetup(RuntimeError):
 class Setup:
     """The run as this node sees it: the scenario (``data.root`` the node's own when
     its node config names a ``data-root``), the backbone's digest, the node's partition
-    id, and its disk cache of prepared samples and features (None: none)."""
+    id, its disk cache of prepared samples and features (None: none), and whether the
+    server sends the backbone's weights (else they are installed here)."""
 
     scenario: Scenario
     backbone_digest: str
     client: int
     cache: DiskCache | None = None
+    weights_sent: bool = False
 
 
 def node_cache(node_config: dict) -> DiskCache | None:
@@ -63,17 +69,43 @@ def setup(msg: Message, context: Context) -> Setup:
         if meant != mine:
             raise WrongNode(f"this message is for client {meant}, and this node is client {mine}")
     if P.SETUP in msg.content:
-        context.state[SETUP] = msg.content[P.SETUP]
-        context.state[P.BACKBONE] = msg.content[P.BACKBONE] if P.BACKBONE in msg.content else ArrayRecord({})
+        record = msg.content[P.SETUP]
+        if P.BACKBONE in msg.content and len(msg.content[P.BACKBONE]):
+            weights = {k: v.numpy() for k, v in msg.content[P.BACKBONE].items()}
+            weight_store(node_cache(context.node_config)).put(str(record["backbone_digest"]), weights)
+        context.state[SETUP] = record
+    for warming in list(_WARMING.values()):  # a task must not decode what a warm-up is decoding
+        warming.join()
     if SETUP not in context.state:
         raise NoSetup("this node holds no setup for the run (restarted?); the server sends it with the next task")
     return setup_from(setup_record(context), context.node_config)
 
 
 def setup_record(context: Context) -> dict:
-    """The setup this node holds as plain values (digest, scenario JSON, backbone digest)."""
+    """The setup this node holds as plain values (digest, scenario JSON, backbone digest, weights)."""
     record = context.state[SETUP]
-    return {k: str(record[k]) for k in ("digest", "scenario", "backbone_digest")}
+    return {k: str(record[k]) for k in ("digest", "scenario", "backbone_digest", "weights")}
+
+
+def weight_store(cache: DiskCache | None) -> WeightStore:
+    """Where this node's processes find the weights the server sent: its cache folder, else the machine's."""
+    return WeightStore(cache.folder / "weights" if cache is not None else default_folder())
+
+
+def held_weights(node_config) -> str:
+    """Digests of the weights this node's process or machine holds, comma-separated (the identify answer)."""
+    return ",".join(weight_store(node_cache(node_config)).held())
+
+
+def backbone_weights(setup: Setup) -> dict | None:
+    """The backbone weights the server sent (None: installed here). A process that holds
+    none, on a machine that holds none, cannot build the backbone: the server sends them again."""
+    if not setup.weights_sent:
+        return None
+    weights = weight_store(setup.cache).get(setup.backbone_digest)
+    if weights is None:
+        raise NoSetup(f"this node holds no backbone weights of digest {setup.backbone_digest}; the server sends them again")
+    return weights
 
 
 def setup_from(record: dict, node_config) -> Setup:
@@ -86,7 +118,9 @@ def setup_from(record: dict, node_config) -> Setup:
     root = node_config.get("data-root")
     if root:
         scenario = scenario.model_copy(update={"data": scenario.data.model_copy(update={"root": str(root)})})
-    return Setup(scenario, record["backbone_digest"], int(node_config["partition-id"]), node_cache(node_config))
+    return Setup(scenario, record["backbone_digest"], int(node_config["partition-id"]), node_cache(node_config),
+                 record["weights"] == "sent")
+
 
 
 def held_digest(context: Context) -> str:
@@ -94,7 +128,28 @@ def held_digest(context: Context) -> str:
     return str(context.state[SETUP]["digest"]) if SETUP in context.state else ""
 
 
-def backbone_state(context: Context) -> dict | None:
-    """The backbone weights the server sent (None: installed here, or none)."""
-    record = context.state.get(P.BACKBONE)
-    return {k: v.numpy() for k, v in record.items()} if record is not None and len(record) else None
+def prepare_data(scenario_json: str, node_config) -> None:
+    """Import the learning code and decode the scenario's data (into the node's cache, and
+    this process), so that the node's first task finds them ready. A failure is the first
+    task's to report."""
+    from clients import learner  # noqa: F401 (torch and the learning code: seconds, once a process)
+    from fedrecon.data.registry import load_dataset
+
+    try:
+        record = {"digest": f"prepare-{scenario_digest(scenario_json)}", "scenario": scenario_json,
+                  "backbone_digest": "", "weights": "installed"}
+        setup = setup_from(record, node_config)
+        load_dataset(setup.scenario.data, setup.cache).inputs
+    except Exception as e:  # noqa: BLE001 (logged; the task that needs the data says what is wrong)
+        print(f"fedrecon: could not prepare the scenario's data: {e}", file=sys.stderr, flush=True)
+
+
+def warm(scenario_json: str, node_config) -> None:
+    """:func:`prepare_data` in a thread of this process, once a scenario, while the process
+    answers the identify queries of a simulation's other virtual clients (they cost it
+    little; the first task of each worker would otherwise wait seconds for it)."""
+    key = scenario_digest(scenario_json)
+    if key not in _WARMING:
+        _WARMING[key] = threading.Thread(target=prepare_data, args=(scenario_json, dict(node_config)),
+                                         name="fedrecon-warm", daemon=True)
+        _WARMING[key].start()

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clients.node import prepare_data
+
 ROOT = Path(__file__).resolve().parents[1]  # the code tree (the repository, or the run's unpacked FAB)
 CODE = ("clients", "fedrecon")  # the folders whose sources the worker runs
 IDLE_S = 600.0
@@ -162,16 +164,16 @@ def _start(path: Path, node_config) -> socket.socket:
     raise WorkerError(f"the node's worker did not listen within {START_S:.0f} s; see {path.with_suffix('.log')}")
 
 
-def learn(setup: dict, node_config, backbone: dict | None, sample_index: np.ndarray, sample_labels: np.ndarray,
+def learn(setup: dict, node_config, sample_index: np.ndarray, sample_labels: np.ndarray,
           noise_std: float | None, timings: dict) -> dict[str, np.ndarray]:
     """The task's statistics (``ClassStats.to_arrays``), learned by this node's worker.
 
-    ``setup`` is the setup record the node holds (digest, scenario JSON, backbone digest);
+    ``setup`` is the setup record the node holds (digest, scenario JSON, backbone digest,
+    weights; the worker reads weights the server sent from the node's weight store);
     ``timings`` gets the worker's own (data, backbone, embedding), ``worker_s`` (the time
     to reach it: 0 when running, seconds when this task started it) and ``cuda``."""
     path = socket_path(node_config)
-    arrays = {"sample_index": sample_index, "sample_labels": sample_labels,
-              **{f"backbone/{k}": v for k, v in (backbone or {}).items()}}
+    arrays = {"sample_index": sample_index, "sample_labels": sample_labels}
     header = {"setup": setup, "node_config": _plain(node_config), "noise_std": noise_std}
     for attempt in (1, 2):  # a worker that dies under the request (killed, out of memory) is replaced once
         clock = time.perf_counter()
@@ -188,29 +190,14 @@ def learn(setup: dict, node_config, backbone: dict | None, sample_index: np.ndar
                                   f"see {path.with_suffix('.log')}") from e
             path.unlink(missing_ok=True)  # so that the next connect starts a new worker, not this dying one
     if "error" in answer:
-        raise (ValueError if answer["kind"] == "ValueError" else WorkerError)(answer["error"])
+        from clients.node import NoSetup  # the server sends the weights again
+
+        raise {"ValueError": ValueError, "NoSetup": NoSetup}.get(answer["kind"], WorkerError)(answer["error"])
     timings.update(answer["timings"])
     return stats
 
 
 # --- the worker's side ------------------------------------------------------------------------------------------------
-
-def _prepare(header: dict) -> None:
-    """Decode the data of the scenario the identify query named into the node's cache
-    (and this process), so that the node's first task finds it ready. A failure is the
-    first task's to report."""
-    from clients.node import setup_from
-    from fedrecon.data.registry import load_dataset
-    from fedrecon.scenario.loading import scenario_digest
-
-    text = header["prepare"]
-    try:
-        setup = setup_from({"digest": f"prepare-{scenario_digest(text)}", "scenario": text, "backbone_digest": ""},
-                           header["node_config"])
-        load_dataset(setup.scenario.data, setup.cache).inputs
-    except Exception as e:  # noqa: BLE001 (logged; the task that needs the data says what is wrong)
-        print(f"worker: could not prepare the scenario's data: {e}", file=sys.stderr, flush=True)
-
 
 def _do(header: dict, arrays: dict[str, np.ndarray]) -> tuple[dict, dict[str, np.ndarray]]:
     from clients.learner import learn_task
@@ -218,9 +205,8 @@ def _do(header: dict, arrays: dict[str, np.ndarray]) -> tuple[dict, dict[str, np
     from fedrecon.backbones.embed import pick_device
 
     setup = setup_from(header["setup"], header["node_config"])
-    backbone = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("backbone/")} or None
     timings = {"cuda": float(pick_device(setup.scenario.model.device).type == "cuda")}
-    stats = learn_task(setup, backbone, arrays["sample_index"], arrays["sample_labels"], header["noise_std"], timings)
+    stats = learn_task(setup, arrays["sample_index"], arrays["sample_labels"], header["noise_std"], timings)
     return {"timings": timings}, stats.to_arrays()
 
 
@@ -260,7 +246,7 @@ def serve(path: Path, parent: int, idle: float) -> None:
         except (OSError, ValueError):
             header = {}
         if header.get("prepare"):
-            _prepare(header)
+            prepare_data(header["prepare"], header["node_config"])
     last = time.monotonic()
     try:
         while time.monotonic() - last < idle:
@@ -278,7 +264,7 @@ def serve(path: Path, parent: int, idle: float) -> None:
                 try:
                     header, arrays = _receive(conn)
                     if "prepare" in header:  # no answer: the identify query that sent it has gone on
-                        _prepare(header)
+                        prepare_data(header["prepare"], header["node_config"])
                     else:
                         _send(conn, *_do(header, arrays))
                 except Exception as e:  # the task's error goes back to the task's ClientApp, the worker stays

@@ -35,6 +35,7 @@ def cmd_run(args) -> int:
     from flwr.simulation import run_simulation
 
     from clients.client_app import app as client_app
+    from clients.node import node_cache, weight_store
     from server.prepare import check_simulation_devices, prepare
     from server.run import default_out_dir
     from server.server_app import make_app, resume_scenario
@@ -51,8 +52,12 @@ def cmd_run(args) -> int:
         scenario = load_scenario(args.scenario, args.set)
     check_simulation_devices(scenario)
     prep = prepare(scenario)
-    out = Path(args.resume or args.out or default_out_dir(scenario))
     sim = scenario.simulation
+    if prep.entry.weights != "installed" and not sim.ray_address:
+        # the virtual clients run on this machine: they find the weights where a node keeps
+        # those it was sent, and say so when asked, instead of a copy in each one's first message
+        weight_store(node_cache({})).put(prep.digest, prep.weights)
+    out = Path(args.resume or args.out or default_out_dir(scenario))
     classes = len(prep.plan.test_samples)
     print(f"fedrecon: {scenario.name}: {prep.plan.clients} clients, {prep.plan.rounds} rounds, "
           f"{classes} classes -> {out}", flush=True)

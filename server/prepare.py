@@ -227,7 +227,8 @@ def check_ray_address(scenario: Scenario, wait: float = 5.0) -> None:
 
 def prepare(scenario: Scenario) -> Prepared:
     """:func:`check`, then the backbone's weights, their digest and its feature size."""
-    from fedrecon.backbones.embed import embed, state_digest, state_to_numpy
+    from fedrecon.backbones.embed import embed, state_to_numpy
+    from fedrecon.backbones.weights import state_digest
 
     checked = check(scenario, build=True)
     weights = state_to_numpy(checked.model)

@@ -22,9 +22,10 @@ def identify_queries(node_ids, scenario_json: str | None = None) -> list[Message
 class Nodes:
     """Partition ids to node ids, learned through ``query.identify`` messages.
 
-    A node answers with its partition id and the digest of the setup it holds; one
-    that holds this run's setup (scenario and backbone) needs no copy. Building the
-    queries and reading the answers are separate steps, as for any message.
+    A node answers with its partition id, the digest of the setup it holds and the
+    digests of the backbone weights its process or machine holds; one that holds this
+    run's setup needs no copy, and one that holds the weights is sent the setup without
+    them. Building the queries and reading the answers are separate steps, as for any message.
 
     Parameters
     ----------
@@ -32,13 +33,22 @@ class Nodes:
         Partition ids are ``0..clients-1``.
     setup_digest : str
         Digest of this run's setup (:func:`fedrecon.protocol.setup_record`).
+    backbone_digest : str
+        Digest of the backbone's weights ('': a node's answer about them is not trusted,
+        and every setup brings them).
+    scenario_json : str or None
+        The run's scenario, named in each query so that a node may prepare its data
+        before its first task (None: not named).
     """
 
-    def __init__(self, clients: int, setup_digest: str):
+    def __init__(self, clients: int, setup_digest: str, backbone_digest: str = "", scenario_json: str | None = None):
         self.clients = clients
+        self.scenario_json = scenario_json
         self.setup_digest = setup_digest
+        self.backbone_digest = backbone_digest
         self.ids: dict[int, int] = {}  # partition id -> node id
         self.ready: set[int] = set()  # partition ids whose node holds the setup
+        self.weighted: set[int] = set()  # partition ids whose node said it holds the backbone's weights
         self.sent_setup: set[int] = set()  # partition ids sent the setup at least once
         self.assumed: set[int] = set()  # partition ids mapped from an earlier run's memory, not yet confirmed
 
@@ -67,7 +77,7 @@ class Nodes:
                 log(WARNING, "client %d (node %d) is gone; its tasks wait until it is back", pid, node)
                 del self.ids[pid]
                 self.ready.discard(pid)
-        return identify_queries(sorted(online_set - set(self.ids.values())))
+        return identify_queries(sorted(online_set - set(self.ids.values())), self.scenario_json)
 
     def assume(self, remembered: dict[int, int]) -> None:
         """Partition ids to node ids as an earlier run on these nodes learned them (no
@@ -86,6 +96,7 @@ class Nodes:
         """A task of ``client`` failed: its node may have lost the setup, and a node only
         assumed to be this client's is forgotten (the next identify asks it)."""
         self.ready.discard(client)
+        self.weighted.discard(client)  # it may have said no setup because it lost them
         if client in self.assumed:
             self.assumed.discard(client)
             self.ids.pop(client, None)
@@ -106,6 +117,10 @@ class Nodes:
                 self.ready.add(pid)
             else:
                 self.ready.discard(pid)
+            if self.backbone_digest and self.backbone_digest in str(identity.get("weights", "")).split(","):
+                self.weighted.add(pid)
+            else:
+                self.weighted.discard(pid)
         missing = self.missing()
         if missing and warn:
             log(WARNING, "clients %s are not connected", missing)
@@ -120,6 +135,9 @@ class Nodes:
 
     def needs_setup(self, client: int) -> bool:
         return client not in self.ready
+
+    def needs_weights(self, client: int) -> bool:
+        return client not in self.weighted
 
     def setup_sent(self, client: int) -> bool:
         """Record that the setup goes to ``client``; True when it had been sent before (a re-send)."""

@@ -64,13 +64,17 @@ class ReconStrategy(ClientEvaluation, Strategy):
         self.stats = ClassStats.empty(dim)
         # each client's own statistics, kept only for policies scored per client (local)
         self.own: dict[int, ClassStats] | None = {} if is_per_client(self.policy) else None
-        self.setup = ConfigRecord(setup)
+        self.setup = ConfigRecord({**setup, "weights": "sent" if backbone else "installed"})
         self.backbone = to_record(backbone)
-        # what the setup adds to a message: itself, the backbone and the client it is for
-        with_setup = RecordDict({P.SETUP: self.setup, P.BACKBONE: self.backbone,
-                                 P.FOR_CLIENT: ConfigRecord({"partition_id": 0})})
-        self.setup_bytes = message_bytes([Message(with_setup, dst_node_id=0, message_type=self.message_type)])
-        self.nodes = Nodes(plan.clients, setup["digest"])
+        # what the setup adds to a message: itself, the backbone (unless the node holds it) and the client it is for
+        for_client = {P.SETUP: self.setup, P.FOR_CLIENT: ConfigRecord({"partition_id": 0})}
+        self.setup_bytes = {weights: message_bytes([Message(RecordDict({**for_client, **extra}), dst_node_id=0,
+                                                            message_type=self.message_type)])
+                            for weights, extra in ((True, {P.BACKBONE: self.backbone}), (False, {}))}
+        # on a Ray cluster a virtual client's answer and its task may run on different machines:
+        # what one machine holds says nothing of the other's, so every setup brings the weights
+        weights_claims = setup["backbone_digest"] if scenario.simulation.ray_address is None else ""
+        self.nodes = Nodes(plan.clients, setup["digest"], weights_claims, setup["scenario"])
         self.traffic = Traffic()
         self.book = RetryBook(scenario.faults.retries)
         self.faults = fault_plan(scenario.faults.inject, scenario.simulation.timeout)
@@ -179,15 +183,17 @@ class ReconStrategy(ClientEvaluation, Strategy):
         return records, arrays
 
     def add_setup(self, content: RecordDict, client: int, server_round: int) -> None:
-        """Attach the setup (and backbone) for a client whose node does not hold it; a
-        re-send is counted apart."""
+        """Attach the setup for a client whose node does not hold it, with the backbone's
+        weights unless the node said it holds them; a re-send is counted apart."""
         if not self.nodes.needs_setup(client):
             return
         content[P.SETUP] = self.setup
-        content[P.BACKBONE] = self.backbone
+        weights = self.nodes.needs_weights(client)
+        if weights:
+            content[P.BACKBONE] = self.backbone
         content[P.FOR_CLIENT] = ConfigRecord({"partition_id": client})
         if self.nodes.setup_sent(client):
-            self.traffic.resent(server_round, self.setup_bytes)
+            self.traffic.resent(server_round, self.setup_bytes[weights])
 
     # --- replies ---------------------------------------------------------------------------------
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from clients import node
 from fedrecon import protocol as P
+from fedrecon.backbones import weights as weights_module
+from fedrecon.backbones.weights import state_digest
 from fedrecon.protocol import setup_record
 from fedrecon.scenario import scenario_json
 from strategies.records import to_record
@@ -19,27 +21,73 @@ def message(content: dict) -> Message:
     return Message(RecordDict(content), dst_node_id=1, message_type="train")
 
 
-def test_the_setup_comes_once_and_is_read_from_the_context_after():
+def sent(weights: dict) -> dict:
+    """A setup record as the server sends it with weights (digest of ``weights``)."""
+    return {**setup_record(scenario_json(scenario_of(merge={"head": "lda"})), state_digest(weights)), "weights": "sent"}
+
+
+@pytest.fixture
+def fresh_process(monkeypatch):
+    """This process as if it held no weights yet (another worker, a new SuperNode process)."""
+    monkeypatch.setattr(weights_module, "_HELD", {})
+
+
+def test_the_setup_comes_once_and_is_read_from_the_context_after(tmp_path, fresh_process):
     # Prepare
-    scenario = scenario_of(merge={"head": "lda"})
-    setup = setup_record(scenario_json(scenario), "abc")
-    context = Context(1, 1, {"partition-id": 2, "data-root": "/elsewhere"}, RecordDict(), {})
+    weights = {"w": np.ones(2)}
+    setup = sent(weights)
+    context = Context(1, 1, {"partition-id": 2, "data-root": "/elsewhere", "cache-dir": str(tmp_path)}, RecordDict(), {})
     # Execute: a first message with the setup, then one with only a task
-    first = node.setup(message({P.SETUP: ConfigRecord(setup), P.BACKBONE: to_record({"w": np.ones(2)})}), context)
+    first = node.setup(message({P.SETUP: ConfigRecord(setup), P.BACKBONE: to_record(weights)}), context)
     later = node.setup(message({P.TASK_CONFIG: ConfigRecord({"round": 2, "task": 1})}), context)
     # Assert
-    assert first == later and later.client == 2 and later.backbone_digest == "abc"
+    assert first == later and later.client == 2 and later.backbone_digest == state_digest(weights)
     assert later.scenario.merge.head == "lda" and later.scenario.data.root == "/elsewhere"
-    assert later.scenario.model_copy(update={"data": scenario.data}).model_dump() == scenario.model_dump()
-    assert node.held_digest(context) == setup["digest"] and node.backbone_state(context)["w"].tolist() == [1.0, 1.0]
+    assert node.held_digest(context) == setup["digest"] and node.backbone_weights(later)["w"].tolist() == [1.0, 1.0]
+    # the weights are not in the node's context, which Flower's simulation moves with every message
+    assert P.BACKBONE not in context.state and list(context.state.keys()) == [node.SETUP]
 
 
-def test_a_node_without_a_setup_says_so():
-    context = Context(1, 1, {"partition-id": 0}, RecordDict(), {})
+def test_weights_are_read_by_another_process_from_the_machine_and_a_bad_file_is_refused(tmp_path, monkeypatch):
+    # Prepare: one process is sent the weights
+    monkeypatch.setattr(weights_module, "_HELD", {})
+    weights = {"a": np.arange(3.0), "b": np.eye(2, dtype=np.float32)}
+    config = {"partition-id": 0, "cache-dir": str(tmp_path)}
+    context = Context(1, 1, config, RecordDict(), {})
+    setup = node.setup(message({P.SETUP: ConfigRecord(sent(weights)), P.BACKBONE: to_record(weights)}), context)
+    # Execute: another process on the machine (nothing held in memory) reads them from the node's folder
+    monkeypatch.setattr(weights_module, "_HELD", {})
+    read = node.backbone_weights(setup)
+    # Assert
+    assert {k: v.tolist() for k, v in read.items()} == {k: v.tolist() for k, v in weights.items()}
+    assert read["b"].dtype == np.float32
+    assert state_digest(weights) in node.held_weights(config).split(",")
+    # a file changed on disk is removed, and the node asks for the weights again
+    monkeypatch.setattr(weights_module, "_HELD", {})
+    path = tmp_path / "weights" / f"{state_digest(weights)}.npz"
+    np.savez(path, a=np.zeros(3), b=np.eye(2, dtype=np.float32))
+    with pytest.raises(node.NoSetup, match="no backbone weights"):
+        node.backbone_weights(setup)
+    assert not path.exists() and node.held_weights(config) == ""
+
+
+def test_weights_that_do_not_match_their_digest_are_refused(tmp_path, fresh_process):
+    context = Context(1, 1, {"partition-id": 0, "cache-dir": str(tmp_path)}, RecordDict(), {})
+    record = sent({"w": np.ones(2)})
+    with pytest.raises(ValueError, match="do not match digest"):
+        node.setup(message({P.SETUP: ConfigRecord(record), P.BACKBONE: to_record({"w": np.zeros(2)})}), context)
+    assert not (tmp_path / "weights").exists() or not list((tmp_path / "weights").iterdir())
+
+
+def test_a_node_without_a_setup_says_so(tmp_path, fresh_process):
+    context = Context(1, 1, {"partition-id": 0, "cache-dir": str(tmp_path)}, RecordDict(), {})
     assert node.held_digest(context) == ""
     with pytest.raises(node.NoSetup, match="no setup"):
         node.setup(message({}), context)
     # an installed backbone: the setup comes without weights
-    setup = setup_record(scenario_json(scenario_of()), "abc")
-    node.setup(message({P.SETUP: ConfigRecord(setup), P.BACKBONE: ArrayRecord({})}), context)
-    assert node.backbone_state(context) is None
+    setup = {**setup_record(scenario_json(scenario_of()), "abc"), "weights": "installed"}
+    assert node.backbone_weights(node.setup(message({P.SETUP: ConfigRecord(setup)}), context)) is None
+    # weights sent but held neither here nor on the machine: the server is asked for them
+    setup = {**setup_record(scenario_json(scenario_of()), "abc"), "weights": "sent"}
+    with pytest.raises(node.NoSetup, match="no backbone weights"):
+        node.backbone_weights(node.setup(message({P.SETUP: ConfigRecord(setup)}), context))

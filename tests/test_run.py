@@ -138,3 +138,35 @@ def test_a_next_run_sends_first_tasks_to_remembered_nodes_and_a_wrong_memory_cos
     # the same sums, added in another order
     assert all(np.allclose(v, before[k], rtol=1e-12, atol=0) for k, v in ending(tmp_path / "third")["stats"].items())
     assert memory.recall() == {100: 0, 101: 1, 102: 2}
+
+
+def test_weights_a_machine_holds_are_not_sent_again_and_no_node_keeps_a_copy_in_its_context(write_scenario, tmp_path,
+                                                                                            monkeypatch):
+    # Prepare: a machine that holds no weights yet
+    from clients import node
+    from fedrecon import protocol as P
+    from fedrecon.backbones import weights as weights_module
+
+    monkeypatch.setattr(node, "default_folder", lambda: tmp_path / "machine")
+    monkeypatch.setattr(weights_module, "_HELD", {})
+    prep = prepare(load_scenario(write_scenario(small_scenario())))
+    size = sum(w.nbytes for w in prep.weights.values())
+
+    def one_run(out):
+        grid = InProcessGrid(prep.plan.clients)
+        job = Run(grid, prep, out, echo=lambda *a: None, poll_interval=0)
+        job.start()
+        job.run()
+        return grid, ending(out)
+
+    # Execute: a first run, then a second one in new processes (nothing held in memory)
+    grid, first = one_run(tmp_path / "first")
+    monkeypatch.setattr(weights_module, "_HELD", {})
+    _, second = one_run(tmp_path / "second")
+    # Assert: the first run sent each node the weights, which no context kept; the second sent none
+    assert first["rows"][0]["bytes_down"] > 3 * size  # three clients
+    assert second["rows"][0]["bytes_down"] < size
+    assert all(P.BACKBONE not in c.state for c in grid.contexts.values())
+    assert list((tmp_path / "machine").glob("*.npz")) == [tmp_path / "machine" / f"{prep.digest}.npz"]
+    for key, value in first["stats"].items():
+        np.testing.assert_array_equal(second["stats"][key], value)

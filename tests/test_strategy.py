@@ -149,6 +149,30 @@ def test_error_and_missing_replies_are_counted_and_backbone_resent(strategy):
     assert resent == {100: False, 101: True, 102: True}
 
 
+def test_a_node_that_holds_the_weights_gets_the_setup_without_them_until_it_says_it_lost_them(strategy):
+    # Prepare: the identify answers; node 101's machine holds the weights (of digest d1), node 102's others only
+    strategy.nodes.ids = {}
+
+    def answer(node, pid, weights):
+        query = Message(RecordDict(), dst_node_id=node, message_type="query.identify")
+        identity = ConfigRecord({"partition_id": pid, "setup_digest": "", "weights": weights})
+        reply = Message(RecordDict({P.IDENTITY: identity}), reply_to=query)
+        reply.metadata.__dict__["_src_node_id"] = node
+        return reply
+
+    strategy.nodes.aggregate_identify([answer(100, 0, ""), answer(101, 1, "a0,d1"), answer(102, 2, "d10")])
+    # Execute
+    first = {m.metadata.dst_node_id: m for m in strategy.configure_train(1, ArrayRecord(), ConfigRecord(), NODES)}
+    # Assert: every node gets the setup (weights named sent); only 101 gets no copy of the weights
+    assert {n: P.SETUP in m.content for n, m in first.items()} == {100: True, 101: True, 102: True}
+    assert {n: P.BACKBONE in m.content for n, m in first.items()} == {100: True, 101: False, 102: True}
+    assert first[101].content[P.SETUP]["weights"] == "sent"
+    # node 101 did not find them after all (no setup): the next message brings them
+    strategy.aggregate_train(1, [Message(Error(code=2, reason="NoSetup: no backbone weights"), reply_to=first[101])])
+    again = {m.metadata.dst_node_id: m for m in strategy.configure_train(2, ArrayRecord(), ConfigRecord(), NODES)}
+    assert P.BACKBONE in again[101].content and P.SETUP in again[101].content
+
+
 def test_local_policy_keeps_each_clients_own_classes_apart():
     # Prepare
     strategy = make_strategy("local")

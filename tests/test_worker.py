@@ -22,10 +22,11 @@ from tests.conftest import REPO, scenario_of
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
-    """A setup record, the backbone weights the server sends, a node config and a task's samples."""
+    """A setup record, the backbone weights the server sent (in the node's store), a node config and a task's samples."""
     prepared = prepare(scenario_of())
-    record = setup_record(scenario_json(prepared.scenario), prepared.digest)
+    record = {**setup_record(scenario_json(prepared.scenario), prepared.digest), "weights": "sent"}
     config = {"partition-id": 1, "cache-dir": str(tmp_path_factory.mktemp("cache")), "worker-idle-s": 60}
+    node.weight_store(node.node_cache(config)).put(prepared.digest, prepared.weights)  # as the setup message does
     labels = prepared.dataset.labels
     index = np.concatenate([np.flatnonzero(labels == 3)[:5], np.flatnonzero(labels == 7)[:5]])
     yield record, prepared.weights, config, index, prepared.dataset.labels[index]
@@ -51,13 +52,13 @@ def _worker_pid(path) -> int:
 
 def test_the_worker_learns_what_the_task_would_learn_here_and_stays(task):
     # Prepare
-    record, weights, config, index, labels = task
-    here = learn_task(node.setup_from(record, config), weights, index, labels).to_arrays()
+    record, _, config, index, labels = task
+    here = learn_task(node.setup_from(record, config), index, labels).to_arrays()
     second = {}
     # Execute: the first task starts the worker, the second finds it
-    got = worker.learn(record, config, weights, index, labels, None, {})
+    got = worker.learn(record, config, index, labels, None, {})
     started = _worker_pid(worker.socket_path(config))
-    again = worker.learn(record, config, weights, index, labels, None, second)
+    again = worker.learn(record, config, index, labels, None, second)
     # Assert
     for key, value in here.items():
         np.testing.assert_array_equal(got[key], value)
@@ -67,21 +68,21 @@ def test_the_worker_learns_what_the_task_would_learn_here_and_stays(task):
 
 
 def test_the_worker_refuses_labels_that_disagree_and_serves_the_next_task(task):
-    record, weights, config, index, labels = task
+    record, _, config, index, labels = task
     with pytest.raises(ValueError, match="labels disagree"):
-        worker.learn(record, config, weights, index, labels[::-1].copy(), None, {})
-    with pytest.raises(ValueError, match="do not match digest"):
-        worker.learn({**record, "backbone_digest": "0" * 16}, config, weights, index, labels, None, {})
-    assert worker.learn(record, config, weights, index, labels, None, {})["counts"].tolist() == [5, 5]
+        worker.learn(record, config, index, labels[::-1].copy(), None, {})
+    with pytest.raises(node.NoSetup, match="no backbone weights"):  # the worker reads its weights from the node's store
+        worker.learn({**record, "backbone_digest": "0" * 16}, config, index, labels, None, {})
+    assert worker.learn(record, config, index, labels, None, {})["counts"].tolist() == [5, 5]
 
 
 def test_a_worker_leaves_when_its_supernode_is_gone(task, tmp_path):
     # Prepare: a stand-in SuperNode process whose child (a task) starts a worker, then the SuperNode ends
-    record, weights, config, index, labels = task
+    record, _, config, index, labels = task
     config = {**config, "cache-dir": str(tmp_path)}  # another node config: another worker
     script = (f"import sys, numpy as np; sys.path.insert(0, {str(REPO)!r}); from clients import worker; "
               f"print(worker.socket_path({config!r}), flush=True); "
-              f"worker.learn({record!r}, {config!r}, None, np.array({index.tolist()}), np.array({labels.tolist()}), None, {{}})")
+              f"worker.learn({record!r}, {config!r}, np.array({index.tolist()}), np.array({labels.tolist()}), None, {{}})")
     supernode = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {script!r}])"],
                                  stdout=subprocess.PIPE, text=True, cwd=REPO)
     path = supernode.stdout.readline().strip()
@@ -101,23 +102,24 @@ def test_the_worker_is_only_for_a_supernodes_message_processes(monkeypatch):
 
 
 def test_a_killed_worker_is_replaced_by_the_next_task(task):
-    record, weights, config, index, labels = task
-    worker.learn(record, config, weights, index, labels, None, {})
+    record, _, config, index, labels = task
+    worker.learn(record, config, index, labels, None, {})
     path = worker.socket_path(config)
     old = _worker_pid(path)
     os.kill(old, 9)  # its socket file stays behind
     deadline = time.monotonic() + 10
     while _alive(old) and time.monotonic() < deadline:
         time.sleep(0.05)
-    got = worker.learn(record, config, weights, index, labels, None, {})
+    got = worker.learn(record, config, index, labels, None, {})
     assert got["counts"].tolist() == [5, 5] and _worker_pid(path) not in (-1, old)
 
 
 def test_a_task_arriving_while_the_warmed_worker_starts_waits_for_it(task, tmp_path):
     record, weights, config, index, labels = task
     config = {**config, "cache-dir": str(tmp_path / "warm")}
+    node.weight_store(node.node_cache(config)).put(record["backbone_digest"], weights)
     worker.warm(config)  # the identify query's start, not waited for
-    got = worker.learn(record, config, weights, index, labels, None, {})  # its own start loses the lock: it waits
+    got = worker.learn(record, config, index, labels, None, {})  # its own start loses the lock: it waits
     assert got["counts"].tolist() == [5, 5]
     os.kill(_worker_pid(worker.socket_path(config)), 15)
 
@@ -126,6 +128,7 @@ def test_a_worker_warmed_with_the_scenario_has_its_data_ready_for_the_first_task
     # Prepare: the identify query's scenario, before any task (a new node, an empty cache)
     record, weights, config, index, labels = task
     config = {**config, "cache-dir": str(tmp_path / "prepared")}
+    node.weight_store(node.node_cache(config)).put(record["backbone_digest"], weights)
     worker.warm(config, record["scenario"])
     # Execute: the worker decodes the data into the node's cache while nobody asks it anything
     deadline = time.monotonic() + 60
@@ -133,6 +136,6 @@ def test_a_worker_warmed_with_the_scenario_has_its_data_ready_for_the_first_task
         time.sleep(0.1)
     # Assert: the cache was filled before any task, and the first task is served
     assert list((tmp_path / "prepared").glob("*.npy"))
-    got = worker.learn(record, config, weights, index, labels, None, {})
+    got = worker.learn(record, config, index, labels, None, {})
     assert got["counts"].tolist() == [5, 5]
     os.kill(_worker_pid(worker.socket_path(config)), 15)

@@ -1,8 +1,7 @@
-"""Building a backbone, its weights as arrays and their digest, and embedding samples."""
+"""Building a backbone, its weights as arrays, and embedding samples."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -47,15 +46,6 @@ def read_checkpoint(checkpoint: str | Path) -> dict:
 
 def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-
-
-def state_digest(state: dict[str, np.ndarray]) -> str:
-    """Digest of a backbone's weights: clients prove with it that they hold the server's."""
-    h = hashlib.sha256()
-    for key in sorted(state):
-        h.update(key.encode())
-        h.update(np.ascontiguousarray(state[key]).tobytes())
-    return h.hexdigest()[:16]
 
 
 def model_from_numpy(name: str, state: dict[str, np.ndarray]) -> nn.Module:
