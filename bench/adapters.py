@@ -84,6 +84,9 @@ SCENARIOS = {
               ["merge.head=ridge", "adapters.rank=8", "adapters.lr=3e-4", "adapters.lr_later=3e-5", "adapters.epochs=1",
                "adapters.alpha=16", "adapters.batch_size=64", "adapters.drift_sigma=0.3"],
               ["tasks.train_shots=20", "tasks.test_shots=10"]),
+    # ImageNet's EfficientNet-Lite0 on handwritten characters: the domain gap adapters are for;
+    # the scenario file holds the settings (--quick: 40 classes)
+    "omniglot-efficientnet": ("scenarios/omniglot-efficientnet-adapters.yaml", [], ["tasks.num_classes=40"]),
     "omniglot": ("scenarios/omniglot-alphabets.yaml",
                  ["merge.head=ncm", "adapters.rank=4", "adapters.lr=2e-4", "adapters.lr_later=2e-5", "adapters.epochs=2",
                   "adapters.batch_size=32", "adapters.loss=prototypical", "adapters.drift_sigma=3.0"],
