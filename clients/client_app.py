@@ -119,10 +119,12 @@ def adapt(msg: Message, context: Context) -> Message:
     start = time.perf_counter()
     setup = node.setup(msg, context)
     task, arrays = _task(msg)
-    factors, loss = adapt_task(setup, arrays["sample_index"], arrays["sample_labels"],
-                               int(task["round"]), int(task["step"]), _numpy(msg.content[P.ADAPTER]),
-                               int(task["learned"]))
-    reply = RecordDict({P.ADAPTER_UPDATE: _record(factors), P.METRICS: _metrics(task, arrays, start, loss=loss)})
+    known = (arrays["known_ids"], arrays["known_means"]) if "known_ids" in arrays else None
+    step = adapt_task(setup, arrays["sample_index"], arrays["sample_labels"], int(task["round"]), int(task["step"]),
+                      _numpy(msg.content[P.ADAPTER]), int(task["learned"]), known)
+    reply = RecordDict({P.ADAPTER_UPDATE: _record(step.factors), P.METRICS: _metrics(task, arrays, start, loss=step.loss)})
+    if setup.scenario.adapters.classifier == "federation" and step.factors:  # the task's class means, for the next step
+        reply[P.STEP_CLASSES] = _record({"ids": step.classes, "counts": step.counts, "means": step.means})
     return Message(reply, reply_to=msg)
 
 

@@ -17,7 +17,8 @@ from fedrecon.backbones.registry import backbone_entry
 from fedrecon.backbones.weights import state_digest
 from fedrecon.data.dataset import ClassDataset
 from fedrecon.data.registry import load_dataset
-from fedrecon.learning.adapter_task import TaskResult, adapt_step, client_task, start_factors
+from fedrecon.learning.adapter_task import (StepResult, TaskResult, adapt_step, client_task, federation_negatives,
+                                            start_factors)
 from fedrecon.learning.finetune import train_task
 from fedrecon.learning.heads import head_spec
 from fedrecon.learning.lora import Adapted
@@ -129,13 +130,15 @@ def learn_task_adapted(setup: Setup, sample_index: np.ndarray, sample_labels: np
 
 
 def adapt_task(setup: Setup, sample_index: np.ndarray, sample_labels: np.ndarray, round: int, step: int,
-               global_state: dict, task_number: int) -> tuple[dict[str, np.ndarray], float]:
+               global_state: dict, task_number: int, known: tuple[np.ndarray, np.ndarray] | None = None) -> StepResult:
     """One adapter step of a task: train from the server's merged adapter (if the
-    schedule trains this task); the factors to send and the loss."""
+    schedule trains this task). ``known``: the classes the federation knows and their mean
+    features (``adapters.classifier: federation``); those this task does not hold are its negatives."""
     adapted, inputs = _adapted_inputs(setup, sample_index, sample_labels)
     start = start_factors(adapted, setup.scenario, global_state, setup.client, round)
+    negatives = federation_negatives(known[0], known[1], sample_labels) if known is not None else None
     return adapt_step(adapted, start, inputs, sample_labels, task_number, pick_device(setup.scenario.model.device),
-                      setup.scenario, round, step)
+                      setup.scenario, round, step, negatives)
 
 
 def adapted_features(setup: Setup, sample_index: np.ndarray, sample_labels: np.ndarray,

@@ -193,10 +193,13 @@ def test_with_adapter_rounds_a_task_message_only_summarises_and_an_adapt_step_tr
     start = make_adapter_merge("ffa").client_start({}, adapted.shapes(), scenario.adapters, scenario.seed, 0, 1)
     cpu = torch.device("cpu")
     # an adapt step trains the client's first task and sends B; a later task sends nothing
-    factors, loss = adapt_step(adapted, start, inputs, labels, 0, cpu, scenario, round=1, step=0)
-    assert set(factors) == {f"{n}.B" for n in adapted.names} and np.isfinite(loss)
+    step = adapt_step(adapted, start, inputs, labels, 0, cpu, scenario, round=1, step=0)
+    factors = step.factors
+    assert set(factors) == {f"{n}.B" for n in adapted.names} and np.isfinite(step.loss)
     assert np.abs(factors[f"{adapted.names[0]}.B"]).max() > 0
-    assert adapt_step(adapted, start, inputs, labels, 1, cpu, scenario, round=2, step=0)[0] == {}
+    # with the task's classes, their counts and mean features under the adapter it started from
+    assert step.classes.tolist() == [2, 5] and step.counts.tolist() == [6, 6] and step.means.shape == (2, 64)
+    assert adapt_step(adapted, start, inputs, labels, 1, cpu, scenario, round=2, step=0).factors == {}
     # the task message after the adapter steps: statistics under the merged adapter, untrained
     merged = {**start, **factors}
     result = client_task(adapted, merged, inputs, labels, 0, cpu, scenario)

@@ -76,22 +76,55 @@ def client_task(adapted: Adapted, start: Mapping[str, np.ndarray], inputs: np.nd
     return TaskResult(stats, factors, local, drift, loss, time.perf_counter() - begin)
 
 
+@dataclass
+class StepResult:
+    """One adapter step's reply: the factors (empty: the schedule does not train this
+    task), the last epoch's mean loss, and the task's classes with their sample counts and
+    mean features under the adapter the step started from (empty when nothing trained)."""
+
+    factors: dict[str, np.ndarray]
+    loss: float
+    classes: np.ndarray
+    counts: np.ndarray
+    means: np.ndarray
+
+
 def adapt_step(adapted: Adapted, start: Mapping[str, np.ndarray], inputs: np.ndarray, labels: np.ndarray,
                task_number: int, device: torch.device, scenario: Scenario, round: int,
-               step: int) -> tuple[dict[str, np.ndarray], float]:
+               step: int, negatives: np.ndarray | None = None) -> StepResult:
     """One adapter step (``adapters.steps`` > 0): from the merged adapter ``start``,
-    train ``epochs`` on the task's samples if the schedule says so.
-
-    Returns the factors to send (empty: the schedule does not train this task) and
-    the last epoch's mean loss.
-    """
+    train ``epochs`` on the task's samples if the schedule says so; ``negatives``: the
+    mean features of the federation's other classes (``adapters.classifier: federation``)."""
     lr = scenario.adapters.lr_for(task_number)
     if lr <= 0:
-        return {}, float("nan")
+        return StepResult({}, float("nan"), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0)))
     adapted.load(start)
     replies = make_adapter_merge(scenario.merge.adapters).replies
-    loss = train_adapter(adapted, inputs, labels, lr, device, scenario.seed, factors=replies, stream=(round, step))["loss"]
-    return reply_factors(adapted, scenario.merge.adapters), loss
+    out = train_adapter(adapted, inputs, labels, lr, device, scenario.seed, factors=replies, stream=(round, step),
+                        negatives=negatives)
+    return StepResult(reply_factors(adapted, scenario.merge.adapters), out["loss"], out["classes"], out["counts"],
+                      out["means"])
+
+
+def federation_negatives(classes: np.ndarray, means: np.ndarray, own: np.ndarray) -> np.ndarray:
+    """The rows of ``means`` (row i: class ``classes[i]``) of classes not in ``own``: a client's fixed negatives."""
+    return means[~np.isin(classes, own)]
+
+
+def pooled_means(replies: list[StepResult]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Classes, counts and count-weighted mean features over the step replies (a class
+    several clients hold is averaged over all their samples: sums added, then divided)."""
+    sums: dict[int, np.ndarray] = {}
+    counts: dict[int, int] = {}
+    for r in replies:
+        for c, n, m in zip(r.classes.tolist(), r.counts.tolist(), r.means):
+            sums[c] = sums.get(c, 0.0) + n * np.asarray(m, dtype=np.float64)
+            counts[c] = counts.get(c, 0) + n
+    ids = np.array(sorted(sums), dtype=np.int64)
+    if not len(ids):
+        return ids, np.zeros(0, np.int64), np.zeros((0, 0))
+    n = np.array([counts[c] for c in ids], dtype=np.int64)
+    return ids, n, np.stack([sums[c] / counts[c] for c in ids])
 
 
 class AdapterServer:

@@ -54,7 +54,7 @@ def _class_means(model: nn.Module, inputs: np.ndarray, y: np.ndarray, k: int, de
 
 
 def train_adapter(adapted: Adapted, inputs: np.ndarray, labels: np.ndarray, lr: float, device: torch.device, seed: int,
-                  factors: str = "AB", stream: tuple[int, ...] = ()) -> dict[str, float]:
+                  factors: str = "AB", stream: tuple[int, ...] = (), negatives: np.ndarray | None = None) -> dict:
     """Fine-tune the adapter on one task's samples (its classes only, no old data).
 
     ``cross_entropy``: a cosine classifier over the task's classes, started at their
@@ -62,9 +62,13 @@ def train_adapter(adapted: Adapted, inputs: np.ndarray, labels: np.ndarray, lr: 
     are cosine similarities to the class means, recomputed under the current adapter
     at the start of each epoch. ``factors`` is ``"AB"``, or ``"B"`` (``ffa``: A frozen).
     ``seed`` (the scenario's) and ``stream`` (adapter steps: round and step) seed the
-    sample order.
+    sample order. ``negatives`` (k, dim): mean features of classes this task does not
+    hold (``adapters.classifier: federation``, the other clients' classes); the logits
+    span them too, fixed, so the task's features are pushed away from theirs.
 
-    Returns the last epoch's mean loss and the seconds taken.
+    Returns the last epoch's mean loss, the seconds taken, and the task's classes with
+    their sample counts and feature means under the adapter it started from (``classes``,
+    ``counts``, ``means``: what the server's federation-wide classifier is made of).
     """
     a = adapted.adapters
     start = time.perf_counter()
@@ -75,8 +79,11 @@ def train_adapter(adapted: Adapted, inputs: np.ndarray, labels: np.ndarray, lr: 
     classes, y = np.unique(labels, return_inverse=True)
     y_all = torch.as_tensor(y, device=device)
     params = adapted.parameters(factors)
-    means = torch.as_tensor(_class_means(model, inputs, y, len(classes), device), device=device, dtype=torch.float32)
+    first = _class_means(model, inputs, y, len(classes), device)
+    means = torch.as_tensor(first, device=device, dtype=torch.float32)
     head = nn.Parameter(means.clone()) if a.loss == "cross_entropy" else None
+    others = (torch.as_tensor(negatives, device=device, dtype=torch.float32) if negatives is not None and len(negatives)
+              else torch.zeros((0, means.shape[1]), device=device))
     optim = torch.optim.AdamW(params + ([head] if head is not None else []), lr=lr, weight_decay=0.0)
     rng = np.random.default_rng([seed, ADAPTER_STREAM, len(labels), *stream])
     last = float("nan")
@@ -87,12 +94,13 @@ def train_adapter(adapted: Adapted, inputs: np.ndarray, labels: np.ndarray, lr: 
         def loss_of(idx: np.ndarray) -> torch.Tensor:
             with autocast_bf16(device, a.mixed_precision):
                 feats = forward_features(model, inputs[idx], device).float()
-            weights = head if head is not None else means
+            weights = torch.cat([head if head is not None else means, others])
             logits = F.normalize(feats, dim=1) @ F.normalize(weights, dim=1).T / a.temperature
             return F.cross_entropy(logits, y_all[idx])
 
         last = train_epoch(optim, rng.permutation(len(labels)), a.batch_size, loss_of)
-    return {"loss": last, "seconds": time.perf_counter() - start}
+    return {"loss": last, "seconds": time.perf_counter() - start, "classes": classes,
+            "counts": np.bincount(y, minlength=len(classes)), "means": first}
 
 
 @torch.no_grad()

@@ -107,8 +107,12 @@ class AdaptersConfig(Strict):
     epochs: int = Field(1, ge=1, le=1000, description="passes over a task's samples")
     batch_size: int = Field(32, ge=1, description="samples per step")
     loss: Literal["cross_entropy", "prototypical"] = Field(
-        "cross_entropy", description="over the task's classes only: cosine classifier started at the class means, or distances to the means")
+        "cross_entropy", description="cosine classifier started at the class means, or distances to the means (of the classes adapters.classifier names)")
     temperature: float = Field(0.1, gt=0.0, description="of the cosine logits")
+    classifier: Literal["task", "federation"] = Field(
+        "task", description="the classes an adapter step's loss separates: the task's own, or every class the federation "
+                            "knows (the previous step's trainers' and the earlier rounds' class means as fixed "
+                            "negatives; needs adapters.steps >= 2 in a round nobody learned before)")
     staleness: Literal["keep", "compensate"] = Field(
         "keep", description="statistics computed under an older adapter: keep them, or move them by the drift the current data shows (SDC)")
     drift_sigma: float = Field(0.5, gt=0.0, description="compensate: width of the Gaussian weighting drifts by distance to a prototype (feature units)")
