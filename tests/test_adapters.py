@@ -214,6 +214,16 @@ def test_the_adapters_section_says_the_schedule():
     assert s.active and s.scale == 2.0 and [s.lr_for(i) for i in range(2)] == [3e-4, 0.0]
     assert [AdaptersConfig(schedule="every_task").lr_for(i) for i in range(2)] == [1e-3, 1e-4]
     assert AdaptersConfig().active is False and AdaptersConfig().lr_for(0) == 0.0
+    # until_round: a first task after that round does not train (the adapter froze for everyone)
+    limited = AdaptersConfig(schedule="first_task", steps=1, until_round=1)
+    assert [limited.lr_for(0, r) for r in (1, 2)] == [1e-3, 0.0]
+
+
+def test_a_round_limit_without_adapter_steps_is_refused():
+    from fedrecon.scenario import ScenarioError
+
+    with pytest.raises(ScenarioError, match="adapters.until_round"):
+        scenario_of(adapters={"schedule": "first_task", "until_round": 1}, merge={"adapters": "ffa"})
 
 
 def test_drift_compensation_moves_sums_and_second_moment_exactly():

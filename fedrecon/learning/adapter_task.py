@@ -95,7 +95,7 @@ def adapt_step(adapted: Adapted, start: Mapping[str, np.ndarray], inputs: np.nda
     """One adapter step (``adapters.steps`` > 0): from the merged adapter ``start``,
     train ``epochs`` on the task's samples if the schedule says so; ``negatives``: the
     mean features of the federation's other classes (``adapters.classifier: federation``)."""
-    lr = scenario.adapters.lr_for(task_number)
+    lr = scenario.adapters.lr_for(task_number, round)
     if lr <= 0:
         return StepResult({}, float("nan"), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0)))
     adapted.load(start)

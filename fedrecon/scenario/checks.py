@@ -219,6 +219,9 @@ def _adapter_checks(s: Scenario, source: SourceMap) -> list[str]:
     if a.steps and a.staleness == "compensate":
         problems.append(source.error(("adapters", "steps"), "compensate measures drift within one task message; with adapter "
                                                             "steps use staleness keep"))
+    if a.until_round is not None and not a.steps:
+        problems.append(source.error(("adapters", "until_round"), "the round limit applies to adapter steps: set "
+                                                                  "adapters.steps (1 or more), or until_round null"))
     if a.classifier == "federation" and not a.steps:
         problems.append(source.error(("adapters", "classifier"), "the federation's classes reach a trainer between adapter "
                                                                  "steps: set adapters.steps (2 or more), or classifier task"))

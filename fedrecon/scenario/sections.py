@@ -117,6 +117,9 @@ class AdaptersConfig(Strict):
         "keep", description="statistics computed under an older adapter: keep them, or move them by the drift the current data shows (SDC)")
     drift_sigma: float = Field(0.5, gt=0.0, description="compensate: width of the Gaussian weighting drifts by distance to a prototype (feature units)")
     mixed_precision: bool = Field(True, description="bf16 autocast when training on a GPU")
+    until_round: int | None = Field(None, ge=1, description="the adapter trains only in rounds up to this one, then "
+                                                               "freezes for everyone (with adapter steps; null: no limit). "
+                                                               "1 in a staggered federation: the first round's clients adapt it")
     steps: int = Field(0, ge=0, le=100, description="0: each client trains on its task and summarises it under its own "
                                                     "adapter, in one message; N: the round's trainers first run N federated "
                                                     "adapter steps (epochs each, merged by merge.adapters), then "
@@ -130,8 +133,10 @@ class AdaptersConfig(Strict):
     def scale(self) -> float:
         return self.alpha / self.rank
 
-    def lr_for(self, task_number: int) -> float:
-        """Learning rate of a client's ``task_number``-th task (0-based); 0: no training."""
+    def lr_for(self, task_number: int, round: int | None = None) -> float:
+        """Learning rate of a client's ``task_number``-th task (0-based) in ``round``; 0: no training."""
+        if self.until_round is not None and round is not None and round > self.until_round:
+            return 0.0
         if self.schedule == "first_task":
             return self.lr if task_number == 0 else 0.0
         if self.schedule == "every_task":
