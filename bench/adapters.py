@@ -46,7 +46,7 @@ from fedrecon.backbones.registry import backbone_entry  # noqa: E402
 from fedrecon.data.dataset import ClassDataset  # noqa: E402
 from fedrecon.data.registry import load_dataset  # noqa: E402
 from fedrecon.learning.adapter_task import (  # noqa: E402
-    AdapterServer, adapt_step, client_task, federation_negatives, pooled_means)
+    AdapterServer, adapt_step, client_task, federation_negatives, known_after)
 from fedrecon.learning.evaluate import count_correct  # noqa: E402
 from fedrecon.learning.heads import head_spec  # noqa: E402
 from fedrecon.learning.lora import Adapted  # noqa: E402
@@ -199,33 +199,29 @@ def run(setup: Setup, device: torch.device, every: int) -> dict:
         arrivals = plan.arrivals_at(r)
         updates, factors, weights, drifts, bytes_round, stats_bytes = [], [], [], [], 0, 0
         # the federation's classes (adapters.classifier: federation): the earlier rounds'
-        # statistics, then each step's trainers' class means
-        known = (stats.ids, stats.means()) if stats is not None and len(stats) else (np.zeros(0, np.int64), None)
+        # statistics, then each step's trainers' class sums
+        known = ClassStats(stats.ids, stats.counts, stats.sums) if stats is not None and len(stats) else None
         for step in range(a_cfg.steps if adapted else 0):
             # adapter steps (as strategies.adapter_steps): train together, merge, repeat
-            step_factors, step_weights, step_replies = [], [], []
+            step_factors, step_weights, step_classes = [], [], []
             for a in arrivals:
                 bytes_round += sum(v.nbytes for v in server.payload().values())
                 negatives = None
-                if a_cfg.classifier == "federation" and known[1] is not None:
-                    negatives = federation_negatives(known[0], known[1], a.sample_labels)
-                    bytes_round += negatives.nbytes
+                if a_cfg.classifier == "federation" and known is not None:
+                    negatives = federation_negatives(known, a.sample_labels)
+                    bytes_round += known.counts.nbytes + known.sums.nbytes
                 res = adapt_step(adapted, server.start_for(a.client, r), dataset.inputs[a.sample_index],
                                  a.sample_labels, tasks_done.get(a.client, 0), device, s, r, step, negatives)
                 if res.factors:
                     step_factors.append(res.factors)
                     step_weights.append(float(len(a.sample_labels)))
-                    step_replies.append(res)
+                    step_classes.append(res.classes)
                     bytes_round += sum(v.nbytes for v in res.factors.values())
                     losses.append(res.loss)
             if not server.merge(step_factors, step_weights):
                 break  # no one trains this round: no more steps
             if a_cfg.classifier == "federation":
-                ids, _, means = pooled_means(step_replies)
-                if known[1] is not None:  # earlier rounds' classes this step's trainers do not hold
-                    old = ~np.isin(known[0], ids)
-                    ids, means = np.concatenate([ids, known[0][old]]), np.concatenate([means, known[1][old]])
-                known = (ids, means)
+                known = known_after(known, step_classes)
         prototypes = stats.means() if stats is not None and len(stats) else None
         for a in arrivals:
             inputs = dataset.inputs[a.sample_index]

@@ -25,8 +25,9 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=330)
     parser.add_argument("--state-kb", type=int, default=0)
     args = parser.parse_args()
-    for key, value in {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-                       "RAY_DEDUP_LOGS": "0"}.items():
+    from server.cli import QUIET_FLOWER  # the environment `fedrecon run` gives Flower, for a like-for-like floor
+
+    for key, value in QUIET_FLOWER.items():
         os.environ.setdefault(key, value)
     import logging
 

@@ -115,16 +115,17 @@ def _learn_adapted(msg: Message, context: Context, setup, task: dict, arrays: di
 def adapt(msg: Message, context: Context) -> Message:
     """One of a round's adapter steps: train the merged adapter on the task, send the factors."""
     from clients.learner import adapt_task
+    from fedrecon.learning.stats import ClassStats
 
     start = time.perf_counter()
     setup = node.setup(msg, context)
     task, arrays = _task(msg)
-    known = (arrays["known_ids"], arrays["known_means"]) if "known_ids" in arrays else None
+    known = ClassStats(arrays["known_ids"], arrays["known_counts"], arrays["known_sums"]) if "known_ids" in arrays else None
     step = adapt_task(setup, arrays["sample_index"], arrays["sample_labels"], int(task["round"]), int(task["step"]),
                       _numpy(msg.content[P.ADAPTER]), int(task["learned"]), known)
     reply = RecordDict({P.ADAPTER_UPDATE: _record(step.factors), P.METRICS: _metrics(task, arrays, start, loss=step.loss)})
-    if setup.scenario.adapters.classifier == "federation" and step.factors:  # the task's class means, for the next step
-        reply[P.STEP_CLASSES] = _record({"ids": step.classes, "counts": step.counts, "means": step.means})
+    if setup.scenario.adapters.classifier == "federation" and step.classes is not None:  # for the next step
+        reply[P.STEP_CLASSES] = _record(step.classes.to_arrays())
     return Message(reply, reply_to=msg)
 
 

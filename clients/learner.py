@@ -130,13 +130,14 @@ def learn_task_adapted(setup: Setup, sample_index: np.ndarray, sample_labels: np
 
 
 def adapt_task(setup: Setup, sample_index: np.ndarray, sample_labels: np.ndarray, round: int, step: int,
-               global_state: dict, task_number: int, known: tuple[np.ndarray, np.ndarray] | None = None) -> StepResult:
+               global_state: dict, task_number: int, known: ClassStats | None = None) -> StepResult:
     """One adapter step of a task: train from the server's merged adapter (if the
-    schedule trains this task). ``known``: the classes the federation knows and their mean
-    features (``adapters.classifier: federation``); those this task does not hold are its negatives."""
+    schedule trains this task). ``known``: the classes the federation knows, their counts
+    and sums (``adapters.classifier: federation``); the means of those this task does not
+    hold are its negatives."""
     adapted, inputs = _adapted_inputs(setup, sample_index, sample_labels)
     start = start_factors(adapted, setup.scenario, global_state, setup.client, round)
-    negatives = federation_negatives(known[0], known[1], sample_labels) if known is not None else None
+    negatives = federation_negatives(known, sample_labels) if known is not None else None
     return adapt_step(adapted, start, inputs, sample_labels, task_number, pick_device(setup.scenario.model.device),
                       setup.scenario, round, step, negatives)
 

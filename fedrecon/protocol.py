@@ -18,14 +18,14 @@ BACKBONE = "backbone"  # ArrayRecord: backbone state, sent with the setup unless
 TASK_CONFIG = "task_config"  # ConfigRecord: round, task (the plan's number of the client's task), learned (the
 #   client's tasks the server accepted so far: its adapter schedule counts them), fault keys; "step" in train.adapt
 TASK_ARRAYS = "task_arrays"  # ArrayRecord: sample_index, sample_labels; prototypes (staleness: compensate);
-# known_ids, known_means (an adapter step under classifier: federation: the classes the federation knows)
+# known_ids, known_counts, known_sums (an adapter step under classifier: federation: the classes the federation knows)
 ADAPTER = "adapter"  # ArrayRecord: the server's adapter state (factors only; merge.adapters other than none)
 
 # --- client -> server -----------------------------------------------------------------------
 STATS = "stats"  # ArrayRecord: ids, counts, sums (only the classes of this task)
 METRICS = "metrics"  # MetricRecord: samples, seconds, task
 ADAPTER_UPDATE = "adapter_update"  # ArrayRecord: <layer>.A / <layer>.B the client trained (empty: it did not)
-STEP_CLASSES = "step_classes"  # ArrayRecord: ids, counts, means of an adapter step's task (classifier: federation)
+STEP_CLASSES = "step_classes"  # ArrayRecord: ids, counts, sums of an adapter step's task (classifier: federation)
 DRIFT = "drift"  # ArrayRecord: sums, weights of the drift of the server's prototypes (staleness: compensate)
 
 # message type "train.finetune" (merge.method: fedavg_finetune): TASK_CONFIG, TASK_ARRAYS and

@@ -9,7 +9,8 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 
 from fedrecon import protocol as P
-from fedrecon.learning.adapter_task import StepResult, pooled_means
+from fedrecon.learning.adapter_task import known_after
+from fedrecon.learning.stats import ClassStats
 from strategies.recon import ReconStrategy
 from strategies.records import to_record
 from strategies.validation import PayloadError
@@ -41,9 +42,9 @@ class AdapterSteps(ReconStrategy):
             raise ValueError("AdapterSteps needs adapters.steps >= 1 and a merge policy that merges (fedavg, ffa, stack)")
         self.adapter_log: list[dict] = []  # one entry a step: round, step, trainers, loss, failed
         self._adapt_sent: dict[int, object] = {}
-        # classifier: federation: the classes the federation knows and their mean features,
-        # the earlier rounds' statistics and then each step's trainers' (a negative set for the next step)
-        self._known: tuple[np.ndarray, np.ndarray] | None = None
+        # classifier: federation: the classes the federation knows (counts and sums), the
+        # earlier rounds' statistics and then each step's trainers' (the next step's negatives)
+        self._known: ClassStats | None = None
         self._known_round = 0
 
     def method(self) -> str:
@@ -64,7 +65,8 @@ class AdapterSteps(ReconStrategy):
                 P.TASK_CONFIG: ConfigRecord({"round": server_round, "task": arrival.task, "step": step,
                                              "learned": self.learned.get(client, 0)}),
                 P.TASK_ARRAYS: to_record({"sample_index": arrival.sample_index, "sample_labels": arrival.sample_labels,
-                                          **({"known_ids": known[0], "known_means": known[1]} if known else {})}),
+                                          **({"known_ids": known.ids, "known_counts": known.counts,
+                                              "known_sums": known.sums} if known is not None else {})}),
                 P.ADAPTER: payload,
             })
             self.add_setup(content, client, server_round)
@@ -106,48 +108,41 @@ class AdapterSteps(ReconStrategy):
         # staleness is keep here (the scenario check refuses compensate): older statistics stay as they are
         self.adapters.merge(factors, weights)
         if classes:
-            self._learn_classes(classes)
+            self._known = known_after(self._known, classes)
         self.adapter_log.append({"round": server_round, "step": step + 1, "trainers": len(factors),
                                  "loss": sum(losses) / len(losses) if losses else None, "failed": sorted(failed)})
         log(INFO, "round %d adapter step %d: %d trainers merged", server_round, step + 1, len(factors))
         return bool(factors or failed)
 
-    def known(self, server_round: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """The federation's classes and mean features a step's trainers separate their own
-        from (``adapters.classifier: federation``; None: task, or nothing known yet)."""
+    def known(self, server_round: int) -> ClassStats | None:
+        """The federation's classes a step's trainers separate their own from
+        (``adapters.classifier: federation``; None: task, or nothing known yet)."""
         if self.scenario.adapters.classifier != "federation":
             return None
         if self._known_round != server_round:  # a new round starts from the merged statistics
             self._known_round = server_round
-            self._known = (self.stats.ids.astype(np.int64), self.stats.means()) if len(self.stats) else None
+            s = self.stats
+            self._known = ClassStats(s.ids.astype(np.int64), s.counts, s.sums) if len(s) else None
         return self._known
 
-    def check_step_classes(self, reply, arrival) -> StepResult | None:
-        """A trainer's class means (classifier: federation): its task's classes with their
-        exact sample counts, one finite row each of the feature size; None when not sent."""
+    def check_step_classes(self, reply, arrival) -> ClassStats | None:
+        """A trainer's class counts and sums (classifier: federation): its task's classes
+        with their exact sample counts, one finite row each of the feature size; None when
+        the scenario asks for none."""
         if self.scenario.adapters.classifier != "federation":
             return None
         if P.STEP_CLASSES not in reply.content:
-            raise PayloadError("the adapter step reply has no class means (classifier: federation)")
+            raise PayloadError("the adapter step reply has no class sums (classifier: federation)")
         got = {k: v.numpy() for k, v in reply.content[P.STEP_CLASSES].items()}
-        if set(got) != {"ids", "counts", "means"}:
-            raise PayloadError(f"class means with keys {sorted(got)}, not ids, counts, means")
+        if set(got) != {"ids", "counts", "sums"}:
+            raise PayloadError(f"class sums with keys {sorted(got)}, not ids, counts, sums")
         ids, counts = np.unique(arrival.sample_labels, return_counts=True)
         if got["ids"].shape != ids.shape or not np.array_equal(got["ids"], ids) or not np.array_equal(got["counts"], counts):
-            raise PayloadError("class means for other classes or counts than the task's samples")
-        means = np.asarray(got["means"])
-        if means.shape != (len(ids), self.dim) or not np.issubdtype(means.dtype, np.floating) or not np.isfinite(means).all():
-            raise PayloadError(f"class means of shape {means.shape} ({means.dtype}), not ({len(ids)}, {self.dim}) finite floats")
-        return StepResult({}, float("nan"), ids.astype(np.int64), counts, means.astype(np.float64))
-
-    def _learn_classes(self, classes: list[StepResult]) -> None:
-        """The step's class means, pooled over its trainers, replace those of the same
-        classes; earlier rounds' classes the step did not see stay."""
-        ids, _, means = pooled_means(classes)
-        if self._known is not None:
-            old = ~np.isin(self._known[0], ids)
-            ids, means = np.concatenate([ids, self._known[0][old]]), np.concatenate([means, self._known[1][old]])
-        self._known = (ids, means)
+            raise PayloadError("class sums for other classes or counts than the task's samples")
+        sums = np.asarray(got["sums"])
+        if sums.shape != (len(ids), self.dim) or not np.issubdtype(sums.dtype, np.floating) or not np.isfinite(sums).all():
+            raise PayloadError(f"class sums of shape {sums.shape} ({sums.dtype}), not ({len(ids)}, {self.dim}) finite floats")
+        return ClassStats(ids.astype(np.int64), counts.astype(np.float64), sums.astype(np.float64))
 
     def _left_out(self, server_round: int, step: int, arrival, reason: str, failed: list[int]) -> None:
         # not a failed task (its task message still goes out): no retry is booked

@@ -70,7 +70,7 @@ def test_a_federation_wide_classifier_sends_the_known_classes_and_stays_exact(wr
     assert not any("known_ids" in m.content["task_arrays"] for m in steps[:3])
     round_1 = sorted(set().union(*(labels(m) for m in steps[:3])))
     assert all(known(m) == round_1 for m in steps[3:6])
-    assert known(steps[6]) == round_1 and steps[6].content["task_arrays"]["known_means"].numpy().shape == (6, 1280)
+    assert known(steps[6]) == round_1 and steps[6].content["task_arrays"]["known_sums"].numpy().shape == (6, 1280)
     merged, central = _stats_under_final_adapter(path, tmp_path / "run")
     assert summary["failures"] == 0 and summary["classes_learned"] == 12
     assert np.abs(merged.sums - central.sums).max() / np.abs(central.sums).max() < 1e-5

@@ -197,8 +197,9 @@ def test_with_adapter_rounds_a_task_message_only_summarises_and_an_adapt_step_tr
     factors = step.factors
     assert set(factors) == {f"{n}.B" for n in adapted.names} and np.isfinite(step.loss)
     assert np.abs(factors[f"{adapted.names[0]}.B"]).max() > 0
-    # with the task's classes, their counts and mean features under the adapter it started from
-    assert step.classes.tolist() == [2, 5] and step.counts.tolist() == [6, 6] and step.means.shape == (2, 64)
+    # with the task's class counts and feature sums under the adapter it started from
+    assert step.classes.ids.tolist() == [2, 5] and step.classes.counts.tolist() == [6, 6]
+    assert step.classes.sums.shape == (2, 64)
     assert adapt_step(adapted, start, inputs, labels, 1, cpu, scenario, round=2, step=0).factors == {}
     # the task message after the adapter steps: statistics under the merged adapter, untrained
     merged = {**start, **factors}

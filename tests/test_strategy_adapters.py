@@ -210,7 +210,7 @@ def test_an_oversized_adapter_update_is_refused_unread():
 
 
 def test_a_federation_classifier_passes_on_the_checked_class_means_of_each_step():
-    # Prepare: client 0 claims counts its task does not have; clients 1 and 2 send their means (value c)
+    # Prepare: client 0 claims counts its task does not have; clients 1 and 2 send sums of mean c
     s = make_strategy(kind=AdapterSteps, adapter_shapes=SHAPES, seed=3, merge={"adapters": "ffa"},
                       adapters={"schedule": "first_task", "rank": 2, "steps": 2, "classifier": "federation"})
 
@@ -221,19 +221,21 @@ def test_a_federation_classifier_passes_on_the_checked_class_means_of_each_step(
                 labels = from_record(m.content[P.TASK_ARRAYS])["sample_labels"]
                 ids, counts = np.unique(labels, return_counts=True)
                 c = m.metadata.dst_node_id - 100
+                sums = np.full((len(ids), DIM), float(c)) * counts[:, None]
                 r.content[P.STEP_CLASSES] = ArrayRecord({"ids": Array(ids), "counts": Array(counts + (c == 0)),
-                                                         "means": Array(np.full((len(ids), DIM), float(c)))})
+                                                         "sums": Array(sums)})
             return replies
 
     grid = MeansGrid(lambda c, step: b_factors(1.0))
     # Execute
     grid.steps(s, 1)
-    # Assert: step 1 knew nothing; client 0 was left out of it; step 2 carried clients 1 and 2's classes and means
+    # Assert: step 1 knew nothing; client 0 was left out of it; step 2 carried clients 1 and 2's classes and sums
     first, second = grid.sent
     assert not any("known_ids" in m.content[P.TASK_ARRAYS] for m in first)
     assert s.adapter_log[0]["failed"] == [0] and "counts" in s.failures[0]["reason"]
     arrays = from_record(second[0].content[P.TASK_ARRAYS])
     theirs = {c: set(from_record(m.content[P.TASK_ARRAYS])["sample_labels"].tolist()) for c, m in enumerate(first)}
     assert set(arrays["known_ids"].tolist()) == theirs[1] | theirs[2]
-    by_class = dict(zip(arrays["known_ids"].tolist(), arrays["known_means"][:, 0].tolist()))
+    means = arrays["known_sums"][:, 0] / arrays["known_counts"]
+    by_class = dict(zip(arrays["known_ids"].tolist(), means.tolist()))
     assert {by_class[k] for k in theirs[1]} == {1.0} and {by_class[k] for k in theirs[2]} == {2.0}

@@ -14,7 +14,7 @@ from fedrecon.learning.adapter_merges import make_adapter_merge
 from fedrecon.learning.drift import compensate, drift_from_sums, drift_sums
 from fedrecon.learning.heads import head_spec
 from fedrecon.learning.lora import Adapted
-from fedrecon.learning.stats import ClassStats
+from fedrecon.learning.stats import ClassStats, add_stats
 from fedrecon.learning.training import embed_adapted, train_adapter
 from fedrecon.scenario.model import Scenario
 
@@ -79,14 +79,12 @@ def client_task(adapted: Adapted, start: Mapping[str, np.ndarray], inputs: np.nd
 @dataclass
 class StepResult:
     """One adapter step's reply: the factors (empty: the schedule does not train this
-    task), the last epoch's mean loss, and the task's classes with their sample counts and
-    mean features under the adapter the step started from (empty when nothing trained)."""
+    task), the last epoch's mean loss, and the task's class counts and feature sums under
+    the adapter the step started from (None when nothing trained)."""
 
     factors: dict[str, np.ndarray]
     loss: float
-    classes: np.ndarray
-    counts: np.ndarray
-    means: np.ndarray
+    classes: ClassStats | None
 
 
 def adapt_step(adapted: Adapted, start: Mapping[str, np.ndarray], inputs: np.ndarray, labels: np.ndarray,
@@ -97,34 +95,28 @@ def adapt_step(adapted: Adapted, start: Mapping[str, np.ndarray], inputs: np.nda
     mean features of the federation's other classes (``adapters.classifier: federation``)."""
     lr = scenario.adapters.lr_for(task_number, round)
     if lr <= 0:
-        return StepResult({}, float("nan"), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0)))
+        return StepResult({}, float("nan"), None)
     adapted.load(start)
     replies = make_adapter_merge(scenario.merge.adapters).replies
     out = train_adapter(adapted, inputs, labels, lr, device, scenario.seed, factors=replies, stream=(round, step),
                         negatives=negatives)
-    return StepResult(reply_factors(adapted, scenario.merge.adapters), out["loss"], out["classes"], out["counts"],
-                      out["means"])
+    return StepResult(reply_factors(adapted, scenario.merge.adapters), out["loss"], out["classes"])
 
 
-def federation_negatives(classes: np.ndarray, means: np.ndarray, own: np.ndarray) -> np.ndarray:
-    """The rows of ``means`` (row i: class ``classes[i]``) of classes not in ``own``: a client's fixed negatives."""
-    return means[~np.isin(classes, own)]
+def federation_negatives(known: ClassStats, own: np.ndarray) -> np.ndarray:
+    """The mean features of the known classes not in ``own``: a client's fixed negatives."""
+    return known.means()[~np.isin(known.ids, own)]
 
 
-def pooled_means(replies: list[StepResult]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Classes, counts and count-weighted mean features over the step replies (a class
-    several clients hold is averaged over all their samples: sums added, then divided)."""
-    sums: dict[int, np.ndarray] = {}
-    counts: dict[int, int] = {}
-    for r in replies:
-        for c, n, m in zip(r.classes.tolist(), r.counts.tolist(), r.means):
-            sums[c] = sums.get(c, 0.0) + n * np.asarray(m, dtype=np.float64)
-            counts[c] = counts.get(c, 0) + n
-    ids = np.array(sorted(sums), dtype=np.int64)
-    if not len(ids):
-        return ids, np.zeros(0, np.int64), np.zeros((0, 0))
-    n = np.array([counts[c] for c in ids], dtype=np.int64)
-    return ids, n, np.stack([sums[c] / counts[c] for c in ids])
+def known_after(earlier: ClassStats | None, step: list[ClassStats]) -> ClassStats:
+    """The classes the federation knows after an adapter step: the step's trainers'
+    counts and sums, added (a class several of them hold pools all its samples), and
+    the earlier ones' rows of classes the step did not see."""
+    newer = add_stats([ClassStats(c.ids, c.counts, c.sums) for c in step])
+    if earlier is None:
+        return newer
+    old = ~np.isin(earlier.ids, newer.ids)
+    return add_stats([newer, ClassStats(earlier.ids[old], earlier.counts[old], earlier.sums[old])])
 
 
 class AdapterServer:

@@ -12,6 +12,7 @@ from torch import nn
 
 from fedrecon.learning.adapter_merges import ADAPTER_STREAM
 from fedrecon.learning.lora import Adapted
+from fedrecon.learning.stats import ClassStats
 
 
 def forward_features(model: nn.Module, batch: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -44,13 +45,11 @@ def train_epoch(optim: torch.optim.Optimizer, order: np.ndarray, batch_size: int
 
 
 @torch.no_grad()
-def _class_means(model: nn.Module, inputs: np.ndarray, y: np.ndarray, k: int, device: torch.device,
-                 batch_size: int = 128) -> np.ndarray:
+def _class_stats(model: nn.Module, inputs: np.ndarray, labels: np.ndarray, device: torch.device,
+                 batch_size: int = 128) -> ClassStats:
     feats = np.concatenate([forward_features(model, inputs[b : b + batch_size], device).float().cpu().numpy()
                             for b in range(0, len(inputs), batch_size)])
-    sums = np.zeros((k, feats.shape[1]))
-    np.add.at(sums, y, feats)
-    return sums / np.bincount(y, minlength=k)[:, None]
+    return ClassStats.from_features(labels, feats)
 
 
 def train_adapter(adapted: Adapted, inputs: np.ndarray, labels: np.ndarray, lr: float, device: torch.device, seed: int,
@@ -66,9 +65,9 @@ def train_adapter(adapted: Adapted, inputs: np.ndarray, labels: np.ndarray, lr: 
     hold (``adapters.classifier: federation``, the other clients' classes); the logits
     span them too, fixed, so the task's features are pushed away from theirs.
 
-    Returns the last epoch's mean loss, the seconds taken, and the task's classes with
-    their sample counts and feature means under the adapter it started from (``classes``,
-    ``counts``, ``means``: what the server's federation-wide classifier is made of).
+    Returns the last epoch's mean loss, the seconds taken, and ``classes``: the task's
+    counts and feature sums under the adapter it started from (what the server's
+    federation-wide classifier is made of).
     """
     a = adapted.adapters
     start = time.perf_counter()
@@ -76,11 +75,11 @@ def train_adapter(adapted: Adapted, inputs: np.ndarray, labels: np.ndarray, lr: 
     # eval mode: batch-norm statistics and dropout stay as the backbone had them; only
     # the adapter's factors move
     model.eval()
-    classes, y = np.unique(labels, return_inverse=True)
+    _, y = np.unique(labels, return_inverse=True)
     y_all = torch.as_tensor(y, device=device)
     params = adapted.parameters(factors)
-    first = _class_means(model, inputs, y, len(classes), device)
-    means = torch.as_tensor(first, device=device, dtype=torch.float32)
+    first = _class_stats(model, inputs, labels, device)
+    means = torch.as_tensor(first.means(), device=device, dtype=torch.float32)
     head = nn.Parameter(means.clone()) if a.loss == "cross_entropy" else None
     others = (torch.as_tensor(negatives, device=device, dtype=torch.float32) if negatives is not None and len(negatives)
               else torch.zeros((0, means.shape[1]), device=device))
@@ -89,7 +88,7 @@ def train_adapter(adapted: Adapted, inputs: np.ndarray, labels: np.ndarray, lr: 
     last = float("nan")
     for epoch in range(a.epochs):
         if head is None and epoch:
-            means = torch.as_tensor(_class_means(model, inputs, y, len(classes), device), device=device, dtype=torch.float32)
+            means = torch.as_tensor(_class_stats(model, inputs, labels, device).means(), device=device, dtype=torch.float32)
 
         def loss_of(idx: np.ndarray) -> torch.Tensor:
             with autocast_bf16(device, a.mixed_precision):
@@ -99,8 +98,7 @@ def train_adapter(adapted: Adapted, inputs: np.ndarray, labels: np.ndarray, lr: 
             return F.cross_entropy(logits, y_all[idx])
 
         last = train_epoch(optim, rng.permutation(len(labels)), a.batch_size, loss_of)
-    return {"loss": last, "seconds": time.perf_counter() - start, "classes": classes,
-            "counts": np.bincount(y, minlength=len(classes)), "means": first}
+    return {"loss": last, "seconds": time.perf_counter() - start, "classes": first}
 
 
 @torch.no_grad()

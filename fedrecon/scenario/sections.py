@@ -112,7 +112,7 @@ class AdaptersConfig(Strict):
     classifier: Literal["task", "federation"] = Field(
         "task", description="the classes an adapter step's loss separates: the task's own, or every class the federation "
                             "knows (the previous step's trainers' and the earlier rounds' class means as fixed "
-                            "negatives; needs adapters.steps >= 2 in a round nobody learned before)")
+                            "negatives: from the second adapter step of a round nobody learned in before)")
     staleness: Literal["keep", "compensate"] = Field(
         "keep", description="statistics computed under an older adapter: keep them, or move them by the drift the current data shows (SDC)")
     drift_sigma: float = Field(0.5, gt=0.0, description="compensate: width of the Gaussian weighting drifts by distance to a prototype (feature units)")
