@@ -46,18 +46,18 @@ from fedrecon.backbones.registry import backbone_entry  # noqa: E402
 from fedrecon.data.dataset import ClassDataset  # noqa: E402
 from fedrecon.data.registry import load_dataset  # noqa: E402
 from fedrecon.learning.adapter_task import (  # noqa: E402
-    AdapterServer, adapt_step, client_task, federation_negatives, known_after)
+    AdapterServer, adapt_step, client_task, federation_negatives, known_after, trained_columns)
 from fedrecon.learning.evaluate import count_correct  # noqa: E402
 from fedrecon.learning.heads import head_spec  # noqa: E402
 from fedrecon.learning.lora import Adapted  # noqa: E402
 from fedrecon.learning.stats import ClassStats, add_stats  # noqa: E402
 from fedrecon.learning.training import embed_adapted  # noqa: E402
 from fedrecon.plan import Plan, make_plan, merge_arrivals  # noqa: E402
-from fedrecon.scenario import Scenario, load_scenario, scenario_from_json, scenario_json  # noqa: E402
+from fedrecon.scenario import Scenario, ScenarioError, load_scenario, scenario_from_json, scenario_json  # noqa: E402
 
 # (label, overrides) of each row; the adapter rows share the scenario's adapters section
 # Every row says its adapter keys, so that a scenario file with adapters runs the frozen rows too.
-FROZEN = ["adapters.schedule=frozen", "merge.adapters=none", "adapters.steps=0"]
+FROZEN = ["adapters.schedule=frozen", "merge.adapters=none", "adapters.steps=0", "adapters.features=adapted"]
 ROWS = [
     ("frozen ncm", ["merge.head=ncm", *FROZEN]),
     ("frozen ridge", ["merge.head=ridge", *FROZEN]),
@@ -81,6 +81,9 @@ SCENARIOS = {
     # the same ten domains, all in round 1: ten clients adapt at once (adapter steps' case);
     # the scenario file holds the settings (lr 1e-3: statistics follow the merged adapter)
     "clinc150-adapters": ("scenarios/clinc150-domains-adapters.yaml", [], ["tasks.train_shots=20", "tasks.test_shots=10"]),
+    # one domain a round, the adapter frozen after round 1, frozen and adapted features side by side
+    "clinc150-staggered-adapters": ("scenarios/clinc150-staggered-adapters.yaml", [],
+                                    ["tasks.train_shots=20", "tasks.test_shots=10"]),
     "hwu64": ("scenarios/hwu64-dirichlet.yaml",
               ["merge.head=ridge", "adapters.rank=8", "adapters.lr=3e-4", "adapters.lr_later=3e-5", "adapters.epochs=1",
                "adapters.alpha=16", "adapters.batch_size=64", "adapters.drift_sigma=0.3"],
@@ -110,9 +113,15 @@ def setup_of(scenario: Scenario) -> Setup:
     return Setup(scenario, dataset, make_plan(scenario, train, dataset.groups, test))
 
 
-def from_scenario(path: str, overrides: list[str]) -> Setup:
-    """A row's setup from a scenario file and the row's overrides."""
-    return setup_of(load_scenario(ROOT / path, overrides))
+def row_scenario(name: str, label: str, path: str, overrides: list[str]) -> Scenario | None:
+    """A row's scenario, or None (said on stderr) when the scenario check refuses the
+    row's settings: a file with adapter steps and ``until_round``, say, has no
+    ``steps: 0`` rows."""
+    try:
+        return load_scenario(ROOT / path, overrides)
+    except ScenarioError as exc:
+        print(f"{name} / {label}: skipped, the scenario check refuses it: {exc.problems[0]}", file=sys.stderr)
+        return None
 
 
 def _bundled(scenario: Scenario, data_root: str, checkpoint: str | None) -> Scenario:
@@ -140,7 +149,9 @@ def export_bundle(out: Path, scenarios: list[str]) -> None:
         path, settings, quick = SCENARIOS[name]
         for mode, extra in (("full", []), ("quick", quick)):
             for label, change in ROWS:
-                scenario = load_scenario(ROOT / path, [*settings, *extra, *change, "model.embedding_cache=null"])
+                scenario = row_scenario(name, label, path, [*settings, *extra, *change, "model.embedding_cache=null"])
+                if scenario is None:
+                    continue
                 src, dataset = Path(scenario.data.root), scenario.data.dataset
                 target = out / "data" / dataset
                 if not target.exists():
@@ -200,7 +211,7 @@ def run(setup: Setup, device: torch.device, every: int) -> dict:
         updates, factors, weights, drifts, bytes_round, stats_bytes = [], [], [], [], 0, 0
         # the federation's classes (adapters.classifier: federation): the earlier rounds'
         # statistics, then each step's trainers' class sums
-        known = ClassStats(stats.ids, stats.counts, stats.sums) if stats is not None and len(stats) else None
+        known = trained_columns(stats, s) if stats is not None and len(stats) else None
         for step in range(a_cfg.steps if adapted else 0):
             # adapter steps (as strategies.adapter_steps): train together, merge, repeat
             step_factors, step_weights, step_classes = [], [], []
@@ -333,10 +344,16 @@ def main(argv: list[str] | None = None) -> None:
             if args.rows and label not in args.rows:
                 continue
             if bundle is not None:
-                setup = _from_bundle(bundle[f"{name}|{'quick' if args.quick else 'full'}|{label}"], args.bundle.resolve())
+                key = f"{name}|{'quick' if args.quick else 'full'}|{label}"
+                if key not in bundle:  # refused by the scenario check when the bundle was made
+                    continue
+                setup = _from_bundle(bundle[key], args.bundle.resolve())
             else:
-                setup = from_scenario(path, [*settings, *(quick if args.quick else []), *change,
-                                             "model.embedding_cache=null", *args.overrides])
+                scenario = row_scenario(name, label, path, [*settings, *(quick if args.quick else []), *change,
+                                                            "model.embedding_cache=null", *args.overrides])
+                if scenario is None:
+                    continue
+                setup = setup_of(scenario)
             if args.pooled:
                 setup, label = pooled(setup), f"{label} (pooled)"
             row = {"scenario": name, "run": label, **run(setup, device, every)}

@@ -236,6 +236,7 @@ def prepare(scenario: Scenario) -> Prepared:
         first = checked.dataset.inputs[:1]
     except (DataError, OSError) as exc:
         raise _data_error(scenario, exc) from None
-    dim = embed(checked.model, first).shape[1]
+    # under adapters the summarised features are the adapted copy's (features: both, twice the size)
+    dim = embed(checked.adapted.model if checked.adapted else checked.model, first).shape[1]
     return Prepared(checked.scenario, checked.dataset, checked.plan, checked.entry, checked.model, checked.adapted,
                     weights, state_digest(weights), dim)

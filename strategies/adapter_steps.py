@@ -9,7 +9,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 
 from fedrecon import protocol as P
-from fedrecon.learning.adapter_task import known_after
+from fedrecon.learning.adapter_task import known_after, trained_columns
 from fedrecon.learning.stats import ClassStats
 from strategies.recon import ReconStrategy
 from strategies.records import to_record
@@ -121,8 +121,7 @@ class AdapterSteps(ReconStrategy):
             return None
         if self._known_round != server_round:  # a new round starts from the merged statistics
             self._known_round = server_round
-            s = self.stats
-            self._known = ClassStats(s.ids.astype(np.int64), s.counts, s.sums) if len(s) else None
+            self._known = trained_columns(self.stats, self.scenario) if len(self.stats) else None
         return self._known
 
     def check_step_classes(self, reply, arrival) -> ClassStats | None:
@@ -139,9 +138,9 @@ class AdapterSteps(ReconStrategy):
         ids, counts = np.unique(arrival.sample_labels, return_counts=True)
         if got["ids"].shape != ids.shape or not np.array_equal(got["ids"], ids) or not np.array_equal(got["counts"], counts):
             raise PayloadError("class sums for other classes or counts than the task's samples")
-        sums = np.asarray(got["sums"])
-        if sums.shape != (len(ids), self.dim) or not np.issubdtype(sums.dtype, np.floating) or not np.isfinite(sums).all():
-            raise PayloadError(f"class sums of shape {sums.shape} ({sums.dtype}), not ({len(ids)}, {self.dim}) finite floats")
+        sums, dim = np.asarray(got["sums"]), self.scenario.adapters.trained_dim(self.dim)
+        if sums.shape != (len(ids), dim) or not np.issubdtype(sums.dtype, np.floating) or not np.isfinite(sums).all():
+            raise PayloadError(f"class sums of shape {sums.shape} ({sums.dtype}), not ({len(ids)}, {dim}) finite floats")
         return ClassStats(ids.astype(np.int64), counts.astype(np.float64), sums.astype(np.float64))
 
     def _left_out(self, server_round: int, step: int, arrival, reason: str, failed: list[int]) -> None:

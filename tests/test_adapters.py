@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -208,6 +210,38 @@ def test_with_adapter_rounds_a_task_message_only_summarises_and_an_adapt_step_tr
     expected = ClassStats.from_features(labels, embed_adapted(adapted.model, inputs, cpu))
     np.testing.assert_allclose(result.stats.sums, expected.sums, rtol=1e-6)
     assert result.factors == {} and np.isnan(result.loss)
+
+
+def test_features_both_put_the_frozen_backbones_features_beside_the_adapted_ones_and_train_on_the_adapted():
+    from fedrecon.backbones.embed import embed
+    from fedrecon.learning.adapter_task import trained_columns
+
+    rng = np.random.default_rng(2)
+    torch.manual_seed(0)
+    frozen = Conv4().eval()
+    inputs = rng.random((12, 1, 28, 28)).astype(np.float32)
+    labels = np.repeat([2, 5], 6)
+    scenario = scenario_of(adapters={"schedule": "first_task", "rank": 2, "lr": 1e-2, "batch_size": 6, "steps": 2,
+                                     "features": "both"}, merge={"adapters": "ffa"})
+    adapted = Adapted(copy.deepcopy(frozen), CONV4, scenario.adapters)
+    start = make_adapter_merge("ffa").client_start({}, adapted.shapes(), scenario.adapters, scenario.seed, 0, 1)
+    cpu = torch.device("cpu")
+    step = adapt_step(adapted, start, inputs, labels, 0, cpu, scenario, round=1, step=0)
+    # the loss and the federation's class sums are taken on the adapted features alone
+    assert step.classes.sums.shape == (2, 64) and np.isfinite(step.loss)
+    merged = {**start, **step.factors}
+    result = client_task(adapted, merged, inputs, labels, 0, cpu, scenario)
+    assert result.stats.dim == 128
+    # first half: the frozen backbone, as if no adapter were there; second: the adapted backbone
+    np.testing.assert_allclose(result.stats.sums[:, :64], ClassStats.from_features(labels, embed(frozen, inputs)).sums,
+                               rtol=1e-6)
+    with adapted.adapted_only():
+        alone = embed_adapted(adapted.model, inputs, cpu)
+    assert np.abs(alone - embed(frozen, inputs)).max() > 1e-3  # the adapter moved the features
+    np.testing.assert_allclose(result.stats.sums[:, 64:], ClassStats.from_features(labels, alone).sums, rtol=1e-6)
+    # what the federation classifier separates: the adapted half of the merged sums
+    np.testing.assert_array_equal(trained_columns(result.stats, scenario).sums, result.stats.sums[:, 64:])
+    assert scenario.adapters.trained_dim(128) == 64
 
 
 def test_the_adapters_section_says_the_schedule():

@@ -108,3 +108,23 @@ def test_adapter_steps_make_a_synchronous_rounds_statistics_those_of_the_merged_
             assert [(e["round"], e["trainers"]) for e in log] == [(1, 3), (1, 3), (2, 0)]
     assert gaps[2] < 1e-5
     assert gaps[0] > 1e-3
+
+
+def test_features_both_through_flower_keep_the_merged_statistics_exact(write_scenario, tmp_path):
+    """adapters.features both with two federated adapter steps (classifier federation):
+    the clients summarise frozen and adapted features side by side (128-d on conv4), the
+    second step's negatives are the adapted half, and the merged statistics equal one
+    site's statistics of all training samples under the final adapter."""
+    base = small_scenario()
+    scenario = {**base, "merge": {"prototypes": "exact", "adapters": "ffa"},
+                "adapters": {"schedule": "first_task", "rank": 2, "lr": 1e-3, "epochs": 1, "batch_size": 10,
+                             "steps": 2, "classifier": "federation", "features": "both"}}
+    path = write_scenario(scenario)
+    out = tmp_path / "both"
+    assert fedrecon(["run", str(path), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failures"] == 0 and summary["classes_learned"] == 12 and summary["final_accuracy"] > 0.6
+    merged, central = _stats_under_final_adapter(path, out)
+    assert merged.dim == 128
+    np.testing.assert_array_equal(merged.ids, central.ids)
+    assert np.abs(merged.sums - central.sums).max() / np.abs(central.sums).max() < 1e-5

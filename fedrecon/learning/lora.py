@@ -8,7 +8,8 @@ without touching its ``forward``. The identities the merges rely on are in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -48,8 +49,11 @@ class LoRA(nn.Module):
         self.A = nn.Parameter(torch.zeros(rank, fan_in))
         self.B = nn.Parameter(torch.zeros(out, rank))
         self.register_buffer("D", torch.zeros(out, fan_in))
+        self.enabled = True  # False: the backbone's own weight (the frozen half of features: both)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return weight
         delta = self.D + self.scale * (self.B @ self.A)
         return weight + delta.to(weight.dtype).view(self.shape)
 
@@ -60,6 +64,12 @@ class LoRA(nn.Module):
 
 class Adapted:
     """A backbone with LoRA on its target layers; ``model`` is the same module, adapted.
+
+    Under ``adapters.features: both`` a forward hook on ``model`` puts the frozen
+    backbone's features before the adapted ones, so every path that embeds (a client's
+    summary, the server's and the clients' scoring, the bench) gets the same
+    side-by-side features without knowing of them; the adapter's training runs inside
+    :meth:`adapted_only`, its loss on the adapted features alone.
 
     Parameters
     ----------
@@ -83,6 +93,37 @@ class Adapted:
             lora = LoRA(tuple(module.weight.shape), adapters.rank, adapters.scale).to(module.weight.device)
             parametrize.register_parametrization(module, "weight", lora)
             self.lora[name] = lora
+        self._side = adapters.features == "both"
+        if self._side:
+            model.register_forward_hook(self._beside_frozen, with_kwargs=True)
+
+    def _beside_frozen(self, module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> torch.Tensor | None:
+        if not self._side:
+            return None  # the output as it is
+        with self.adapted_only(), self.frozen():
+            base = module(*args, **kwargs)
+        return torch.cat([base.to(output.dtype), output], dim=1)
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Forwards inside see the backbone's own weights (every adapter off)."""
+        for m in self.lora.values():
+            m.enabled = False
+        try:
+            yield
+        finally:
+            for m in self.lora.values():
+                m.enabled = True
+
+    @contextmanager
+    def adapted_only(self) -> Iterator[None]:
+        """Forwards inside give the adapted features alone (``features: both`` off): what
+        the adapter's loss is taken on."""
+        side, self._side = self._side, False
+        try:
+            yield
+        finally:
+            self._side = side
 
     def shapes(self) -> dict[str, tuple[int, int]]:
         """(out, fan_in) of each adapted layer."""

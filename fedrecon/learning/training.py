@@ -77,27 +77,29 @@ def train_adapter(adapted: Adapted, inputs: np.ndarray, labels: np.ndarray, lr: 
     model.eval()
     _, y = np.unique(labels, return_inverse=True)
     y_all = torch.as_tensor(y, device=device)
-    params = adapted.parameters(factors)
-    first = _class_stats(model, inputs, labels, device)
-    means = torch.as_tensor(first.means(), device=device, dtype=torch.float32)
-    head = nn.Parameter(means.clone()) if a.loss == "cross_entropy" else None
-    others = (torch.as_tensor(negatives, device=device, dtype=torch.float32) if negatives is not None and len(negatives)
-              else torch.zeros((0, means.shape[1]), device=device))
-    optim = torch.optim.AdamW(params + ([head] if head is not None else []), lr=lr, weight_decay=0.0)
-    rng = np.random.default_rng([seed, ADAPTER_STREAM, len(labels), *stream])
-    last = float("nan")
-    for epoch in range(a.epochs):
-        if head is None and epoch:
-            means = torch.as_tensor(_class_stats(model, inputs, labels, device).means(), device=device, dtype=torch.float32)
+    # features: both puts frozen features beside the adapted ones; the loss sees only the adapted
+    with adapted.adapted_only():
+        params = adapted.parameters(factors)
+        first = _class_stats(model, inputs, labels, device)
+        means = torch.as_tensor(first.means(), device=device, dtype=torch.float32)
+        head = nn.Parameter(means.clone()) if a.loss == "cross_entropy" else None
+        others = (torch.as_tensor(negatives, device=device, dtype=torch.float32) if negatives is not None and len(negatives)
+                  else torch.zeros((0, means.shape[1]), device=device))
+        optim = torch.optim.AdamW(params + ([head] if head is not None else []), lr=lr, weight_decay=0.0)
+        rng = np.random.default_rng([seed, ADAPTER_STREAM, len(labels), *stream])
+        last = float("nan")
+        for epoch in range(a.epochs):
+            if head is None and epoch:
+                means = torch.as_tensor(_class_stats(model, inputs, labels, device).means(), device=device, dtype=torch.float32)
 
-        def loss_of(idx: np.ndarray) -> torch.Tensor:
-            with autocast_bf16(device, a.mixed_precision):
-                feats = forward_features(model, inputs[idx], device).float()
-            weights = torch.cat([head if head is not None else means, others])
-            logits = F.normalize(feats, dim=1) @ F.normalize(weights, dim=1).T / a.temperature
-            return F.cross_entropy(logits, y_all[idx])
+            def loss_of(idx: np.ndarray) -> torch.Tensor:
+                with autocast_bf16(device, a.mixed_precision):
+                    feats = forward_features(model, inputs[idx], device).float()
+                weights = torch.cat([head if head is not None else means, others])
+                logits = F.normalize(feats, dim=1) @ F.normalize(weights, dim=1).T / a.temperature
+                return F.cross_entropy(logits, y_all[idx])
 
-        last = train_epoch(optim, rng.permutation(len(labels)), a.batch_size, loss_of)
+            last = train_epoch(optim, rng.permutation(len(labels)), a.batch_size, loss_of)
     return {"loss": last, "seconds": time.perf_counter() - start, "classes": first}
 
 

@@ -207,6 +207,10 @@ def _adapter_checks(s: Scenario, source: SourceMap) -> list[str]:
         if s.merge.adapters != "none":
             problems.append(source.error(("merge", "adapters"), f"{s.merge.adapters!r} merges adapters, but adapters.schedule is "
                                                                   "frozen (no adapter): set a schedule or remove it"))
+        if a.features != "adapted":
+            problems.append(source.error(("adapters", "features"), f"{a.features!r} sets adapted features beside the frozen "
+                                                                   "ones, but adapters.schedule is frozen (no adapter): set "
+                                                                   "a schedule, or features adapted"))
         return problems
     entry = BACKBONES.get(s.model.backbone)  # a plug-in's default layers are known once it is built
     if a.targets is None and entry is not None and entry.targets is None:

@@ -120,6 +120,10 @@ class AdaptersConfig(Strict):
     until_round: int | None = Field(None, ge=1, description="the adapter trains only in rounds up to this one, then "
                                                                "freezes for everyone (with adapter steps; null: no limit). "
                                                                "1 in a staggered federation: the first round's clients adapt it")
+    features: Literal["adapted", "both"] = Field(
+        "adapted", description="what clients summarise and the server scores: the adapted backbone's features, or the "
+                               "frozen backbone's and the adapted one's side by side (ADAM; twice the size, and the "
+                               "adapter's loss sees only its own half)")
     steps: int = Field(0, ge=0, le=100, description="0: each client trains on its task and summarises it under its own "
                                                     "adapter, in one message; N: the round's trainers first run N federated "
                                                     "adapter steps (epochs each, merged by merge.adapters), then "
@@ -132,6 +136,11 @@ class AdaptersConfig(Strict):
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
+
+    def trained_dim(self, dim: int) -> int:
+        """Size of the features the adapter's loss sees, of ``dim``-sized summarised ones
+        (``features: both``: the adapted half, the last columns)."""
+        return dim // 2 if self.features == "both" else dim
 
     def lr_for(self, task_number: int, round: int | None = None) -> float:
         """Learning rate of a client's ``task_number``-th task (0-based) in ``round``; 0: no training."""
