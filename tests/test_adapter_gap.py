@@ -6,6 +6,7 @@ training sample under the final adapter, on the in-process grid (the real Client
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fedrecon.scenario import load_scenario
 from server.prepare import prepare
@@ -20,6 +21,7 @@ def test_shipped_scenario_adapts_every_conv_once_and_freezes():
     s = load_scenario(REPO / "scenarios" / "omniglot-efficientnet-adapters.yaml")
     assert (s.model.backbone, s.merge.head, s.merge.adapters) == ("efficientnet-lite0", "ridge", "ffa")
     assert s.adapters.schedule == "first_task" and s.adapters.steps >= 1 and s.adapters.targets == ["_conv"]
+    assert s.adapters.features == "both"
 
 
 def gap_scenario(**adapters) -> dict:
@@ -52,9 +54,11 @@ def test_every_conv_adapted_in_round_1_keeps_the_statistics_exact(write_scenario
     assert moved
 
 
-def test_a_federation_wide_classifier_sends_the_known_classes_and_stays_exact(write_scenario, tmp_path):
-    # Prepare: two adapter steps whose loss separates every class the federation knows
-    path = write_scenario(gap_scenario(steps=2, classifier="federation"))
+@pytest.mark.parametrize("features", ["adapted", "both"])
+def test_a_federation_wide_classifier_sends_the_known_classes_and_stays_exact(write_scenario, tmp_path, features):
+    # Prepare: two adapter steps whose loss separates every class the federation knows;
+    # under features both the statistics are 2 x 1280 wide, the classifier's classes the adapted half
+    path = write_scenario(gap_scenario(steps=2, classifier="federation", features=features))
     prep = prepare(load_scenario(path))
     grid = InProcessGrid(prep.plan.clients)
     # Execute
@@ -73,4 +77,9 @@ def test_a_federation_wide_classifier_sends_the_known_classes_and_stays_exact(wr
     assert known(steps[6]) == round_1 and steps[6].content["task_arrays"]["known_sums"].numpy().shape == (6, 1280)
     merged, central = _stats_under_final_adapter(path, tmp_path / "run")
     assert summary["failures"] == 0 and summary["classes_learned"] == 12
+    assert merged.dim == (2560 if features == "both" else 1280)
     assert np.abs(merged.sums - central.sums).max() / np.abs(central.sums).max() < 1e-5
+    if features == "both":  # round 2's negatives: exactly the adapted half of the merged sums
+        sent = steps[6].content["task_arrays"]["known_sums"].numpy()
+        rows = np.searchsorted(merged.ids, known(steps[6]))
+        np.testing.assert_allclose(sent, merged.sums[rows, 1280:], rtol=1e-12)

@@ -106,7 +106,8 @@ def train_adapter(adapted: Adapted, inputs: np.ndarray, labels: np.ndarray, lr: 
 @torch.no_grad()
 def embed_adapted(model: nn.Module, inputs: np.ndarray, device: torch.device, amp: bool = False,
                   batch_size: int = 256) -> np.ndarray:
-    """Features (float64) under the current adapter, batch by batch."""
+    """Features (float64) under the current adapter, batch by batch (under
+    ``adapters.features: both``, the frozen backbone's and then the adapted ones)."""
     model = model.to(device).eval()
     out = []
     for b in range(0, len(inputs), batch_size):
