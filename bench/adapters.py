@@ -46,7 +46,7 @@ from fedrecon.backbones.registry import backbone_entry  # noqa: E402
 from fedrecon.data.dataset import ClassDataset  # noqa: E402
 from fedrecon.data.registry import load_dataset  # noqa: E402
 from fedrecon.learning.adapter_task import (  # noqa: E402
-    AdapterServer, adapt_step, client_task, federation_negatives, known_after, trained_columns)
+    AdapterServer, adapt_step, anyone_trains, client_task, federation_negatives, known_after, trained_columns)
 from fedrecon.learning.evaluate import count_correct  # noqa: E402
 from fedrecon.learning.heads import head_spec  # noqa: E402
 from fedrecon.learning.lora import Adapted  # noqa: E402
@@ -212,7 +212,8 @@ def run(setup: Setup, device: torch.device, every: int) -> dict:
         # the federation's classes (adapters.classifier: federation): the earlier rounds'
         # statistics, then each step's trainers' class sums
         known = trained_columns(stats, s) if stats is not None and len(stats) else None
-        for step in range(a_cfg.steps if adapted else 0):
+        trains = adapted is not None and anyone_trains(a_cfg, [tasks_done.get(a.client, 0) for a in arrivals], r)
+        for step in range(a_cfg.steps if trains else 0):
             # adapter steps (as strategies.adapter_steps): train together, merge, repeat
             step_factors, step_weights, step_classes = [], [], []
             for a in arrivals:

@@ -9,7 +9,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 
 from fedrecon import protocol as P
-from fedrecon.learning.adapter_task import known_after, trained_columns
+from fedrecon.learning.adapter_task import anyone_trains, known_after, trained_columns
 from fedrecon.learning.stats import ClassStats
 from strategies.recon import ReconStrategy
 from strategies.records import to_record
@@ -51,8 +51,14 @@ class AdapterSteps(ReconStrategy):
         return f"{super().method()}; {self.scenario.adapters.steps} adapter steps before each task round's statistics"
 
     def steps(self, server_round: int) -> int:
-        """Adapter steps the round starts with (none in a round without arrivals)."""
-        return self.scenario.adapters.steps if self.plan.arrivals_at(server_round) else 0
+        """Adapter steps the round starts with: none in a round without arrivals, or where
+        the schedule trains none of its tasks (``first_task`` after each client's first,
+        ``until_round`` past): the server knows each client's task number, so no message
+        goes out only to be answered with no factors."""
+        arrivals = self.plan.arrivals_at(server_round)
+        if not anyone_trains(self.scenario.adapters, [self.learned.get(a.client, 0) for a in arrivals], server_round):
+            return 0
+        return self.scenario.adapters.steps
 
     def configure_adapt(self, server_round: int, step: int) -> list[Message]:
         """The merged adapter to each of the round's connected trainers, with its task's samples."""

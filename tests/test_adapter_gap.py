@@ -6,9 +6,9 @@ training sample under the final adapter, on the in-process grid (the real Client
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from fedrecon.scenario import load_scenario
+from server.checkpoint import load_run_state
 from server.prepare import prepare
 from server.run import Run
 from tests.conftest import REPO, small_scenario
@@ -54,32 +54,52 @@ def test_every_conv_adapted_in_round_1_keeps_the_statistics_exact(write_scenario
     assert moved
 
 
-@pytest.mark.parametrize("features", ["adapted", "both"])
-def test_a_federation_wide_classifier_sends_the_known_classes_and_stays_exact(write_scenario, tmp_path, features):
-    # Prepare: two adapter steps whose loss separates every class the federation knows;
-    # under features both the statistics are 2 x 1280 wide, the classifier's classes the adapted half
-    path = write_scenario(gap_scenario(steps=2, classifier="federation", features=features))
+def _run(write_scenario, tmp_path, scenario: dict):
+    path = write_scenario(scenario)
     prep = prepare(load_scenario(path))
     grid = InProcessGrid(prep.plan.clients)
-    # Execute
     job = Run(grid, prep, tmp_path / "run", echo=lambda *a: None, poll_interval=0)
     job.start()
     summary = job.run()
-    # Assert: round 1's first step knows no class; its second, the classes all three trainers
-    # sent means of; round 2's step starts from the merged statistics
     steps = [m for m in grid.sent if m.metadata.message_type.endswith(".adapt")]
-    labels = lambda m: set(m.content["task_arrays"]["sample_labels"].numpy().tolist())  # noqa: E731
-    known = lambda m: m.content["task_arrays"]["known_ids"].numpy().tolist()  # noqa: E731
-    assert [int(m.content["task_config"]["round"]) for m in steps] == [1, 1, 1, 1, 1, 1, 2, 2, 2]
+    return path, summary, steps
+
+
+def _labels(message) -> set:
+    return set(message.content["task_arrays"]["sample_labels"].numpy().tolist())
+
+
+def _known(message) -> list:
+    return message.content["task_arrays"]["known_ids"].numpy().tolist()
+
+
+def test_a_federation_wide_classifier_sends_the_known_classes_and_stays_exact(write_scenario, tmp_path):
+    # Prepare and execute: two adapter steps whose loss separates every class the federation
+    # knows, frozen and adapted features side by side (statistics 2 x 1280 wide)
+    path, summary, steps = _run(write_scenario, tmp_path, gap_scenario(steps=2, classifier="federation", features="both"))
+    # Assert: round 1's first step knows no class; its second, the classes all three trainers
+    # sent means of (adapted features: 1280 wide); in round 2 nobody trains, and no step goes out
+    assert [int(m.content["task_config"]["round"]) for m in steps] == [1] * 6
     assert not any("known_ids" in m.content["task_arrays"] for m in steps[:3])
-    round_1 = sorted(set().union(*(labels(m) for m in steps[:3])))
-    assert all(known(m) == round_1 for m in steps[3:6])
-    assert known(steps[6]) == round_1 and steps[6].content["task_arrays"]["known_sums"].numpy().shape == (6, 1280)
+    round_1 = sorted(set().union(*(_labels(m) for m in steps[:3])))
+    assert all(_known(m) == round_1 for m in steps[3:6])
+    assert steps[3].content["task_arrays"]["known_sums"].numpy().shape == (6, 1280)
     merged, central = _stats_under_final_adapter(path, tmp_path / "run")
-    assert summary["failures"] == 0 and summary["classes_learned"] == 12
-    assert merged.dim == (2560 if features == "both" else 1280)
+    assert summary["failures"] == 0 and summary["classes_learned"] == 12 and merged.dim == 2560
     assert np.abs(merged.sums - central.sums).max() / np.abs(central.sums).max() < 1e-5
-    if features == "both":  # round 2's negatives: exactly the adapted half of the merged sums
-        sent = steps[6].content["task_arrays"]["known_sums"].numpy()
-        rows = np.searchsorted(merged.ids, known(steps[6]))
-        np.testing.assert_allclose(sent, merged.sums[rows, 1280:], rtol=1e-12)
+
+
+def test_a_later_rounds_trainer_separates_the_adapted_half_of_the_merged_statistics(write_scenario, tmp_path):
+    # Prepare and execute: staggered, so client 1's first task (round 2) trains after round 1
+    # was merged; features both: the merged statistics are 2560 wide
+    scenario = gap_scenario(steps=2, classifier="federation", features="both")
+    scenario["tasks"] = {**scenario["tasks"], "arrival": {"kind": "staggered", "offset": 1}}
+    _, summary, steps = _run(write_scenario, tmp_path, scenario)
+    # Assert: round 2's first step carries the classes merged in round 1, as the adapted half
+    # of their merged sums (those classes get no samples later: their sums are final)
+    first = [m for m in steps if int(m.content["task_config"]["round"]) == 2][0]
+    assert summary["failures"] == 0
+    _, stats, _ = load_run_state(tmp_path / "run")
+    rows = np.searchsorted(stats.ids, _known(first))
+    assert stats.dim == 2560 and len(rows)
+    np.testing.assert_allclose(first.content["task_arrays"]["known_sums"].numpy(), stats.sums[rows, 1280:], rtol=1e-12)

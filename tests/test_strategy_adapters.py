@@ -179,25 +179,40 @@ def test_no_adapter_steps_in_a_round_without_arrivals_and_one_when_nobody_trains
     assert len(idle.sent) == 1 and s.adapters.version == 0 and s.adapter_log[-1]["trainers"] == 0
 
 
+def test_no_adapter_step_goes_out_when_the_schedule_trains_no_task_of_the_round():
+    s = steps_strategy()
+    assert s.steps(2) == 2  # nothing learned yet: first tasks train
+    s.learned = {c: 1 for c in range(3)}  # every client past its first task (first_task)
+    assert s.steps(2) == 0
+    s.learned = {0: 1}
+    assert s.steps(2) == 2  # clients 1 and 2 still train theirs
+    limited = make_strategy(kind=AdapterSteps, adapter_shapes=SHAPES, seed=3, merge={"adapters": "ffa"},
+                            adapters={"schedule": "first_task", "rank": 2, "steps": 2, "until_round": 1})
+    assert limited.steps(1) == 2 and limited.steps(2) == 0  # the adapter froze after round 1
+
+
 def test_adapter_steps_need_a_merging_policy():
     with pytest.raises(ValueError, match="steps"):
         make_strategy(kind=AdapterSteps, adapter_shapes=SHAPES, adapters={"schedule": "first_task"})
 
 
 def test_adapter_steps_resend_the_setup_to_a_node_that_lost_it_and_count_it():
-    # Prepare: round 1 delivered the setup to everyone; client 1's node restarted since
+    # Prepare and execute round 1: the first adapter step carries the setup to every node
     s = steps_strategy()
     grid = AdaptGrid(lambda c, step: b_factors(1.0))
-    s.aggregate_train(1, [reply(m, {}) for m in grid.steps(s, 1)])
+    first_round = grid.steps(s, 1)
+    # Assert: the step's answers proved delivery, so the task messages do not carry it again
+    assert all(P.BACKBONE in m.content for m in grid.sent[0])
+    assert not any(P.BACKBONE in m.content for m in first_round)
+    s.aggregate_train(1, [reply(m, {}) for m in first_round])
+    # Prepare: client 1's node restarted since
     s.nodes.ready.discard(1)
     idle = AdaptGrid(lambda c, step: {})
-    # Execute: round 2 (first_task: nobody trains, one adapter step)
+    # Execute: round 2 (first_task: nobody trains, no adapter step)
     messages = idle.steps(s, 2)
-    # Assert: the adapter step carried it to client 1 only; its answer proved delivery, so the task message does not
-    assert len(idle.sent) == 1
-    first = {m.metadata.dst_node_id: P.BACKBONE in m.content for m in idle.sent[0]}
-    assert first == {100: False, 101: True, 102: False}
-    assert not any(P.BACKBONE in m.content for m in messages)
+    # Assert: the task message carries the setup to client 1 only, and it counts as resent
+    assert idle.sent == []
+    assert {m.metadata.dst_node_id: P.BACKBONE in m.content for m in messages} == {100: False, 101: True, 102: False}
     assert s.traffic.of(2)["bytes_down_resent"] > 0
 
 

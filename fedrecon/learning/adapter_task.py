@@ -4,7 +4,7 @@ ClientApp, the strategies and ``bench/adapters.py`` call these)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +17,7 @@ from fedrecon.learning.lora import Adapted
 from fedrecon.learning.stats import ClassStats, add_stats
 from fedrecon.learning.training import embed_adapted, train_adapter
 from fedrecon.scenario.model import Scenario
+from fedrecon.scenario.sections import AdaptersConfig
 
 
 def reply_factors(adapted: Adapted, policy: str) -> dict[str, np.ndarray]:
@@ -101,6 +102,12 @@ def adapt_step(adapted: Adapted, start: Mapping[str, np.ndarray], inputs: np.nda
     out = train_adapter(adapted, inputs, labels, lr, device, scenario.seed, factors=replies, stream=(round, step),
                         negatives=negatives)
     return StepResult(reply_factors(adapted, scenario.merge.adapters), out["loss"], out["classes"])
+
+
+def anyone_trains(adapters: AdaptersConfig, task_numbers: Iterable[int], round: int) -> bool:
+    """Whether an adapter step of ``round`` trains anything: the schedule trains the task
+    of at least one of its clients (``task_numbers``: each one's tasks learned before)."""
+    return any(adapters.lr_for(n, round) > 0 for n in task_numbers)
 
 
 def federation_negatives(known: ClassStats, own: np.ndarray) -> np.ndarray:
