@@ -87,6 +87,10 @@ class AdapterSteps(ReconStrategy):
         schedule does not train this task (no more steps are needed this round)."""
         replies = list(replies)
         self.traffic.received(server_round, replies)
+        # merged in the clients' order, not the replies': float addition is not associative,
+        # and a run's adapter must not depend on which reply came first
+        sent = self._adapt_sent
+        replies.sort(key=lambda r: sent[r.metadata.src_node_id].client if r.metadata.src_node_id in sent else -1)
         factors, weights, losses, failed, classes = [], [], [], [], []
         answered = set()
         for reply in replies:

@@ -245,6 +245,9 @@ class ReconStrategy(ClientEvaluation, Strategy):
     def fold(self, server_round: int, accepted: list[tuple[Arrival, tuple]]) -> None:
         """Merge a round's checked replies into the global state (none: it stays bit for bit)."""
         updates, factors, weights, drifts = [], [], [], []
+        # in the clients' order, not the replies': float addition is not associative, and a
+        # run's result must not depend on which reply came first
+        accepted = sorted(accepted, key=lambda item: (item[0].client, item[0].task))
         for arrival, (update, factor, drift) in accepted:
             updates.append(update)
             if factor is not None:

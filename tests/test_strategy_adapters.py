@@ -191,6 +191,32 @@ def test_no_adapter_step_goes_out_when_the_schedule_trains_no_task_of_the_round(
     assert limited.steps(1) == 2 and limited.steps(2) == 0  # the adapter froze after round 1
 
 
+class ReversedGrid(AdaptGrid):
+    """The same clients' replies, the last first."""
+
+    def send_and_receive(self, messages, timeout=None):
+        return super().send_and_receive(messages, timeout)[::-1]
+
+
+def test_adapters_and_statistics_are_merged_in_the_clients_order_whatever_order_replies_come_in():
+    # Prepare: client c answers B = c + 1; the merges record what they are given, in order
+    s = steps_strategy()
+    seen = {"factors": [], "stats": []}
+    adapter_merge, stats_merge = s.adapters.merge, s.policy.merge
+    s.adapters.merge = lambda factors, weights: seen["factors"].append([float(f["conv.B"][0, 0]) for f in factors]) \
+        or adapter_merge(factors, weights)
+    s.policy.merge = lambda current, updates: seen["stats"].append([int(u.ids[0]) for u in updates]) \
+        or stats_merge(current, updates)
+    # Execute: every reply arrives last client first
+    messages = ReversedGrid(lambda c, step: b_factors(c + 1.0)).steps(s, 1)
+    s.aggregate_train(1, [reply(m, {}) for m in messages][::-1])
+    # Assert: float addition is not associative, so the order is the clients', not the replies'
+    assert seen["factors"] == [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0], []]  # two adapter steps, then the task replies' none
+    first_class = {m.metadata.dst_node_id - 100: int(from_record(m.content[P.TASK_ARRAYS])["sample_labels"].min())
+                   for m in messages}
+    assert seen["stats"] == [[first_class[c] for c in sorted(first_class)]]
+
+
 def test_adapter_steps_need_a_merging_policy():
     with pytest.raises(ValueError, match="steps"):
         make_strategy(kind=AdapterSteps, adapter_shapes=SHAPES, adapters={"schedule": "first_task"})
