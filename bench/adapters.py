@@ -211,7 +211,7 @@ def run(setup: Setup, device: torch.device, every: int) -> dict:
         updates, factors, weights, drifts, bytes_round, stats_bytes = [], [], [], [], 0, 0
         # the federation's classes (adapters.classifier: federation): the earlier rounds'
         # statistics, then each step's trainers' class sums
-        known = trained_columns(stats, s) if stats is not None and len(stats) else None
+        known = trained_columns(stats, a_cfg) if stats is not None and len(stats) else None
         trains = adapted is not None and anyone_trains(a_cfg, [tasks_done.get(a.client, 0) for a in arrivals], r)
         for step in range(a_cfg.steps if trains else 0):
             # adapter steps (as strategies.adapter_steps): train together, merge, repeat

@@ -131,7 +131,7 @@ class AdapterSteps(ReconStrategy):
             return None
         if self._known_round != server_round:  # a new round starts from the merged statistics
             self._known_round = server_round
-            self._known = trained_columns(self.stats, self.scenario) if len(self.stats) else None
+            self._known = trained_columns(self.stats, self.scenario.adapters) if len(self.stats) else None
         return self._known
 
     def check_step_classes(self, reply, arrival) -> ClassStats | None:

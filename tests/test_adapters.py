@@ -240,7 +240,7 @@ def test_features_both_put_the_frozen_backbones_features_beside_the_adapted_ones
     assert np.abs(alone - embed(frozen, inputs)).max() > 1e-3  # the adapter moved the features
     np.testing.assert_allclose(result.stats.sums[:, 64:], ClassStats.from_features(labels, alone).sums, rtol=1e-6)
     # what the federation classifier separates: the adapted half of the merged sums
-    np.testing.assert_array_equal(trained_columns(result.stats, scenario).sums, result.stats.sums[:, 64:])
+    np.testing.assert_array_equal(trained_columns(result.stats, scenario.adapters).sums, result.stats.sums[:, 64:])
     assert scenario.adapters.trained_dim(128) == 64
 
 

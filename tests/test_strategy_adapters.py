@@ -280,3 +280,27 @@ def test_a_federation_classifier_passes_on_the_checked_class_means_of_each_step(
     means = arrays["known_sums"][:, 0] / arrays["known_counts"]
     by_class = dict(zip(arrays["known_ids"].tolist(), means.tolist()))
     assert {by_class[k] for k in theirs[1]} == {1.0} and {by_class[k] for k in theirs[2]} == {2.0}
+
+
+def test_under_features_both_a_step_replys_class_sums_are_the_adapted_half_wide():
+    # Prepare: summarised features are DIM wide (frozen half, adapted half); the loss's are DIM // 2
+    s = make_strategy(kind=AdapterSteps, adapter_shapes=SHAPES, seed=3, merge={"adapters": "ffa"},
+                      adapters={"schedule": "first_task", "rank": 2, "steps": 2, "classifier": "federation",
+                                "features": "both"})
+
+    class WidthGrid(AdaptGrid):
+        def send_and_receive(self, messages, timeout=None):
+            replies = super().send_and_receive(messages, timeout)
+            for r, m in zip(replies, messages):
+                ids, counts = np.unique(from_record(m.content[P.TASK_ARRAYS])["sample_labels"], return_counts=True)
+                width = DIM if m.metadata.dst_node_id == 100 else DIM // 2  # client 0 sends the summary's width
+                r.content[P.STEP_CLASSES] = ArrayRecord({"ids": Array(ids), "counts": Array(counts),
+                                                         "sums": Array(np.ones((len(ids), width)))})
+            return replies
+
+    # Execute
+    WidthGrid(lambda c, step: b_factors(1.0)).steps(s, 1)
+    # Assert: client 0 was left out of both steps, with a line naming the width allowed; the others merged
+    assert [e["failed"] for e in s.adapter_log] == [[0], [0]]
+    assert f"not (2, {DIM // 2}) finite floats" in s.failures[0]["reason"]
+    assert [e["trainers"] for e in s.adapter_log] == [2, 2]

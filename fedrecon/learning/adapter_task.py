@@ -115,10 +115,10 @@ def federation_negatives(known: ClassStats, own: np.ndarray) -> np.ndarray:
     return known.means()[~np.isin(known.ids, own)]
 
 
-def trained_columns(stats: ClassStats, scenario: Scenario) -> ClassStats:
+def trained_columns(stats: ClassStats, adapters: AdaptersConfig) -> ClassStats:
     """Classes' counts and the sums of the features the adapter's loss sees: all of a
     summary's, or under ``adapters.features: both`` its adapted half (the last columns)."""
-    d = scenario.adapters.trained_dim(stats.dim)
+    d = adapters.trained_dim(stats.dim)
     return ClassStats(stats.ids.astype(np.int64), stats.counts, stats.sums[:, stats.dim - d:])
 
 
