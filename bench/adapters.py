@@ -61,6 +61,7 @@ FROZEN = ["adapters.schedule=frozen", "merge.adapters=none", "adapters.steps=0",
 ROWS = [
     ("frozen ncm", ["merge.head=ncm", *FROZEN]),
     ("frozen ridge", ["merge.head=ridge", *FROZEN]),
+    ("frozen lda", ["merge.head=lda", *FROZEN]),
     *[(f"{policy} {schedule}", [f"merge.adapters={policy}", f"adapters.schedule={schedule}", "adapters.steps=0"])
       for schedule in ("first_task", "every_task") for policy in ("none", "fedavg", "ffa", "stack")],
     # adapter steps: a round's trainers train one adapter together, then summarise under it
