@@ -25,7 +25,7 @@ from fedrecon.scenario.model import Scenario
 
 SETUP = "setup"  # Context.state key
 LOCAL_ADAPTER = "local_adapter"  # Context.state key: this client's own factors (merge.adapters: none)
-_SCENARIOS: dict[str, Scenario] = {}  # setup digest -> the scenario it holds
+_SCENARIOS: dict[str, Scenario] = {}  # scenario digest -> the scenario (see parsed_scenario)
 _WARMING: dict[str, threading.Thread] = {}  # scenario digest -> this process's warm-up (see warm)
 
 
@@ -108,19 +108,24 @@ def backbone_weights(setup: Setup) -> dict | None:
     return weights
 
 
+def parsed_scenario(scenario_json: str) -> Scenario:
+    """The scenario of this JSON, parsed once a process: keyed by the scenario's own digest,
+    so that the identify warm-up's parse serves the tasks of every setup that holds it."""
+    key = scenario_digest(scenario_json)
+    if key not in _SCENARIOS:
+        _SCENARIOS[key] = scenario_from_json(scenario_json)
+    return _SCENARIOS[key]
+
+
 def setup_from(record: dict, node_config) -> Setup:
     """The Setup of a setup record on the node of ``node_config`` (also the node's worker's way in)."""
-    digest = record["digest"]
-    if digest not in _SCENARIOS:
-        _SCENARIOS[digest] = scenario_from_json(record["scenario"])
-    scenario = _SCENARIOS[digest]
+    scenario = parsed_scenario(record["scenario"])
     # a real deployment keeps its data where it likes; the node config says where
     root = node_config.get("data-root")
     if root:
         scenario = scenario.model_copy(update={"data": scenario.data.model_copy(update={"root": str(root)})})
     return Setup(scenario, record["backbone_digest"], int(node_config["partition-id"]), node_cache(node_config),
                  record["weights"] == "sent")
-
 
 
 def held_digest(context: Context) -> str:
@@ -136,8 +141,7 @@ def prepare_data(scenario_json: str, node_config) -> None:
     from fedrecon.data.registry import load_dataset
 
     try:
-        record = {"digest": f"prepare-{scenario_digest(scenario_json)}", "scenario": scenario_json,
-                  "backbone_digest": "", "weights": "installed"}
+        record = {"scenario": scenario_json, "backbone_digest": "", "weights": "installed"}
         setup = setup_from(record, node_config)
         load_dataset(setup.scenario.data, setup.cache).inputs
     except Exception as e:  # noqa: BLE001 (logged; the task that needs the data says what is wrong)

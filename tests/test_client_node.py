@@ -91,3 +91,18 @@ def test_a_node_without_a_setup_says_so(tmp_path, fresh_process):
     setup = {**setup_record(scenario_json(scenario_of()), "abc"), "weights": "sent"}
     with pytest.raises(node.NoSetup, match="no backbone weights"):
         node.backbone_weights(node.setup(message({P.SETUP: ConfigRecord(setup)}), context))
+
+
+def test_the_identify_warm_up_and_the_tasks_parse_the_scenario_once(tmp_path, monkeypatch):
+    # Prepare: a process that has parsed nothing yet, counting its parses
+    monkeypatch.setattr(node, "_SCENARIOS", {})
+    parses = []
+    monkeypatch.setattr(node, "scenario_from_json", lambda text: parses.append(text) or scenario_of())
+    text = scenario_json(scenario_of())
+    context = Context(1, 1, {"partition-id": 0, "cache-dir": str(tmp_path)}, RecordDict(), {})
+    # Execute: the identify query's warm-up, then a task with the setup, then a task without
+    node.prepare_data(text, context.node_config)
+    node.setup(message({P.SETUP: ConfigRecord({**setup_record(text, "abc"), "weights": "installed"})}), context)
+    node.setup(message({}), context)
+    # Assert
+    assert parses == [text]
