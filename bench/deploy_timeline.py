@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.docs import write_section  # noqa: E402
 from server.deploy import LocalDeployment  # noqa: E402
+from server.polling import POLL_INTERVAL  # noqa: E402
 
 FLOOR = REPO / "bench" / "floor_app"
 PARTS = ("load_s", "process_s", "import_s", "worker_s", "data_s", "backbone_s", "embed_s", "seconds", "exchange_s")
@@ -71,7 +72,7 @@ def floor(d: LocalDeployment, work: Path, rounds: int, torch: bool) -> dict:
 
 def ours(d: LocalDeployment, work: Path, path: Path, name: str) -> dict:
     out = work / name
-    status = d.wait(d.submit({"scenario": str(path), "out": str(out), "poll_interval": 0.2}), 1800)
+    status = d.wait(d.submit({"scenario": str(path), "out": str(out), "poll_interval": POLL_INTERVAL}), 1800)
     if status != "finished:completed":
         raise SystemExit(f"fedrecon run ended {status}; logs in {work}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

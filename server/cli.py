@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from fedrecon.scenario import ScenarioError, key_table, load_scenario, schema_text
+from server.polling import POLL_INTERVAL
 
 QUIET_FLOWER = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -235,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     dep.add_argument("--auth", action="store_true", help="SuperNode authentication with registered keys (implies --tls)")
     dep.add_argument("--workdir", help="folder for certificates, keys, FLWR_HOMEs and logs (default: a new temp folder)")
     dep.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the run to finish")
-    dep.add_argument("--poll-interval", type=float, default=0.2, help="seconds between pulls for replies; 0: Flower's own (3 s)")
+    dep.add_argument("--poll-interval", type=float, default=POLL_INTERVAL, help="seconds between pulls for replies; 0: Flower's own (3 s)")
     dep.add_argument("--task-poll", type=float, default=0.1,
                      help="FLWR_SUPEREXEC_TASK_POLL_INTERVAL: seconds between a SuperExec's looks for work (Flower's default 1)")
     dep.add_argument("--gpus", metavar="0,1,...",

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.certs import make_certificates, make_node_key
+from server.polling import POLL_INTERVAL
 
 REPO = Path(__file__).resolve().parents[1]
 CONNECTION = "local-deployment"
@@ -245,7 +246,7 @@ class LocalDeployment:
 
 
 def deploy_and_run(scenario: str | Path, out: str | Path, workdir: str | Path, clients: int, tls: bool = False,
-                   auth: bool = False, timeout: float = 1800.0, poll_interval: float = 0.2, echo=print,
+                   auth: bool = False, timeout: float = 1800.0, poll_interval: float = POLL_INTERVAL, echo=print,
                    node_config: dict | None = None, task_poll: float = 0.1, gpus: tuple[str, ...] = ()) -> str:
     """Start a local deployment, run ``scenario`` on it into ``out``, stop it; the run's final status."""
     with LocalDeployment(Path(workdir), clients, tls=tls, auth=auth, node_config=node_config or {},

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from flwr.app import Message
+if TYPE_CHECKING:  # annotations only: the CLI reads POLL_INTERVAL without importing Flower
+    from flwr.app import Message
+
+# Seconds between two pulls for replies (run-config ``poll_interval``, ``deploy-local
+# --poll-interval``); pyproject.toml's [tool.flwr.app.config] repeats it as a literal.
+POLL_INTERVAL = 0.2
 
 
 class PollingGrid:
@@ -17,7 +23,7 @@ class PollingGrid:
     ``push_messages`` / ``pull_messages``.
     """
 
-    def __init__(self, grid, interval: float = 0.2):
+    def __init__(self, grid, interval: float = POLL_INTERVAL):
         self._grid = grid
         self.interval = interval
         self.watch = lambda received: None  # told how many replies are in after every pull

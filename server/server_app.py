@@ -9,7 +9,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedrecon.scenario import ScenarioError, load_scenario, scenario_json
 from server.node_memory import NodeMemory
-from server.polling import PollingGrid
+from server.polling import POLL_INTERVAL, PollingGrid
 from server.prepare import Prepared, prepare
 from server.identify import EarlyIdentify
 from server.run import default_out_dir, run_scenario
@@ -37,7 +37,7 @@ def resume_scenario(run_dir: str | Path):
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
-    poll = float(cfg.get("poll_interval", 0.2))
+    poll = float(cfg.get("poll_interval", POLL_INTERVAL))
     resume = str(cfg.get("resume", ""))
     # a resumed run folder brings its own scenario, continued after its checkpoint
     scenario = resume_scenario(resume) if resume else load_scenario(scenario_path(str(cfg["scenario"])))
