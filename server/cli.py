@@ -11,6 +11,9 @@ from pathlib import Path
 from fedrecon.scenario import ScenarioError, key_table, load_scenario, schema_text
 from server.polling import POLL_INTERVAL
 
+# Flower's environment for every process fedrecon starts (simulation, local deployments,
+# tests): no telemetry or update check, no dependency install at run time (offline), and
+# Ray's log lines as they are.
 QUIET_FLOWER = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",

@@ -19,15 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.certs import make_certificates, make_node_key
+from server.cli import QUIET_FLOWER
 from server.polling import POLL_INTERVAL
 
 REPO = Path(__file__).resolve().parents[1]
 CONNECTION = "local-deployment"
-QUIET = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-}
 
 
 def free_port() -> int:
@@ -105,7 +101,7 @@ class LocalDeployment:
         bin_dir = Path(sys.executable).parent
         # The SuperLink and SuperNodes start flower-superexec, flwr-serverapp and
         # flwr-clientapp by name: this venv's bin folder goes first on PATH.
-        return {**os.environ, **QUIET, "FLWR_HOME": str(home), "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(self.task_poll),
+        return {**os.environ, **QUIET_FLOWER, "FLWR_HOME": str(home), "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(self.task_poll),
                 "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
 
     def node_env(self, partition: int) -> dict[str, str]:

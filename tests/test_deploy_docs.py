@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from server.deploy import QUIET, free_port
+from server.cli import QUIET_FLOWER
+from server.deploy import free_port
 from tests.conftest import DATA_ROOT, small_scenario
 
 pytestmark = pytest.mark.e2e
@@ -108,7 +109,7 @@ def documented(tmp_path_factory):
     # 12 classes in 2 rounds; the killed node's round-2 task is retried in the rounds after (3 tries)
     scenario.write_text(yaml.safe_dump(small_scenario(simulation={"timeout": 30}, faults={"retries": 3})))
     port = free_port()
-    env = {**os.environ, **QUIET, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    env = {**os.environ, **QUIET_FLOWER, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "LINK": "localhost", "LINK_IP": "127.0.0.1", "PORT": str(port), "N": str(NODES), "WORK": str(tmp / "work"),
            "DATA": str(DATA_ROOT), "SCENARIO": str(scenario), "RUNS": str(tmp / "runs")}
     blocks = doc_blocks()

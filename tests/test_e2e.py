@@ -17,7 +17,7 @@ from fedrecon.backbones.embed import embed
 from fedrecon.learning.heads import NearestMean
 from fedrecon.scenario import load_scenario
 from fedrecon.learning.stats import ClassStats
-from server.cli import main as fedrecon
+from server.cli import QUIET_FLOWER, main as fedrecon
 from server.prepare import prepare
 from tests.conftest import REPO, small_scenario
 
@@ -86,8 +86,7 @@ def test_flwr_run_with_scenario_in_run_config(write_scenario, tmp_path):
     (home / "config.toml").write_text(f'[superlink]\ndefault = "test"\n[superlink.test]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
     bin_dir = Path(sys.executable).parent
     # The SuperLink starts flower-superexec and flwr-serverapp by name.
-    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, **QUIET_FLOWER, "FLWR_HOME": str(home), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     link = subprocess.Popen(
         [str(bin_dir / "flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1", "--port", str(port),
          "--database", str(home / "state.db")],

@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from server.cli import QUIET_FLOWER
 from tests.conftest import REPO, small_scenario
 
 pytestmark = pytest.mark.e2e
 RAY = Path(sys.executable).with_name("ray")
-ENV = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+ENV = {**os.environ, **QUIET_FLOWER, "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def _free_port() -> int:

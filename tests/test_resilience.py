@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.cli import main as fedrecon
+from server.cli import QUIET_FLOWER, main as fedrecon
 from tests.conftest import REPO, small_scenario
 
 pytestmark = pytest.mark.e2e
@@ -81,7 +81,7 @@ def test_raising_stalling_and_lying_clients_lose_no_class(reference, write_scena
 def test_a_run_killed_after_a_round_and_resumed_ends_like_the_undisturbed_one(reference, write_scenario, tmp_path):
     path = write_scenario(scenario())
     out = tmp_path / "run"
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    env = {**os.environ, **QUIET_FLOWER}
     # Its own session: SIGKILL goes to this run's process group (Ray's processes too) and nothing else.
     proc = subprocess.Popen([sys.executable, "-m", "server.cli", "run", str(path), "--out", str(out)], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
