@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.report import human_bytes
+from server.report import human_bytes, plot_accuracy, pyplot
 
 
 @dataclass(frozen=True)
@@ -63,33 +63,8 @@ def table(runs: list[Run], markdown: bool = False) -> str:
     return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*row) for row in body])
 
 
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_accuracy(runs: list[Run], path: Path) -> None:
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in runs:
-        rows = [x for x in r.rows if x["accuracy"] is not None]
-        ax.plot([x["classes_seen"] for x in rows], [x["accuracy"] for x in rows], marker="o", ms=3, label=r.name)
-    ax.set_xlabel("classes seen")
-    ax.set_ylabel("accuracy on the classes seen")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def plot_bytes(runs: list[Run], path: Path) -> None:
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in runs:
         rounds = [x["round"] for x in r.rows]
@@ -149,7 +124,7 @@ def client_curves(plan: dict, by_round: dict) -> dict[int, list[tuple[int, float
 
 
 def plot_forgetting(run: Run, plan: dict, by_round: dict, path: Path) -> None:
-    plt = _figure()
+    plt = pyplot()
     m, labels, rounds = forgetting_matrix(plan, by_round)
     fig, ax = plt.subplots(figsize=(1.5 + 0.45 * len(rounds), 1.5 + 0.16 * len(labels)))
     im = ax.imshow(m, aspect="auto", vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
@@ -166,7 +141,7 @@ def plot_forgetting(run: Run, plan: dict, by_round: dict, path: Path) -> None:
 
 
 def plot_clients(run: Run, plan: dict, by_round: dict, path: Path) -> None:
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for c, points in client_curves(plan, by_round).items():
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3, label=f"client {c}")
@@ -188,7 +163,7 @@ def write_report(folders: list[str | Path], out: str | Path, echo=print) -> Path
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     echo(table(runs))
-    plot_accuracy(runs, out / "accuracy.png")
+    plot_accuracy({r.name: r.rows for r in runs}, out / "accuracy.png")
     plot_bytes(runs, out / "bytes.png")
     lines = ["# Run comparison", "", table(runs, markdown=True), "",
              "![accuracy against classes seen](accuracy.png)", "", "![bytes per round](bytes.png)", ""]

@@ -18,6 +18,35 @@ def human_bytes(n: float) -> str:
     return f"{n} B"
 
 
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only), imported when a plot is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy(curves: dict[str, list[dict]], path: Path) -> None:
+    """Accuracy against classes seen, a line per run from its metrics rows (rounds not
+    evaluated are skipped), named in a legend (a run folder's own plot has one nameless line)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, rows in curves.items():
+        rows = [r for r in rows if r["accuracy"] is not None]
+        ax.plot([r["classes_seen"] for r in rows], [r["accuracy"] for r in rows], marker="o", ms=3, label=name)
+    ax.set_xlabel("classes seen")
+    ax.set_ylabel("accuracy on the classes seen")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    if any(curves):
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 class RunRecorder:
     """Writes a run's metrics as they come and its summary at the end."""
 
@@ -85,25 +114,9 @@ class RunRecorder:
             "wall_seconds": round(time.time() - self.started, 2),
         }
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        self.plot(evaluated)
+        plot_accuracy({"": self.rows}, self.out / "accuracy.png")
         self.table(summary)
         return summary
-
-    def plot(self, evaluated: list[dict]) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot([r["classes_seen"] for r in evaluated], [r["accuracy"] for r in evaluated], marker="o")
-        ax.set_xlabel("classes seen")
-        ax.set_ylabel("accuracy (test samples of classes seen)")
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(self.out / "accuracy.png", dpi=120)
-        plt.close(fig)
 
     def table(self, s: dict) -> None:
         def fmt(v):
