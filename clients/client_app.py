@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import time
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients import faults, node, worker
 from fedrecon import protocol as P
+from fedrecon.learning.stats import ClassStats  # numpy only
 
 
 def process_age() -> float:
@@ -71,23 +73,24 @@ def train(msg: Message, context: Context) -> Message:
     if P.SECAGG in msg.content:  # the statistics leave this client only masked, in the round's layout
         from clients import secure
 
+        if isinstance(stats, dict):  # the worker's arrays (a Gram of few samples formed from its factor)
+            stats = ClassStats.from_arrays(stats)
         vector = secure.masked(msg, context, stats, factors, float(len(arrays["sample_index"])))
         return Message(RecordDict({P.MASKED: _record(faults.spoil(task, {"masked": vector})), P.METRICS: metrics}),
                        reply_to=msg)
-    reply = RecordDict({P.STATS: _record(faults.spoil(task, stats.to_arrays())), **extra, P.METRICS: metrics})
+    sent = stats if isinstance(stats, dict) else stats.to_arrays()  # the worker's arrays go out as they came
+    reply = RecordDict({P.STATS: _record(faults.spoil(task, sent)), **extra, P.METRICS: metrics})
     return Message(reply, reply_to=msg)
 
 
-def _learn(setup, context: Context, task: dict, arrays: dict, timings: dict):
+def _learn(setup, context: Context, task: dict, arrays: dict, timings: dict) -> ClassStats | dict[str, np.ndarray]:
     """A frozen-backbone task's statistics: from the node's worker in a SuperNode's
-    per-message process (clients/worker.py), else learned here. ``timings["cuda"]``: 1
-    when the task ran on a GPU."""
+    per-message process (clients/worker.py), as they travel (``ClassStats.to_arrays``),
+    else learned here. ``timings["cuda"]``: 1 when the task ran on a GPU."""
     noise = float(task["dp_std"]) if "dp_std" in task else None
     if worker.wanted(context.node_config):
-        from fedrecon.learning.stats import ClassStats
-
-        return ClassStats.from_arrays(worker.learn(node.setup_record(context), context.node_config,
-                                                   arrays["sample_index"], arrays["sample_labels"], noise, timings))
+        return worker.learn(node.setup_record(context), context.node_config, arrays["sample_index"],
+                            arrays["sample_labels"], noise, timings)
     clock = time.perf_counter()
     from clients.learner import learn_task
     from fedrecon.backbones.embed import pick_device
@@ -115,7 +118,6 @@ def _learn_adapted(msg: Message, context: Context, setup, task: dict, arrays: di
 def adapt(msg: Message, context: Context) -> Message:
     """One of a round's adapter steps: train the merged adapter on the task, send the factors."""
     from clients.learner import adapt_task
-    from fedrecon.learning.stats import ClassStats
 
     start = time.perf_counter()
     setup = node.setup(msg, context)

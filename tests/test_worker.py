@@ -11,9 +11,15 @@ import time
 
 import numpy as np
 import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
 
 from clients import node, worker
+from clients.client_app import app as client_app
 from clients.learner import learn_task
+from fedrecon import protocol as P
+from fedrecon.learning import stats as stats_module
+from fedrecon.learning.stats import ClassStats, StatsSpec
 from fedrecon.protocol import setup_record
 from fedrecon.scenario import scenario_json
 from server.prepare import prepare
@@ -139,3 +145,25 @@ def test_a_worker_warmed_with_the_scenario_has_its_data_ready_for_the_first_task
     got = worker.learn(record, config, index, labels, None, {})
     assert got["counts"].tolist() == [5, 5]
     os.kill(_worker_pid(worker.socket_path(config)), 15)
+
+
+def test_a_task_sends_its_workers_arrays_as_they_came(monkeypatch, tmp_path):
+    # Prepare: a SuperNode's message process whose worker answers with a ridge head's few samples (a Gram factor)
+    spec = StatsSpec(random_features=40, projection_seed=1)
+    labels = np.array([3, 3, 7])
+    sent = ClassStats.from_features(labels, np.random.default_rng(0).standard_normal((3, 4)), spec).to_arrays()
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1  # a message built outside a Flower app
+    monkeypatch.setattr(worker, "wanted", lambda node_config: True)
+    monkeypatch.setattr(worker, "learn", lambda *args: sent)
+    monkeypatch.setattr(stats_module, "gram_of", lambda factor: pytest.fail("the Gram was formed from its factor"))
+    setup = {**setup_record(scenario_json(scenario_of()), "abc"), "weights": "installed"}
+    content = {P.SETUP: ConfigRecord(setup), P.TASK_CONFIG: ConfigRecord({"round": 1, "task": 0}),
+               P.TASK_ARRAYS: ArrayRecord({"sample_index": Array(np.arange(3)), "sample_labels": Array(labels)})}
+    context = Context(1, 1, {"partition-id": 0, "cache-dir": str(tmp_path)}, RecordDict(), {})
+    # Execute
+    reply = client_app(Message(RecordDict(content), dst_node_id=1, message_type="train"), context)
+    # Assert
+    got = {k: v.numpy() for k, v in reply.content[P.STATS].items()}
+    assert "gram_factor" in got and "gram" not in got and set(got) == set(sent)
+    for key, value in sent.items():
+        np.testing.assert_array_equal(got[key], value)

@@ -104,29 +104,6 @@ def gram_of(factor: np.ndarray) -> np.ndarray:
     return _symmetric(factor.T @ factor)
 
 
-class _GramOfFactor(Mapping):
-    """Shared arrays whose ``gram`` is ``L^T L`` of a factor, formed when first read: a
-    client process that only passes its worker's reply on never forms it (for 1,000
-    samples and M = 4000 that is 1.6e10 multiply-adds and 128 MB)."""
-
-    def __init__(self, shared: dict, factor: np.ndarray):
-        self._shared, self._factor = dict(shared), factor
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        if key == "gram" and "gram" not in self._shared:
-            self._shared["gram"] = gram_of(self._factor)
-        return self._shared[key]
-
-    def __contains__(self, key) -> bool:  # without forming the Gram
-        return key == "gram" or key in self._shared
-
-    def __iter__(self):
-        return iter([*self._shared, *(["gram"] if "gram" not in self._shared else [])])
-
-    def __len__(self) -> int:
-        return len(self._shared) + ("gram" not in self._shared)
-
-
 def pack_symmetric(a: np.ndarray) -> np.ndarray:
     """Upper triangle (row-major) of a symmetric matrix: half the bytes on the wire."""
     return a[np.triu_indices(a.shape[0])]
@@ -223,7 +200,7 @@ class ClassStats:
         shared = {k: unpack_symmetric(np.asarray(arrays[k])) for k in SHARED if k in arrays}
         factor = np.asarray(arrays["gram_factor"]) if "gram_factor" in arrays else None
         if factor is not None:
-            shared = _GramOfFactor(shared, factor)
+            shared["gram"] = gram_of(factor)
         return cls(np.asarray(arrays["ids"]), np.asarray(arrays["counts"]), np.asarray(arrays["sums"]), extra, shared,
                    factor)
 
