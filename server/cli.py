@@ -210,7 +210,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from server.merge import MergeError, merge_runs
+    from server.edge_runs import MergeError, merge_runs
 
     try:
         merge_runs(args.runs, args.out)

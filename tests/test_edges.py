@@ -1,4 +1,4 @@
-"""Two tiers (fedrecon/plan/edges.py, strategies/edges.py, server/merge.py): edges inside
+"""Two tiers (fedrecon/plan/edges.py, strategies/edges.py, server/edge_runs.py): edges inside
 one run, and separate edge runs added by ``fedrecon merge``, both end where the flat
 federation over the same arrivals ends; what cannot be added is refused in one line."""
 
@@ -12,7 +12,7 @@ import yaml
 from flwr.supercore.task_identity import TaskIdentity
 
 from server.cli import main
-from server.merge import merge_runs
+from server.edge_runs import merge_runs
 from tests.conftest import small_scenario
 from tests.test_run import ending, run
 
