@@ -14,12 +14,15 @@ from fedrecon.backbones.conv4 import adapter_targets as conv_targets
 from fedrecon.backbones.efficientnet import adapter_targets as pointwise_targets
 from fedrecon.backbones.minilm import adapter_targets as minilm_targets
 from fedrecon.backbones.registry import BACKBONES
-from fedrecon.learning.adapter_merges import ADAPTER_MERGES, global_updates, make_adapter_merge, refactor
+from fedrecon.learning.adapter_merges import ADAPTER_INIT, ADAPTER_MERGES, global_updates, make_adapter_merge, refactor
 from fedrecon.learning.adapter_task import adapt_step, client_task, reply_factors
 from fedrecon.learning.drift import compensate, drift_from_sums, drift_sums
 from fedrecon.learning.lora import Adapted, target_layers
+from fedrecon.learning.finetune import _FINETUNE as FINETUNE
+from fedrecon.learning.stats import _PROJECTION as PROJECTION
 from fedrecon.learning.stats import ClassStats, StatsSpec
-from fedrecon.learning.training import embed_adapted, train_adapter
+from fedrecon.learning.training import ADAPTER_BATCHES, embed_adapted, train_adapter
+from fedrecon.plan.samples import POISSON, PRESENCE, REVISITS, SAMPLES, SPLIT, TEST
 from fedrecon.scenario.sections import ADAPTER_MERGES as ADAPTER_MERGE_NAMES
 from fedrecon.scenario.sections import AdaptersConfig
 from tests.conftest import scenario_of
@@ -242,6 +245,15 @@ def test_features_both_put_the_frozen_backbones_features_beside_the_adapted_ones
     # what the federation classifier separates: the adapted half of the merged sums
     np.testing.assert_array_equal(trained_columns(result.stats, scenario.adapters).sums, result.stats.sums[:, 64:])
     assert scenario.adapters.trained_dim(128) == 64
+
+
+def test_every_use_of_the_seed_draws_from_its_own_stream():
+    # np.random.default_rng([seed, stream, ...]): two uses with one stream can draw the same
+    # numbers (a task of n samples once shuffled with layer n's initial A)
+    streams = {"samples": SAMPLES, "split": SPLIT, "poisson": POISSON, "presence": PRESENCE, "revisits": REVISITS,
+               "test": TEST, "projection": PROJECTION, "adapter init": ADAPTER_INIT,
+               "adapter batches": ADAPTER_BATCHES, "finetune batches": FINETUNE}
+    assert len(set(streams.values())) == len(streams), streams
 
 
 def test_the_adapters_section_says_the_schedule():

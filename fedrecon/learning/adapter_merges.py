@@ -33,9 +33,10 @@ from fedrecon.registry import create, registrar
 if TYPE_CHECKING:
     from fedrecon.scenario.sections import AdaptersConfig
 
-# Seed stream of adapter initialisations: np.random.default_rng([seed, ADAPTER_STREAM, layer, ...]).
-# The plan's streams are 1..6 and the ridge projection is 101; this one is apart.
-ADAPTER_STREAM = 202
+# Seed stream of adapter initialisations: np.random.default_rng([seed, ADAPTER_INIT, layer, ...]).
+# Apart from every other stream (the plan's 1..6 in fedrecon/plan/samples.py, the ridge
+# projection's 101, the adapter batches' 404, the fine-tuning batches' 303; a test checks).
+ADAPTER_INIT = 202
 # Singular values below this fraction of the largest are numerical zeros of a stack.
 _RANK_TOL = 1e-12
 
@@ -43,9 +44,9 @@ Shapes = Mapping[str, tuple[int, int]]
 
 
 def initial_a(seed: int, layer: int, shape: tuple[int, int], *stream: int) -> np.ndarray:
-    """Kaiming-uniform ``A`` (as PEFT's LoRA) from ``[seed, ADAPTER_STREAM, layer, *stream]``."""
+    """Kaiming-uniform ``A`` (as PEFT's LoRA) from ``[seed, ADAPTER_INIT, layer, *stream]``."""
     bound = 1.0 / math.sqrt(shape[1])
-    return np.random.default_rng([seed, ADAPTER_STREAM, layer, *stream]).uniform(-bound, bound, shape).astype(np.float32)
+    return np.random.default_rng([seed, ADAPTER_INIT, layer, *stream]).uniform(-bound, bound, shape).astype(np.float32)
 
 
 class AdapterMerge(Protocol):

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from fedrecon.scenario.sections import FinetuneConfig
 
 BACKBONE, IDS, WEIGHT, BIAS = "backbone.", "head.ids", "head.weight", "head.bias"
-# Seed stream of the fine-tuning batches (the plan uses 1..6, the ridge projection 101, adapters 202).
+# Seed stream of the fine-tuning batches (the plan uses 1..6, the ridge projection 101,
+# the adapters 202 and 404; a test checks they differ).
 _FINETUNE = 303
 
 

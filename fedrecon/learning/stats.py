@@ -26,7 +26,8 @@ from functools import lru_cache
 import numpy as np
 
 # Seed stream of the random projection: np.random.default_rng([seed, _PROJECTION]).
-# The plan's streams are 1..5 (fedrecon/plan/samples.py); this one is apart from them.
+# Apart from every other stream (the plan's 1..6 in fedrecon/plan/samples.py, the
+# adapters' 202 and 404, the fine-tuning batches' 303; a test checks).
 _PROJECTION = 101
 # Rows of features turned into random features at once (bounds memory to ~chunk x M).
 _CHUNK = 2048

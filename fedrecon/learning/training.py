@@ -10,9 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedrecon.learning.adapter_merges import ADAPTER_STREAM
 from fedrecon.learning.lora import Adapted
 from fedrecon.learning.stats import ClassStats
+
+# Seed stream of an adapter's batch order: np.random.default_rng([seed, ADAPTER_BATCHES, samples, ...]).
+# Its own: under the adapters' initialisation stream (202) a task of n samples drew the
+# same numbers as layer n's initial A.
+ADAPTER_BATCHES = 404
 
 
 def forward_features(model: nn.Module, batch: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -86,7 +90,7 @@ def train_adapter(adapted: Adapted, inputs: np.ndarray, labels: np.ndarray, lr: 
         others = (torch.as_tensor(negatives, device=device, dtype=torch.float32) if negatives is not None and len(negatives)
                   else torch.zeros((0, means.shape[1]), device=device))
         optim = torch.optim.AdamW(params + ([head] if head is not None else []), lr=lr, weight_decay=0.0)
-        rng = np.random.default_rng([seed, ADAPTER_STREAM, len(labels), *stream])
+        rng = np.random.default_rng([seed, ADAPTER_BATCHES, len(labels), *stream])
         last = float("nan")
         for epoch in range(a.epochs):
             if head is None and epoch:
