@@ -13,7 +13,8 @@ from typing import Any
 
 
 class PluginError(ValueError):
-    """An import path that does not lead to an object; the message says why in one line."""
+    """An import path that does not lead to an object; the message says why in one line,
+    and the exception it is raised from (a plug-in's own, with its traceback) is kept."""
 
 
 def load_object(path: str) -> Any:
@@ -25,9 +26,9 @@ def load_object(path: str) -> Any:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
         # ModuleNotFoundError names the missing module, which may be a dependency of the plug-in
-        raise PluginError(f"cannot import module {module_name!r}: {exc} (is it installed, or on PYTHONPATH?)") from None
-    except Exception as exc:  # a plug-in module that fails on import: say where, without a traceback
-        raise PluginError(f"importing module {module_name!r} failed: {type(exc).__name__}: {exc}") from None
+        raise PluginError(f"cannot import module {module_name!r}: {exc} (is it installed, or on PYTHONPATH?)") from exc
+    except Exception as exc:  # a plug-in module that fails on import: one line here, its traceback kept
+        raise PluginError(f"importing module {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
     for part in attribute.split("."):
         if not hasattr(obj, part):
             raise PluginError(f"module {module_name!r} has no attribute {attribute!r}")

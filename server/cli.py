@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from fedrecon.scenario import ScenarioError, key_table, load_scenario, schema_text
@@ -33,6 +34,15 @@ KNOWN_HARMLESS = ("DEPRECATED FEATURE: The `run_simulation` function is deprecat
 def known_harmless(record: logging.LogRecord) -> bool:
     """A logging filter: False for the warnings listed in KNOWN_HARMLESS."""
     return not record.getMessage().startswith(KNOWN_HARMLESS)
+
+
+def print_error(exc: BaseException, debug: bool) -> None:
+    """An error as its one line (a scenario's: a line a problem) on stderr; with
+    ``--debug`` as its traceback, the exceptions it was raised from (a plug-in's own) first."""
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    else:
+        print(exc, file=sys.stderr)
 
 
 def cmd_run(args) -> int:
@@ -155,7 +165,7 @@ def cmd_validate(args) -> int:
         try:
             plan = check(load_scenario(path, args.set)).plan
         except ScenarioError as exc:
-            print(exc, file=sys.stderr)
+            print_error(exc, args.debug)
             bad += 1
         else:
             print(f"{path}: ok ({plan.clients} clients, {plan.rounds} rounds, {len(plan.arrivals)} arrivals)")
@@ -222,6 +232,8 @@ def cmd_merge(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedrecon", description="Federated class-incremental learning on Flower.")
+    parser.add_argument("--debug", action="store_true",
+                        help="print an error's traceback, a plug-in's own included, not only its one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a scenario on Flower's simulation engine")
@@ -305,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ScenarioError as exc:
-        print(exc, file=sys.stderr)
+        print_error(exc, args.debug)
         return 2
 
 

@@ -118,3 +118,20 @@ def test_the_guides_error_lines_are_what_validate_prints(answers):
 def test_the_guides_scenario_validates(plugins):
     proc = fedrecon(plugins, "validate", "myfed.yaml")
     assert proc.returncode == 0 and "ok (3 clients, 2 rounds, 6 arrivals)" in proc.stdout, proc.stderr
+
+
+def test_a_failing_plugin_gets_one_line_and_keeps_its_traceback_for_debug(tmp_path, monkeypatch, capsys):
+    # Prepare: a merge policy plug-in whose module fails on import
+    from server.cli import main
+
+    (tmp_path / "broken_policy.py").write_text("def helper():\n    raise KeyError('nope')\n\n\nhelper()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = ["validate", str(REPO / "scenarios" / "omniglot-quickstart.yaml"), "--set", "merge.prototypes=broken_policy:P"]
+    # Execute
+    plain = main(args), capsys.readouterr().err
+    debug = main(["--debug", *args]), capsys.readouterr().err
+    # Assert: one line by default; under --debug the plug-in's traceback down to its line, then that line
+    assert plain[0] == 1 and len(plain[1].strip().splitlines()) == 1 and "Traceback" not in plain[1]
+    assert "merge.prototypes: importing module 'broken_policy' failed: KeyError: 'nope'" in plain[1]
+    assert debug[0] == 1 and 'broken_policy.py", line 2, in helper' in debug[1]
+    assert debug[1].strip().endswith(plain[1].strip())
