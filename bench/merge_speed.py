@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fedrecon.learning.prototype_merges import make_policy  # noqa: E402
 from fedrecon.learning.stats import ClassStats  # noqa: E402
-from strategies.policies import make_policy  # noqa: E402
 
 
 def main() -> None:

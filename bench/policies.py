@@ -18,9 +18,9 @@ import numpy as np
 from fedrecon.backbones.cache import EmbeddingCache, embed_samples
 from fedrecon.backbones.embed import pick_device
 from fedrecon.learning.heads import build_head, head_spec
+from fedrecon.learning.prototype_merges import replay
 from fedrecon.scenario import load_scenario
 from server.prepare import prepare
-from strategies.policies import replay
 
 
 def main() -> None:

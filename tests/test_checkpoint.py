@@ -3,10 +3,10 @@
 import numpy as np
 
 from fedrecon.learning.heads import head_spec
+from fedrecon.learning.prototype_merges import make_policy, policy_state, restore_policy
 from fedrecon.learning.stats import ClassStats
 from fedrecon.scenario.sections import MergeConfig
 from server.checkpoint import load_parts, load_run_state, save_run_state
-from strategies.policies import make_policy, policy_state, restore_policy
 
 
 def test_second_order_statistics_survive_a_checkpoint(tmp_path):

@@ -6,9 +6,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from fedrecon.learning.heads import HEADS, NearestMean, build_head, fit_head, head_spec
+from fedrecon.learning.prototype_merges import make_policy
 from fedrecon.learning.stats import ClassStats, add_stats, pack_symmetric, unpack_symmetric
 from fedrecon.scenario.sections import HEADS as HEAD_NAMES
-from strategies.policies import make_policy
 from tests.conftest import head_of
 from tests.test_stats import federations
 

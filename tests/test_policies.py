@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from fedrecon.learning.heads import head_spec
-from tests.conftest import head_of
+from fedrecon.learning.prototype_merges import PROTOTYPE_POLICIES, make_policy, replay
 from fedrecon.learning.stats import ClassStats
-from strategies.policies import PROTOTYPE_POLICIES, make_policy, replay
+from tests.conftest import head_of
 
 
 def stats(label: int, values: list[float], spec=None) -> ClassStats:

@@ -5,8 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedrecon.learning.heads import NearestMean
+from fedrecon.learning.prototype_merges import make_policy
 from fedrecon.learning.stats import ClassStats, add_stats
-from strategies.policies import make_policy
 
 
 @st.composite

@@ -1,4 +1,5 @@
-"""Prototype merge policies, keyed by their YAML name (``merge.prototypes``)."""
+"""Merge policies of class statistics, keyed by their YAML name (``merge.prototypes``),
+in numpy only (those of LoRA adapters are in :mod:`fedrecon.learning.adapter_merges`)."""
 
 from __future__ import annotations
 
