@@ -2,7 +2,8 @@
 
 ``fedrecon validate`` calls :func:`check`; ``fedrecon run`` and the ServerApp call
 :func:`prepare`, which checks the same and builds the backbone. Each problem is one
-``file:line:col: key: message`` line of a :class:`ScenarioError`.
+``file:line:col: key: message`` line of a :class:`ScenarioError`; one about a plug-in
+is raised from the plug-in's own exception, whose traceback ``fedrecon --debug`` shows.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _policy(scenario: Scenario):
     try:
         policy = make_policy(scenario.merge.prototypes)
     except PluginError as exc:
-        raise _fail(scenario, ("merge", "prototypes"), str(exc)) from None
+        raise _fail(scenario, ("merge", "prototypes"), str(exc)) from exc
     if is_per_client(policy) and scenario.evaluation.where == "clients":
         raise _fail(scenario, ("merge", "prototypes"), f"policy {scenario.merge.prototypes!r} is scored per client on the "
                                                         "server; use evaluation.where: server")
@@ -68,14 +69,14 @@ def _dataset(scenario: Scenario) -> ClassDataset:
     try:
         dataset = load_dataset(scenario.data)
     except PluginError as exc:
-        raise _fail(scenario, ("data", "dataset"), str(exc)) from None
+        raise _fail(scenario, ("data", "dataset"), str(exc)) from exc
     except (DataError, OSError) as exc:
         raise _data_error(scenario, exc) from None
-    except Exception as exc:  # a plug-in loader that fails its own way: one line, not its traceback
+    except Exception as exc:  # a plug-in loader that fails its own way: one line, its traceback kept
         if scenario.data.dataset in DATASETS:
             raise
         raise _fail(scenario, ("data", "dataset"), f"loading {scenario.data.dataset} failed: "
-                                                   f"{type(exc).__name__}: {exc}") from None
+                                                   f"{type(exc).__name__}: {exc}") from exc
     backbone = BACKBONES.get(scenario.model.backbone)
     if scenario.data.dataset not in DATASETS and backbone is not None and backbone.modality != dataset.modality:
         raise _fail(scenario, ("data", "dataset"), f"{scenario.data.dataset} gives {dataset.modality} samples, "
@@ -102,7 +103,7 @@ def _backbone(scenario: Scenario, dataset: ClassDataset, build: bool) -> tuple[B
     try:
         entry = backbone_entry(m.backbone)
     except PluginError as exc:
-        raise _fail(scenario, ("model", "backbone"), str(exc)) from None
+        raise _fail(scenario, ("model", "backbone"), str(exc)) from exc
     missing = entry.missing_weights()
     if missing:
         raise _fail(scenario, ("model", "backbone"), f"{m.backbone}: {missing}")
@@ -114,9 +115,9 @@ def _backbone(scenario: Scenario, dataset: ClassDataset, build: bool) -> tuple[B
         model = build_backbone(m.backbone)
         entry = described(entry, model)
     except PluginError as exc:
-        raise _fail(scenario, ("model", "backbone"), str(exc)) from None
-    except Exception as exc:  # a builder that fails: one line, not its traceback
-        raise _fail(scenario, ("model", "backbone"), f"building {m.backbone} failed: {type(exc).__name__}: {exc}") from None
+        raise _fail(scenario, ("model", "backbone"), str(exc)) from exc
+    except Exception as exc:  # a builder that fails: one line, its traceback kept
+        raise _fail(scenario, ("model", "backbone"), f"building {m.backbone} failed: {type(exc).__name__}: {exc}") from exc
     if m.checkpoint is not None:
         try:
             model.load_state_dict(read_checkpoint(m.checkpoint))
@@ -146,7 +147,7 @@ def _try_plugin(scenario: Scenario, model, entry: BackboneEntry, dataset: ClassD
         features = embed(model, dataset.inputs[:2])
     except Exception as exc:  # whatever the plug-in raises on two real samples
         raise _fail(scenario, ("model", "backbone"), f"{scenario.model.backbone} failed on two samples of shape "
-                                                     f"{dataset.inputs[:2].shape}: {type(exc).__name__}: {exc}") from None
+                                                     f"{dataset.inputs[:2].shape}: {type(exc).__name__}: {exc}") from exc
     if features.ndim != 2 or features.shape[0] != 2 or not np.isfinite(features).all():
         raise _fail(scenario, ("model", "backbone"), f"{scenario.model.backbone} must map a batch of 2 samples to finite "
                                                      f"features (2, d), got shape {features.shape}")
