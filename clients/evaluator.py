@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from clients.learner import adapted_features, task_features
-from clients.node import Setup
+from clients.setup import Setup
 from fedrecon.learning.evaluate import count_correct
 from fedrecon.learning.stats import ClassStats
 

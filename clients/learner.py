@@ -9,7 +9,7 @@ import time
 import numpy as np
 from torch import nn
 
-from clients.node import Setup, backbone_weights
+from clients.setup import Setup, backbone_weights
 from fedrecon import dp
 from fedrecon.backbones.cache import EmbeddingCache, embed_samples
 from fedrecon.backbones.embed import build_backbone, model_from_numpy, pick_device, state_to_numpy

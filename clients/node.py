@@ -1,25 +1,21 @@
 """What a node keeps between messages: the run's setup (and, under ``merge.adapters:
 none``, its own adapter) in ``Context.state``, which survives a SuperNode's per-message
-processes; the backbone weights the server sent in a :class:`WeightStore`, by digest, once
-per process and machine rather than in every node's state, which Flower's simulation moves
-with every message. What is immutable and named by a digest (the parsed scenario, a built
+processes; the backbone weights the server sent in a :class:`WeightStore` (clients/setup.py),
+by digest, once per process and machine rather than in every node's state, which Flower's
+simulation moves with every message. What is immutable and named by a digest (the parsed scenario, a built
 frozen backbone) is cached per process as well: virtual clients that share a process
 may share it.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
-from dataclasses import dataclass
-from pathlib import Path
 
 from flwr.app import Context, Message
 
+from clients.setup import NoSetup, Setup, node_cache, weight_store
 from fedrecon import protocol as P
-from fedrecon.backbones.weights import WeightStore, default_folder
-from fedrecon.data.cache import DiskCache
 from fedrecon.scenario.loading import scenario_digest, scenario_from_json
 from fedrecon.scenario.model import Scenario
 
@@ -31,35 +27,6 @@ _WARMING: dict[str, threading.Thread] = {}  # scenario digest -> this process's 
 
 class WrongNode(RuntimeError):
     """A message meant for another client (the server assumed the wrong node): refused unread."""
-
-
-class NoSetup(RuntimeError):
-    """The node holds no setup for this run (it restarted since it got one): the server sends it again."""
-
-
-@dataclass(frozen=True)
-class Setup:
-    """The run as this node sees it: the scenario (``data.root`` the node's own when
-    its node config names a ``data-root``), the backbone's digest, the node's partition
-    id, its disk cache of prepared samples and features (None: none), and whether the
-    server sends the backbone's weights (else they are installed here)."""
-
-    scenario: Scenario
-    backbone_digest: str
-    client: int
-    cache: DiskCache | None = None
-    weights_sent: bool = False
-
-
-def node_cache(node_config: dict) -> DiskCache | None:
-    """The node's disk cache: the node config's ``cache-dir`` (and ``cache-mb``; ``none``:
-    off), else ``$FLWR_HOME/fedrecon-cache`` for a SuperNode (every message is a new
-    process there), else none (a simulation's workers keep what they prepared in memory)."""
-    folder = node_config.get("cache-dir") or (Path(os.environ["FLWR_HOME"]) / "fedrecon-cache"
-                                              if os.environ.get("FLWR_HOME") else None)
-    if not folder or str(folder) == "none":
-        return None
-    return DiskCache(Path(str(folder)), int(float(node_config.get("cache-mb", 2048)) * 2**20))
 
 
 def setup(msg: Message, context: Context) -> Setup:
@@ -87,25 +54,9 @@ def setup_record(context: Context) -> dict:
     return {k: str(record[k]) for k in ("digest", "scenario", "backbone_digest", "weights")}
 
 
-def weight_store(cache: DiskCache | None) -> WeightStore:
-    """Where this node's processes find the weights the server sent: its cache folder, else the machine's."""
-    return WeightStore(cache.folder / "weights" if cache is not None else default_folder())
-
-
 def held_weights(node_config) -> str:
     """Digests of the weights this node's process or machine holds, comma-separated (the identify answer)."""
     return ",".join(weight_store(node_cache(node_config)).held())
-
-
-def backbone_weights(setup: Setup) -> dict | None:
-    """The backbone weights the server sent (None: installed here). A process that holds
-    none, on a machine that holds none, cannot build the backbone: the server sends them again."""
-    if not setup.weights_sent:
-        return None
-    weights = weight_store(setup.cache).get(setup.backbone_digest)
-    if weights is None:
-        raise NoSetup(f"this node holds no backbone weights of digest {setup.backbone_digest}; the server sends them again")
-    return weights
 
 
 def parsed_scenario(scenario_json: str) -> Scenario:

@@ -190,7 +190,7 @@ def learn(setup: dict, node_config, sample_index: np.ndarray, sample_labels: np.
                                   f"see {path.with_suffix('.log')}") from e
             path.unlink(missing_ok=True)  # so that the next connect starts a new worker, not this dying one
     if "error" in answer:
-        from clients.node import NoSetup  # the server sends the weights again
+        from clients.setup import NoSetup  # the server sends the weights again
 
         raise {"ValueError": ValueError, "NoSetup": NoSetup}.get(answer["kind"], WorkerError)(answer["error"])
     timings.update(answer["timings"])

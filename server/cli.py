@@ -49,7 +49,7 @@ def cmd_run(args) -> int:
     from flwr.simulation import run_simulation
 
     from clients.client_app import app as client_app
-    from clients.node import node_cache, weight_store
+    from clients.setup import node_cache, weight_store
     from server.prepare import check_simulation_devices, prepare
     from server.run import default_out_dir
     from server.server_app import make_app, resume_scenario

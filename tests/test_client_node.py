@@ -7,6 +7,7 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from clients import node
+from clients.setup import NoSetup, backbone_weights
 from fedrecon import protocol as P
 from fedrecon.backbones import weights as weights_module
 from fedrecon.backbones.weights import state_digest
@@ -43,7 +44,7 @@ def test_the_setup_comes_once_and_is_read_from_the_context_after(tmp_path, fresh
     # Assert
     assert first == later and later.client == 2 and later.backbone_digest == state_digest(weights)
     assert later.scenario.merge.head == "lda" and later.scenario.data.root == "/elsewhere"
-    assert node.held_digest(context) == setup["digest"] and node.backbone_weights(later)["w"].tolist() == [1.0, 1.0]
+    assert node.held_digest(context) == setup["digest"] and backbone_weights(later)["w"].tolist() == [1.0, 1.0]
     # the weights are not in the node's context, which Flower's simulation moves with every message
     assert P.BACKBONE not in context.state and list(context.state.keys()) == [node.SETUP]
 
@@ -57,7 +58,7 @@ def test_weights_are_read_by_another_process_from_the_machine_and_a_bad_file_is_
     setup = node.setup(message({P.SETUP: ConfigRecord(sent(weights)), P.BACKBONE: to_record(weights)}), context)
     # Execute: another process on the machine (nothing held in memory) reads them from the node's folder
     monkeypatch.setattr(weights_module, "_HELD", {})
-    read = node.backbone_weights(setup)
+    read = backbone_weights(setup)
     # Assert
     assert {k: v.tolist() for k, v in read.items()} == {k: v.tolist() for k, v in weights.items()}
     assert read["b"].dtype == np.float32
@@ -66,8 +67,8 @@ def test_weights_are_read_by_another_process_from_the_machine_and_a_bad_file_is_
     monkeypatch.setattr(weights_module, "_HELD", {})
     path = tmp_path / "weights" / f"{state_digest(weights)}.npz"
     np.savez(path, a=np.zeros(3), b=np.eye(2, dtype=np.float32))
-    with pytest.raises(node.NoSetup, match="no backbone weights"):
-        node.backbone_weights(setup)
+    with pytest.raises(NoSetup, match="no backbone weights"):
+        backbone_weights(setup)
     assert not path.exists() and node.held_weights(config) == ""
 
 
@@ -82,15 +83,15 @@ def test_weights_that_do_not_match_their_digest_are_refused(tmp_path, fresh_proc
 def test_a_node_without_a_setup_says_so(tmp_path, fresh_process):
     context = Context(1, 1, {"partition-id": 0, "cache-dir": str(tmp_path)}, RecordDict(), {})
     assert node.held_digest(context) == ""
-    with pytest.raises(node.NoSetup, match="no setup"):
+    with pytest.raises(NoSetup, match="no setup"):
         node.setup(message({}), context)
     # an installed backbone: the setup comes without weights
     setup = {**setup_record(scenario_json(scenario_of()), "abc"), "weights": "installed"}
-    assert node.backbone_weights(node.setup(message({P.SETUP: ConfigRecord(setup)}), context)) is None
+    assert backbone_weights(node.setup(message({P.SETUP: ConfigRecord(setup)}), context)) is None
     # weights sent but held neither here nor on the machine: the server is asked for them
     setup = {**setup_record(scenario_json(scenario_of()), "abc"), "weights": "sent"}
-    with pytest.raises(node.NoSetup, match="no backbone weights"):
-        node.backbone_weights(node.setup(message({P.SETUP: ConfigRecord(setup)}), context))
+    with pytest.raises(NoSetup, match="no backbone weights"):
+        backbone_weights(node.setup(message({P.SETUP: ConfigRecord(setup)}), context))
 
 
 def test_the_identify_warm_up_and_the_tasks_parse_the_scenario_once(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from clients import node, worker
 from clients.client_app import app as client_app
 from clients.learner import learn_task
+from clients.setup import NoSetup, node_cache, weight_store
 from fedrecon import protocol as P
 from fedrecon.learning import stats as stats_module
 from fedrecon.learning.stats import ClassStats, StatsSpec
@@ -32,7 +33,7 @@ def task(tmp_path_factory):
     prepared = prepare(scenario_of())
     record = {**setup_record(scenario_json(prepared.scenario), prepared.digest), "weights": "sent"}
     config = {"partition-id": 1, "cache-dir": str(tmp_path_factory.mktemp("cache")), "worker-idle-s": 60}
-    node.weight_store(node.node_cache(config)).put(prepared.digest, prepared.weights)  # as the setup message does
+    weight_store(node_cache(config)).put(prepared.digest, prepared.weights)  # as the setup message does
     labels = prepared.dataset.labels
     index = np.concatenate([np.flatnonzero(labels == 3)[:5], np.flatnonzero(labels == 7)[:5]])
     yield record, prepared.weights, config, index, prepared.dataset.labels[index]
@@ -77,7 +78,7 @@ def test_the_worker_refuses_labels_that_disagree_and_serves_the_next_task(task):
     record, _, config, index, labels = task
     with pytest.raises(ValueError, match="labels disagree"):
         worker.learn(record, config, index, labels[::-1].copy(), None, {})
-    with pytest.raises(node.NoSetup, match="no backbone weights"):  # the worker reads its weights from the node's store
+    with pytest.raises(NoSetup, match="no backbone weights"):  # the worker reads its weights from the node's store
         worker.learn({**record, "backbone_digest": "0" * 16}, config, index, labels, None, {})
     assert worker.learn(record, config, index, labels, None, {})["counts"].tolist() == [5, 5]
 
@@ -123,7 +124,7 @@ def test_a_killed_worker_is_replaced_by_the_next_task(task):
 def test_a_task_arriving_while_the_warmed_worker_starts_waits_for_it(task, tmp_path):
     record, weights, config, index, labels = task
     config = {**config, "cache-dir": str(tmp_path / "warm")}
-    node.weight_store(node.node_cache(config)).put(record["backbone_digest"], weights)
+    weight_store(node_cache(config)).put(record["backbone_digest"], weights)
     worker.warm(config)  # the identify query's start, not waited for
     got = worker.learn(record, config, index, labels, None, {})  # its own start loses the lock: it waits
     assert got["counts"].tolist() == [5, 5]
@@ -134,7 +135,7 @@ def test_a_worker_warmed_with_the_scenario_has_its_data_ready_for_the_first_task
     # Prepare: the identify query's scenario, before any task (a new node, an empty cache)
     record, weights, config, index, labels = task
     config = {**config, "cache-dir": str(tmp_path / "prepared")}
-    node.weight_store(node.node_cache(config)).put(record["backbone_digest"], weights)
+    weight_store(node_cache(config)).put(record["backbone_digest"], weights)
     worker.warm(config, record["scenario"])
     # Execute: the worker decodes the data into the node's cache while nobody asks it anything
     deadline = time.monotonic() + 60
