@@ -16,10 +16,11 @@ import numpy as np
 from fedrecon.backbones.registry import BACKBONES, BackboneEntry, backbone_entry, described
 from fedrecon.data.dataset import ClassDataset, DataError
 from fedrecon.data.registry import DATASETS, load_dataset
-from fedrecon.learning.prototype_merges import is_one_site, is_per_client, make_policy, needs_only_sums
+from fedrecon.learning.prototype_merges import PROTOTYPE_POLICIES, is_one_site, make_policy
 from fedrecon.plan import Plan, make_plan
 from fedrecon.plugins import PluginError
 from fedrecon.scenario import Scenario, ScenarioError, source_of
+from fedrecon.scenario.checks import policy_checks
 
 
 @dataclass(frozen=True)
@@ -51,17 +52,12 @@ def _policy(scenario: Scenario):
         policy = make_policy(scenario.merge.prototypes)
     except PluginError as exc:
         raise _fail(scenario, ("merge", "prototypes"), str(exc)) from exc
-    if is_per_client(policy) and scenario.evaluation.where == "clients":
-        raise _fail(scenario, ("merge", "prototypes"), f"policy {scenario.merge.prototypes!r} is scored per client on the "
-                                                        "server; use evaluation.where: server")
-    if scenario.privacy.secure_aggregation and not needs_only_sums(policy):
-        raise _fail(scenario, ("merge", "prototypes"), f"{scenario.merge.prototypes} does not say it needs only a round's "
-                                                        "sum (sums_only = True): secure aggregation gives it nothing else")
-    if is_one_site(policy):
-        for k, fault in enumerate(scenario.faults.inject):
-            if fault.client != 0:
-                raise _fail(scenario, ("faults", "inject", k, "client"), f"{scenario.merge.prototypes} runs one site "
-                            f"(client 0): every task goes there, so client {fault.client} never gets one")
+    if scenario.merge.prototypes not in PROTOTYPE_POLICIES:
+        # a plug-in says what it needs by its members, known only now that it is imported and
+        # made; a built-in's were checked with the rest of the scenario (fedrecon.scenario.checks)
+        problems = policy_checks(scenario, source_of(scenario), policy)
+        if problems:
+            raise ScenarioError(problems)
     return policy
 
 
@@ -77,6 +73,7 @@ def _dataset(scenario: Scenario) -> ClassDataset:
             raise
         raise _fail(scenario, ("data", "dataset"), f"loading {scenario.data.dataset} failed: "
                                                    f"{type(exc).__name__}: {exc}") from exc
+    # a plug-in dataset's modality is known once it is loaded (built-in datasets: fedrecon.scenario.checks)
     backbone = BACKBONES.get(scenario.model.backbone)
     if scenario.data.dataset not in DATASETS and backbone is not None and backbone.modality != dataset.modality:
         raise _fail(scenario, ("data", "dataset"), f"{scenario.data.dataset} gives {dataset.modality} samples, "
@@ -154,7 +151,8 @@ def _try_plugin(scenario: Scenario, model, entry: BackboneEntry, dataset: ClassD
 
 
 def _tracking(scenario: Scenario) -> None:
-    """A tracker the scenario names must be installed (they are optional extras)."""
+    """A tracker the scenario names must be installed (they are optional extras): a
+    question about this machine, not the file, so it is asked here and not when it is read."""
     import importlib.util
 
     from server.tracking import INSTALL
@@ -170,7 +168,9 @@ def _tracking(scenario: Scenario) -> None:
 def check(scenario: Scenario, build: bool = False) -> Prepared:
     """Every check a run makes before it starts, without starting it: the merge policy,
     the trackers, the data, the backbone (built only where a check needs it, or with
-    ``build``) and the plan. Raises :class:`ScenarioError`."""
+    ``build``) and the plan. Raises :class:`ScenarioError`. What the scenario alone
+    rules out was refused when it was read; these need a plug-in imported, this
+    machine's packages, the data or the backbone."""
     policy = _policy(scenario)
     _tracking(scenario)
     dataset = _dataset(scenario)

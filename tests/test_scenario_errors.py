@@ -50,3 +50,20 @@ def test_all_errors_of_a_file_at_once(tmp_path):
     lines = exc.value.problems
     assert [ln.split(": ")[0] for ln in lines] == [f"{path}:3:3", f"{path}:4:3", f"{path}:6:3", f"{path}:10:28"]
     assert "did you mean 'join'?" in lines[1]
+
+
+def test_a_plugin_policy_is_refused_by_the_lines_a_builtin_is(tmp_path, monkeypatch):
+    # Prepare: a policy that averages (no sums_only), under secure aggregation
+    (tmp_path / "averaging.py").write_text("class Mean:\n    def merge(self, current, updates):\n        return current\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "s.yaml"
+    path.write_text("name: t\nclients: {count: 3}\ntasks: {num_classes: 12, classes_per_task: 2, train_shots: 4, "
+                    "test_shots: 2}\nmerge: {prototypes: 'averaging:Mean'}\nprivacy: {secure_aggregation: true}\n")
+    scenario = load_scenario(path)  # its members are not known before it is imported
+    # Execute
+    with pytest.raises(ScenarioError) as err:
+        check(scenario)
+    # Assert
+    assert err.value.problems == [f"{path}:5:11: privacy.secure_aggregation: merge.prototypes averaging:Mean does not "
+                                  "say it needs only a round's sum (sums_only = True): the server would learn only the "
+                                  "round's sum; use exact"]

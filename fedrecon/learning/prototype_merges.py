@@ -18,7 +18,8 @@ class MergePolicy(Protocol):
 
     Must not modify ``current``: a rejected round keeps it as it was. Optional members:
     ``sums_only = True`` (the policy needs only the sum of a round's updates, so that
-    ``privacy.secure_aggregation`` may hand it that sum as the round's one update),
+    ``privacy.secure_aggregation`` may hand it that sum as the round's one update; a
+    policy without it may say in ``needs`` what it needs more than the sum for),
     ``per_client = True`` (the server keeps each client's statistics apart and scores
     each client's own head: ``local``), ``one_site = True`` (the plan's tasks all go to
     one client: ``centralized``), and ``state() -> dict`` / ``restore(dict)`` for what
@@ -69,6 +70,7 @@ class LocalOnly(ExactMerge):
 
     per_client = True
     sums_only = False
+    needs = "keeps each client's statistics apart"
 
 
 @register("centralized")
@@ -80,6 +82,7 @@ class Centralized(ExactMerge):
 
     one_site = True
     sums_only = False  # one site: a round's sum is that site's statistics
+    needs = "runs one site"
 
 
 def _shared_sum(current: ClassStats, updates: list[ClassStats]) -> dict[str, np.ndarray]:
@@ -122,6 +125,8 @@ class FedReconOnlineMean:
     samples are under-weighted by ``m / (n_old + m)``.
     """
 
+    needs = "averages each client's prototype in turn"
+
     def merge(self, current: ClassStats, updates: list[ClassStats]) -> ClassStats:
         before_n, before_mean = _class_means(current)
         counts, means = dict(before_n), {c: dict(m) for c, m in before_mean.items()}
@@ -151,6 +156,8 @@ class FedProtoUnweighted:
     held by a big and a small client, or revisited with a few samples, drifts toward
     the smaller contributions. Keeps the number of contributions per class.
     """
+
+    needs = "averages client prototypes"
 
     def __init__(self):
         self.contributions: dict[int, int] = {}
@@ -201,6 +208,11 @@ def is_per_client(policy: MergePolicy) -> bool:
 
 def needs_only_sums(policy: MergePolicy) -> bool:
     return bool(getattr(policy, "sums_only", False))
+
+
+def needs_beyond_sums(policy: MergePolicy) -> str:
+    """What a policy that needs more than a round's sum needs it for, in a few words."""
+    return getattr(policy, "needs", "does not say it needs only a round's sum (sums_only = True)")
 
 
 def is_one_site(policy: MergePolicy) -> bool:

@@ -18,7 +18,8 @@ from fedrecon.scenario.model import Scenario
 
 
 def _dataset_checks(s: Scenario, data: Samples, source: SourceMap) -> list[str]:
-    """Everything the dataset can contradict, all at once."""
+    """Everything the dataset can contradict, all at once (what the scenario alone rules
+    out is refused when it is read: fedrecon.scenario.checks)."""
     t, n_classes = s.tasks, len(data.class_indices)
     problems: list[str] = []
     if t.num_classes is not None and t.num_classes > n_classes:
@@ -44,10 +45,6 @@ def _dataset_checks(s: Scenario, data: Samples, source: SourceMap) -> list[str]:
             f"train_shots + test_shots + revisits.shots = {t.train_shots + t.test_shots + t.revisits.shots}, "
             f"but some classes have only {smallest} samples (a revisit brings unused samples)",
         ))
-
-    if t.revisits is not None and t.train_shots is None:
-        problems.append(source.error(("tasks", "revisits"), "train_shots null uses every training sample at the first arrival; "
-                                     "a revisit needs unused ones: give train_shots a number"))
 
     def check_ids(loc: tuple, ids: list[int]) -> None:
         for k, c in enumerate(ids):
@@ -116,6 +113,7 @@ def make_plan(scenario: Scenario, class_indices: list[np.ndarray], groups: Seque
     presence = Presence(s)
     warnings: list[str] = []
 
+    # the due rounds come from the split and the arrival draws, made from the data just now
     late = [d for d in dues if s.rounds is not None and d.round > s.rounds and d.round < presence.leave[d.client]]
     if late:
         worst = max(late, key=lambda d: d.round)
@@ -133,7 +131,7 @@ def make_plan(scenario: Scenario, class_indices: list[np.ndarray], groups: Seque
     for client, k in sorted(lost.items()):
         why = f"it leaves in round {presence.leave[client]}" if presence.leave[client] != math.inf else "it is not present again in time"
         warnings.append(f"client {client}: {k} task(s) never arrive: {why}")
-    if not placed:
+    if not placed:  # joins, leaves and dropouts against the drawn due rounds
         raise ScenarioError([source.error(("tasks",), "no task ever arrives: check clients.join, clients.leave and the arrival rounds")])
     rounds = s.rounds if s.rounds is not None else max(r for r, _ in placed)
 

@@ -1,13 +1,16 @@
 """Checks between keys of a scenario that need neither the data nor the backbone built.
 
 Every problem is found, not just the first. Checks against the data and the plan are
-in :mod:`fedrecon.plan.build`; checks of plug-ins (imported, built) in ``server``.
+in :mod:`fedrecon.plan.build`; checks of plug-ins (imported, built) in ``server``, which
+runs :func:`policy_checks` on a plug-in policy once it is imported.
 """
 
 from __future__ import annotations
 
 from fedrecon.backbones.registry import BACKBONES
 from fedrecon.data.registry import DATASETS, OPTIONAL_KEYS
+from fedrecon.learning.prototype_merges import (PROTOTYPE_POLICIES, MergePolicy, is_one_site, is_per_client,
+                                                needs_beyond_sums, needs_only_sums)
 from fedrecon.scenario.base import per_client
 from fedrecon.scenario.errors import SourceMap
 from fedrecon.scenario.model import Scenario
@@ -18,14 +21,30 @@ HEAD_KEYS = {"metric": "ncm", "shrinkage": "lda", "ridge_lambda": "ridge", "rand
 
 
 def cross_checks(s: Scenario, source: SourceMap) -> list[str]:
+    # a built-in policy's members are known from its class; a plug-in's once it is imported (server.prepare)
+    builtin = PROTOTYPE_POLICIES.get(s.merge.prototypes)
     return [*_task_checks(s, source), *_client_checks(s, source), *_split_checks(s, source), *_event_checks(s, source),
             *_adapter_checks(s, source), *_method_checks(s, source), *_fault_checks(s, source), *_data_checks(s, source),
-            *_revisit_checks(s, source), *_privacy_checks(s, source), *_edge_checks(s, source)]
+            *_revisit_checks(s, source), *_privacy_checks(s, source), *_edge_checks(s, source),
+            *(policy_checks(s, source, builtin) if builtin is not None else [])]
 
 
-# Built-in policies that need each client's own prototypes, not only the round's sum.
-PER_CLIENT_POLICIES = {"fedrecon": "averages each client's prototype in turn", "fedproto": "averages client prototypes",
-                       "local": "keeps each client's statistics apart", "centralized": "runs one site"}
+def policy_checks(s: Scenario, source: SourceMap, policy: MergePolicy) -> list[str]:
+    """What the prototype merge policy (a built-in's class, or a plug-in once made) rules
+    out elsewhere in the scenario: its optional members say what it needs."""
+    name, problems = s.merge.prototypes, []
+    if is_per_client(policy) and s.evaluation.where == "clients":
+        problems.append(source.error(("merge", "prototypes"), f"policy {name!r} is scored per client on the server; "
+                                                              "use evaluation.where: server"))
+    if s.privacy.secure_aggregation and s.merge.method == "prototypes" and not needs_only_sums(policy):
+        problems.append(source.error(("privacy", "secure_aggregation"), f"merge.prototypes {name} {needs_beyond_sums(policy)}: "
+                                                                        "the server would learn only the round's sum; use exact"))
+    if is_one_site(policy):
+        for k, fault in enumerate(s.faults.inject):
+            if fault.client != 0:
+                problems.append(source.error(("faults", "inject", k, "client"), f"{name} runs one site (client 0): every "
+                                             f"task goes there, so client {fault.client} never gets one"))
+    return problems
 
 
 def _edge_checks(s: Scenario, source: SourceMap) -> list[str]:
@@ -79,9 +98,6 @@ def _privacy_checks(s: Scenario, source: SourceMap) -> list[str]:
     loc = ("privacy", "secure_aggregation")
     if s.merge.method != "prototypes":
         problems.append(source.error(loc, "fedavg_finetune sends whole models: secure aggregation sums class statistics"))
-    elif s.merge.prototypes in PER_CLIENT_POLICIES:
-        problems.append(source.error(loc, f"merge.prototypes {s.merge.prototypes} {PER_CLIENT_POLICIES[s.merge.prototypes]}: "
-                                          "the server would learn only the round's sum; use exact"))
     if s.merge.adapters == "stack":
         problems.append(source.error(loc, "merge.adapters stack refactorises each client's factors: use ffa or fedavg"))
     if s.adapters.steps:
@@ -194,6 +210,9 @@ def _revisit_checks(s: Scenario, source: SourceMap) -> list[str]:
     rv, problems = s.tasks.revisits, []
     if rv is None:
         return problems
+    if s.tasks.train_shots is None:
+        problems.append(source.error(("tasks", "revisits"), "train_shots null uses every training sample at the first arrival; "
+                                     "a revisit needs unused ones: give train_shots a number"))
     if rv.to == "other" and s.clients.count == 1:
         problems.append(source.error(("tasks", "revisits", "to"), "'other' needs at least two clients (clients.count is 1)"))
     if s.rounds is not None and rv.after >= s.rounds:
