@@ -7,7 +7,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 
 from fedrecon import protocol as P
-from fedrecon.learning.finetune import BIAS, IDS, WEIGHT, grow_head
+from fedrecon.learning.finetune_model import BIAS, IDS, WEIGHT, grow_head
 from fedrecon.learning.stats import ClassStats, StatsSpec, gram_of, triangle_side, unpack_symmetric
 from fedrecon.plan.records import Arrival
 

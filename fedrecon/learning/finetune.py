@@ -8,9 +8,8 @@ the backbone weighted by the clients' sample counts, and each head row over the
 clients that sent it. Old classes see no data, so their logits sink: the forgetting
 the prototype merges avoid.
 
-A model travels as one flat dict of arrays: ``backbone.<state key>`` for every entry
-of the backbone's state dict (buffers too), and ``head.ids``, ``head.weight``
-``(K, d)``, ``head.bias`` ``(K,)``, rows sorted by class id.
+A model travels as one flat dict of arrays (fedrecon/learning/finetune_model.py, which
+the server's checks read without torch).
 
 No Flower here: the ClientApp, the strategy and the tests call these.
 """
@@ -27,12 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedrecon.backbones.embed import state_to_numpy
+from fedrecon.learning.finetune_model import BACKBONE, BIAS, IDS, WEIGHT, backbone_state, grow_head
 from fedrecon.learning.training import autocast_bf16, forward_features, train_epoch
 
 if TYPE_CHECKING:
     from fedrecon.scenario.sections import FinetuneConfig
 
-BACKBONE, IDS, WEIGHT, BIAS = "backbone.", "head.ids", "head.weight", "head.bias"
 # Seed stream of the fine-tuning batches (the plan uses 1..6, the ridge projection 101,
 # the adapters 202 and 404; a test checks they differ).
 _FINETUNE = 303
@@ -49,25 +48,6 @@ def initial_model(backbone: nn.Module, dim: int) -> dict[str, np.ndarray]:
 def _backbone_arrays(module: nn.Module) -> dict[str, np.ndarray]:
     # copies: a CPU tensor's numpy() shares its memory, and the module trains on
     return {BACKBONE + k: v.copy() for k, v in state_to_numpy(module).items()}
-
-
-def backbone_state(model: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k[len(BACKBONE):]: v for k, v in model.items() if k.startswith(BACKBONE)}
-
-
-def grow_head(model: Mapping[str, np.ndarray], classes) -> dict[str, np.ndarray]:
-    """``model`` with zero rows appended for the classes its head lacks (rows sorted by id).
-
-    Zero rows start every new class at the same logit; the first steps separate them.
-    """
-    ids = model[IDS]
-    new = np.setdiff1d(np.asarray(classes, dtype=np.int64), ids)
-    all_ids = np.concatenate([ids, new])
-    order = np.argsort(all_ids, kind="stable")
-    dim = model[WEIGHT].shape[1]
-    weight = np.concatenate([model[WEIGHT], np.zeros((len(new), dim), np.float32)])[order]
-    bias = np.concatenate([model[BIAS], np.zeros(len(new), np.float32)])[order]
-    return {**model, IDS: all_ids[order], WEIGHT: weight, BIAS: bias}
 
 
 def load_backbone(module: nn.Module, model: Mapping[str, np.ndarray]) -> nn.Module:
