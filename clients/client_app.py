@@ -149,7 +149,7 @@ def finetune(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Score the merged model on this client's share of the test samples."""
+    """Score the merged statistics' head on this client's share of the test samples."""
     from clients.evaluator import score_share
 
     setup = node.setup(msg, context)
@@ -159,7 +159,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         # the server's merged adapter; under merge.adapters none, this client's own
         own = context.state[node.LOCAL_ADAPTER] if node.LOCAL_ADAPTER in context.state else ArrayRecord({})
         adapter = _numpy(msg.content[P.ADAPTER] if P.ADAPTER in msg.content else own)
-    correct, samples = score_share(setup, _numpy(msg.content[P.MODEL]),
+    correct, samples = score_share(setup, _numpy(msg.content[P.MERGED_STATS]),
                                    arrays["sample_index"], arrays["sample_labels"], int(config["round"]), adapter)
     return Message(RecordDict({P.METRICS: MetricRecord({"correct": correct, "samples": samples})}), reply_to=msg)
 

@@ -29,8 +29,9 @@ STEP_CLASSES = "step_classes"  # ArrayRecord: ids, counts, sums of an adapter st
 DRIFT = "drift"  # ArrayRecord: sums, weights of the drift of the server's prototypes (staleness: compensate)
 
 # message type "train.finetune" (merge.method: fedavg_finetune): TASK_CONFIG, TASK_ARRAYS and
-# MODEL (backbone.<key>, head.ids, head.weight, head.bias); reply MODEL_UPDATE, METRICS
+# MODEL; reply MODEL_UPDATE, METRICS
 FINETUNE = "finetune"
+MODEL = "model"  # ArrayRecord: the fedavg_finetune model (backbone.<key>, head.ids, head.weight, head.bias)
 MODEL_UPDATE = "model_update"  # ArrayRecord: the client's trained model, same keys as MODEL
 
 # message type "train.adapt" (adapters.steps > 0): TASK_CONFIG (with "step"), TASK_ARRAYS,
@@ -50,7 +51,8 @@ FOR_CLIENT = "for_client"
 # message type "evaluate" (evaluation.where: clients)
 EVAL_CONFIG = "eval_config"  # ConfigRecord: round
 EVAL_ARRAYS = "eval_arrays"  # ArrayRecord: sample_index, sample_labels (this client's test share)
-MODEL = "model"  # ArrayRecord: merged ids, counts, sums (evaluate); the fedavg_finetune model (train.finetune)
+MERGED_STATS = "merged_stats"  # ArrayRecord: the merged statistics (ClassStats.to_arrays: ids, counts, sums, ...)
+# ADAPTER: the server's merged adapter, if any (merge.adapters none: the client scores with its own)
 # reply: METRICS with correct, samples
 
 # Secure aggregation (privacy.secure_aggregation), one round's exchange (fedrecon.secagg.protocol):
