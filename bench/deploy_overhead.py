@@ -38,7 +38,7 @@ def scenario(data_root: str, rounds: int) -> dict:
         "model": {"backbone": "conv4", "checkpoint": str(REPO / "checkpoints" / "conv4-omniglot.pt"), "device": "cpu"},
         "clients": {"count": 3},
         "tasks": {"num_classes": 3 * rounds, "classes_per_task": 1, "train_shots": 5, "test_shots": 5},
-        "simulation": {"timeout": 120},
+        "faults": {"reply_timeout": 120},
     }
 
 

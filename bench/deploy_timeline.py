@@ -53,7 +53,7 @@ def scenario(nodes: int, rounds: int, data_root: str) -> dict:
             "model": {"backbone": "conv4", "checkpoint": str(REPO / "checkpoints" / "conv4-omniglot.pt"), "device": "cpu"},
             "clients": {"count": nodes},
             "tasks": {"num_classes": nodes * rounds, "classes_per_task": 1, "train_shots": 5, "test_shots": 5},
-            "simulation": {"timeout": 300}}
+            "faults": {"reply_timeout": 300}}
 
 
 def rounds_of(seconds: list[float]) -> dict:

@@ -46,7 +46,7 @@ def scenario(nodes: int, rounds: int, classes: int, data_root: str) -> dict:
             "merge": {"prototypes": "exact", "adapters": "ffa", "head": "ncm"},
             "adapters": {"schedule": "every_task", "rank": 4, "lr": 2e-4, "lr_later": 2e-5, "epochs": 2,
                          "batch_size": 32, "loss": "prototypical", "drift_sigma": 3.0},
-            "simulation": {"timeout": 900}}
+            "faults": {"reply_timeout": 900}}
 
 
 def run(device: str, nodes: int, rounds: int, classes: int, data_root: str, work: Path) -> dict:

@@ -33,7 +33,7 @@ SCENARIO = "scenarios/omniglot-quickstart.yaml"
 
 def overrides(clients: int) -> list[str]:
     return [f"clients.count={clients}", f"tasks.num_classes={3 * clients}", "tasks.classes_per_task=1",
-            "tasks.train_shots=5", "tasks.test_shots=5", "simulation.timeout=300"]
+            "tasks.train_shots=5", "tasks.test_shots=5", "faults.reply_timeout=300"]
 
 
 def per_round(rows: list[dict]) -> dict:

@@ -22,7 +22,7 @@ def run_on(deployment: LocalDeployment, scenario_path, out, timeout: float = 300
 
 def test_scenario_completes_with_evaluation_on_the_clients(write_scenario, tmp_path):
     # The server holds no test data here: the SuperNodes score their shares.
-    path = write_scenario(small_scenario(evaluation={"where": "clients"}, simulation={"timeout": 120}))
+    path = write_scenario(small_scenario(evaluation={"where": "clients"}, faults={"reply_timeout": 120}))
     with LocalDeployment(tmp_path / "deploy", clients=3) as deployment:
         summary = run_on(deployment, path, tmp_path / "run")
     assert summary["classes_learned"] == summary["classes_seen"] == 12

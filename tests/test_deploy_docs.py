@@ -107,7 +107,7 @@ def documented(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("multi")
     scenario = tmp / "scenario.yaml"
     # 12 classes in 2 rounds; the killed node's round-2 task is retried in the rounds after (3 tries)
-    scenario.write_text(yaml.safe_dump(small_scenario(simulation={"timeout": 30}, faults={"retries": 3})))
+    scenario.write_text(yaml.safe_dump(small_scenario(faults={"reply_timeout": 30, "retries": 3})))
     port = free_port()
     env = {**os.environ, **QUIET_FLOWER, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "LINK": "localhost", "LINK_IP": "127.0.0.1", "PORT": str(port), "N": str(NODES), "WORK": str(tmp / "work"),

@@ -27,7 +27,7 @@ def task_lines(out) -> list[dict]:
 def gpu_scenario(**simulation) -> dict:
     base = small_scenario()
     return {**base, **ADAPTERS, "model": {**base["model"], "device": "auto"},
-            "simulation": {"timeout": 300, **simulation}}
+            "simulation": simulation, "faults": {"reply_timeout": 300}}
 
 
 @pytest.mark.skipif(CUDA, reason="checks the refusal on a machine without a GPU")

@@ -26,8 +26,8 @@ TASKS = {**small_scenario()["tasks"], "classes_per_task": 1}
 TIMEOUT = 25.0
 
 
-def scenario(**overrides) -> dict:
-    return small_scenario(tasks=TASKS, simulation={"timeout": TIMEOUT}, **overrides)
+def scenario(faults: dict | None = None, **overrides) -> dict:
+    return small_scenario(tasks=TASKS, faults={"reply_timeout": TIMEOUT, **(faults or {})}, **overrides)
 
 
 def read_run(out: Path) -> dict:

@@ -14,9 +14,12 @@ from pydantic import BaseModel, ValidationError
 from fedrecon.scenario.base import kind_shorthand
 from fedrecon.scenario.checks import cross_checks
 from fedrecon.scenario.errors import ScenarioError, SourceMap, source_of
-from fedrecon.scenario.model import Scenario
+from fedrecon.scenario.scenario import Scenario
 from fedrecon.scenario.tasks import ArrivalProcess, Split
 from fedrecon.scenario.yaml_guard import YamlRefused, compose, read_text
+
+# Keys that moved, and where to: refused with their new place, as a misspelt key is.
+MOVED = {("simulation", "timeout"): "faults.reply_timeout"}
 
 # Keys whose relative paths are taken from the scenario file's folder.
 PATH_KEYS = {"data": ("root", "path", "test_path"), "model": ("checkpoint", "embedding_cache"),
@@ -89,6 +92,8 @@ def _hint(loc: tuple) -> tuple[str | None, list[str]]:
 def _describe(err: dict, source: SourceMap) -> str:
     loc = tuple(err["loc"])
     kind = err["type"]
+    if kind == "extra_forbidden" and loc in MOVED:
+        return source.error(loc, f"moved; write it as {MOVED[loc]}")
     if kind == "extra_forbidden":
         hint, allowed = _hint(loc)
         msg = "unknown key"

@@ -180,7 +180,6 @@ class SimulationConfig(Strict):
 
     num_cpus: int = Field(1, ge=1, description="CPUs per virtual client")
     num_gpus: float = Field(0.0, ge=0.0, description="GPUs (or a fraction) per virtual client")
-    timeout: float = Field(600.0, gt=0, description="seconds the server waits for replies each round")
     ray_address: str | None = Field(None, min_length=1, description="an existing Ray cluster the virtual clients run on: "
                                                                     "its head's host:port (ray start --head prints it) or "
                                                                     "ray://host:port; null: Flower starts Ray on this machine")
@@ -227,12 +226,14 @@ class FaultInjection(Strict):
         description="raise: the ClientApp raises; timeout: it answers too late; garbage: it sends NaN statistics "
                     "(under secure aggregation: random bytes); drop_mid_aggregation: secure aggregation only, it shares "
                     "its keys and then sends no masked statistics")
-    seconds: float | None = Field(None, gt=0, description="timeout: how long the client stalls; null: simulation.timeout + 2")
+    seconds: float | None = Field(None, gt=0, description="timeout: how long the client stalls; null: faults.reply_timeout + 2")
 
 
 class FaultsConfig(Strict):
     """What the server does about clients that fail, and faults to inject."""
 
+    reply_timeout: float = Field(600.0, gt=0, description="seconds the server waits for a round's replies, in simulation "
+                                                          "and deployment; a client that has not answered by then has failed")
     retries: int = Field(3, ge=0, description="times a failed task is offered again to its client (in its next messages)")
     max_reply_bytes: int | None = Field(None, ge=1024, description="a reply with more bytes of arrays is rejected unread; default: twice what a valid reply to its task holds, plus 1 MB")
     inject: list[FaultInjection] = Field(default_factory=list, description="faults to inject, one per client and round")
