@@ -17,7 +17,7 @@ from flwr.app import Context, Message
 from clients.setup import NoSetup, Setup, node_cache, weight_store
 from fedrecon import protocol as P
 from fedrecon.scenario.loading import scenario_digest, scenario_from_json
-from fedrecon.scenario.model import Scenario
+from fedrecon.scenario.scenario import Scenario
 
 SETUP = "setup"  # Context.state key
 LOCAL_ADAPTER = "local_adapter"  # Context.state key: this client's own factors (merge.adapters: none)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fedrecon.backbones.weights import WeightStore, default_folder
 from fedrecon.data.cache import DiskCache
-from fedrecon.scenario.model import Scenario
+from fedrecon.scenario.scenario import Scenario
 
 
 class NoSetup(RuntimeError):

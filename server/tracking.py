@@ -16,7 +16,7 @@ import math
 import time
 from pathlib import Path
 
-from fedrecon.scenario.model import Scenario
+from fedrecon.scenario.scenario import Scenario
 
 # Flower-free numbers of a row that are metrics (the round is the step)
 ROW_METRICS = ("accuracy", "classes_seen", "classes_learned", "bytes_up", "bytes_down", "bytes_down_resent",

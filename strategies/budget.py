@@ -6,7 +6,7 @@ import math
 
 from fedrecon import dp
 from fedrecon.plan.records import Plan
-from fedrecon.scenario.model import Scenario
+from fedrecon.scenario.scenario import Scenario
 
 
 class PrivacyBudget:

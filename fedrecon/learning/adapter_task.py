@@ -16,7 +16,7 @@ from fedrecon.learning.heads import head_spec
 from fedrecon.learning.lora import Adapted
 from fedrecon.learning.stats import ClassStats, add_stats
 from fedrecon.learning.training import embed_adapted, train_adapter
-from fedrecon.scenario.model import Scenario
+from fedrecon.scenario.scenario import Scenario
 from fedrecon.scenario.sections import AdaptersConfig
 
 

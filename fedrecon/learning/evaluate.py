@@ -10,7 +10,7 @@ from fedrecon.data.dataset import ClassDataset
 from fedrecon.learning.heads import build_head
 from fedrecon.learning.stats import ClassStats
 from fedrecon.plan.records import Plan
-from fedrecon.scenario.model import Scenario
+from fedrecon.scenario.scenario import Scenario
 
 
 class Evaluator:

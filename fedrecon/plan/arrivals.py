@@ -10,7 +10,7 @@ import numpy as np
 from fedrecon.plan.samples import POISSON, PRESENCE, Due, Item, Samples, Task
 from fedrecon.scenario.base import per_client
 from fedrecon.scenario.errors import ScenarioError, source_of
-from fedrecon.scenario.model import Scenario
+from fedrecon.scenario.scenario import Scenario
 
 # Without ``rounds``, a client that keeps dropping out is waited for at most this long.
 MAX_WAIT = 10_000

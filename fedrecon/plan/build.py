@@ -14,7 +14,7 @@ from fedrecon.plan.records import Arrival, Plan
 from fedrecon.plan.samples import REVISITS, Item, Samples
 from fedrecon.plan.splits import SPLITS
 from fedrecon.scenario.errors import ScenarioError, SourceMap, source_of
-from fedrecon.scenario.model import Scenario
+from fedrecon.scenario.scenario import Scenario
 
 
 def _dataset_checks(s: Scenario, data: Samples, source: SourceMap) -> list[str]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedrecon.scenario.model import Scenario
+from fedrecon.scenario.scenario import Scenario
 
 # Seed streams: np.random.default_rng([seed, STREAM, ...]). The class order and the
 # samples of the drawn classes use default_rng(seed) alone, as the first plans did.

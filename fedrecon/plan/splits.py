@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from fedrecon.plan.samples import Item, Samples, Task
-from fedrecon.scenario.model import Scenario
+from fedrecon.scenario.scenario import Scenario
 
 
 def _chunks(seq: Sequence, size: int) -> list:

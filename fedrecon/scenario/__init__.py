@@ -7,8 +7,8 @@ the same typed sections. Nothing here imports torch or Flower.
 
 from fedrecon.scenario.errors import ScenarioError, SourceMap, source_of
 from fedrecon.scenario.loading import load_scenario, parse_scenario, scenario_from_json, scenario_json
-from fedrecon.scenario.model import Scenario
 from fedrecon.scenario.reference import key_table, schema_text
+from fedrecon.scenario.scenario import Scenario
 
 __all__ = ["Scenario", "ScenarioError", "SourceMap", "key_table", "load_scenario", "parse_scenario",
            "scenario_from_json", "scenario_json", "schema_text", "source_of"]

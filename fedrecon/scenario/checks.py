@@ -13,7 +13,7 @@ from fedrecon.learning.prototype_merges import (PROTOTYPE_POLICIES, MergePolicy,
                                                 needs_beyond_sums, needs_only_sums)
 from fedrecon.scenario.base import per_client
 from fedrecon.scenario.errors import SourceMap
-from fedrecon.scenario.model import Scenario
+from fedrecon.scenario.scenario import Scenario
 from fedrecon.scenario.sections import MergeConfig
 
 # The head each head-only key belongs to.

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from fedrecon.scenario.base import kind_shorthand
 from fedrecon.scenario.checks import cross_checks
 from fedrecon.scenario.errors import ScenarioError, SourceMap, source_of
-from fedrecon.scenario.model import Scenario
+from fedrecon.scenario.scenario import Scenario
 from fedrecon.scenario.tasks import ArrivalProcess, Split
 from fedrecon.scenario.yaml_guard import YamlRefused, compose, read_text
 

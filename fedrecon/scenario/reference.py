@@ -7,7 +7,7 @@ import json
 from pydantic import BaseModel
 
 from fedrecon.scenario.loading import models_in
-from fedrecon.scenario.model import Scenario
+from fedrecon.scenario.scenario import Scenario
 from fedrecon.scenario.tasks import Disjoint, Staggered, Synchronous
 
 
