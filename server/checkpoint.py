@@ -23,7 +23,7 @@ def save_run_state(out_dir: str | Path, done: int, stats: ClassStats, state: dic
     """Write the state after round ``done``: a temp file, flushed, then renamed over the
     old one, so a crash at any moment leaves either the old or the new checkpoint.
     ``parts`` are statistics kept per client (policy ``local``); ``model`` the server's
-    other arrays (``ReconStrategy.model_arrays``)."""
+    other arrays (``ServerState.model_arrays``)."""
     path = Path(out_dir) / CHECKPOINT
     tmp = path.with_name(path.name + ".tmp")
     meta = json.dumps({"round": done, **state}).encode()

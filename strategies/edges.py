@@ -7,7 +7,7 @@ from flwr.app import RecordDict
 from fedrecon import protocol as P
 from fedrecon.learning.stats import ClassStats, add_stats
 from fedrecon.plan.edges import edge_of
-from strategies.records import record_bytes, to_record
+from strategies.wire import record_bytes, to_record
 
 
 def edge_sums(parts: list[tuple[int, ClassStats]], clients: int, edges: int, dim: int) -> list[ClassStats]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from flwr.app import Message
+from flwr.app import Message, RecordDict
 
-from strategies.records import message_bytes
+from strategies.wire import message_bytes, record_bytes
 
 
 class Traffic:
@@ -32,6 +32,11 @@ class Traffic:
         answers = [r for r in replies if not r.has_error()]
         self.of(server_round)["bytes_up"] += message_bytes(answers)
         self.of(server_round)["messages_up"] += len(answers)
+
+    @staticmethod
+    def part_bytes(message: Message, keys: Iterable[str]) -> int:
+        """What some of a message's records weigh (a message's size is the sum of its records')."""
+        return record_bytes(RecordDict({k: message.content[k] for k in keys if k in message.content}))
 
     def to_top(self, server_round: int, size: int) -> None:
         self.of(server_round)["bytes_up_top"] += size

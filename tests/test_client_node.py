@@ -13,7 +13,7 @@ from fedrecon.backbones import weights as weights_module
 from fedrecon.backbones.weights import state_digest
 from fedrecon.protocol import setup_record
 from fedrecon.scenario import scenario_json
-from strategies.records import to_record
+from strategies.wire import to_record
 from tests.conftest import scenario_of
 from tests.test_strategy import identity  # noqa: F401 (fixture)
 

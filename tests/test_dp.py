@@ -73,7 +73,7 @@ def test_a_round_past_the_budget_is_not_run(write_scenario, tmp_path):
     path = write_scenario(small_scenario(privacy={"dp": {"epsilon": 4.0, "clip": 20.0}}, faults=faults))
     summary, job = run_on(InProcessGrid(3), path, tmp_path / "dp")
     assert summary["releases"] == 2 and summary["privacy_epsilon"] <= 4.0 and summary["lost_tasks"] == 1
-    refused = [f for f in job.strategy.failures if "privacy budget spent" in f["reason"]]
+    refused = [f for f in job.state.failures if "privacy budget spent" in f["reason"]]
     assert [f["round"] for f in refused] == [3, 4] and summary["failures"] == 3
 
 

@@ -33,7 +33,7 @@ def test_ffa_adapters_with_drift_compensation_run_and_checkpoint(write_scenario,
         meta = json.loads(z["meta"].tobytes().decode())
         assert len(factors) == 4 and all(k.endswith(".B") for k in factors)  # conv4: 4 convs, only B is global
         assert np.abs(z[factors[0]]).max() > 0
-    assert meta["strategy"]["adapter_version"] == summary["rounds"]
+    assert meta["server"]["adapter_version"] == summary["rounds"]
     # adapters travel as factors: once the backbone is delivered (round 1), a round's
     # traffic stays far below conv4's weights (~450 KB)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -102,7 +102,7 @@ def test_adapter_steps_make_a_synchronous_rounds_statistics_those_of_the_merged_
         gaps[steps] = np.abs(merged.sums - central.sums).max() / np.abs(central.sums).max()
         if steps:
             meta = json.loads(np.load(out / "checkpoint.npz")["meta"].tobytes().decode())
-            log = meta["strategy"]["adapter_log"]
+            log = meta["server"]["adapter_log"]
             # two adapter steps in round 1 with three trainers; in round 2 no one trains
             # (first_task, every client past its first task): the server sends no step
             assert [(e["round"], e["trainers"]) for e in log] == [(1, 3), (1, 3)]

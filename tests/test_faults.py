@@ -1,14 +1,14 @@
 """Failed tasks are offered again and nothing is lost; clients are partition ids, not node ids."""
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Error, Message, RecordDict
+from flwr.app import ConfigRecord, Error, Message, RecordDict
 
 from fedrecon import protocol as P
 from fedrecon.plan import Arrival, merge_arrivals
 from strategies.faults import RetryBook, Waiting
-from strategies.records import from_record
+from strategies.wire import from_record
 from fedrecon.learning.stats import ClassStats
-from tests.test_strategy import DIM, NODES, honest_reply, identity, make_strategy, reply_with  # noqa: F401 (fixture)
+from tests.test_strategy import DIM, honest_reply, identity, make_strategy, reply_with  # noqa: F401 (fixture)
 
 
 def sample_reply(msg: Message) -> Message:
@@ -23,11 +23,11 @@ def run_rounds(strategy, rounds: int, spoil=lambda r, msg: sample_reply(msg)) ->
     """Rounds of replies from ``spoil``: an honest one, an error, or None (no reply)."""
     for r in range(1, rounds + 1):
         replies = []
-        for m in strategy.configure_train(r, ArrayRecord(), ConfigRecord(), NODES):
+        for m in strategy.tasks(r):
             reply = spoil(r, m)
             if reply is not None:
                 replies.append(reply)
-        strategy.aggregate_train(r, replies)
+        strategy.replies(r, replies)
 
 
 def test_merge_arrivals_keeps_every_sample_of_every_part():
@@ -57,7 +57,7 @@ def test_retry_book_gives_up_after_the_limit_and_keeps_tasks_of_absent_clients()
 def test_raising_and_silent_clients_end_with_the_fault_free_statistics():
     # Prepare: client 0 (node 100) raises in round 1, clients 1 and 2 never answer in round 2 (the last).
     clean, faulty = make_strategy(), make_strategy(faults={"retries": 2})
-    rounds = clean.plan.rounds
+    rounds = clean.state.plan.rounds
 
     def spoil(r, msg):
         node = msg.metadata.dst_node_id
@@ -69,19 +69,19 @@ def test_raising_and_silent_clients_end_with_the_fault_free_statistics():
     run_rounds(clean, rounds)
     run_rounds(faulty, rounds + 2, spoil)
     # Assert
-    np.testing.assert_array_equal(faulty.stats.ids, clean.stats.ids)
-    np.testing.assert_array_equal(faulty.stats.counts, clean.stats.counts)
-    np.testing.assert_allclose(faulty.stats.sums, clean.stats.sums, rtol=1e-12)
-    assert len(faulty.failures) == 3 and faulty.book.retries == 3 and not faulty.book.lost
-    assert faulty.active(rounds + 1) and not faulty.active(rounds + 2)
+    np.testing.assert_array_equal(faulty.state.stats.ids, clean.state.stats.ids)
+    np.testing.assert_array_equal(faulty.state.stats.counts, clean.state.stats.counts)
+    np.testing.assert_allclose(faulty.state.stats.sums, clean.state.stats.sums, rtol=1e-12)
+    assert len(faulty.state.failures) == 3 and faulty.state.book.retries == 3 and not faulty.state.book.lost
+    assert faulty.state.active(rounds + 1) and not faulty.state.active(rounds + 2)
 
 
 def test_a_task_is_lost_only_after_its_retries_and_is_counted():
     strategy = make_strategy(faults={"retries": 1})
-    run_rounds(strategy, strategy.plan.rounds + 1, lambda r, msg: None if msg.metadata.dst_node_id == 102 else sample_reply(msg))
-    lost = {c for entry in strategy.book.lost for c in entry["classes"]}
-    assert lost == {c for a in strategy.plan.arrivals if a.client == 2 for c in a.classes}
-    assert not set(strategy.stats.ids.tolist()) & lost
+    run_rounds(strategy, strategy.state.plan.rounds + 1, lambda r, msg: None if msg.metadata.dst_node_id == 102 else sample_reply(msg))
+    lost = {c for entry in strategy.state.book.lost for c in entry["classes"]}
+    assert lost == {c for a in strategy.state.plan.arrivals if a.client == 2 for c in a.classes}
+    assert not set(strategy.state.stats.ids.tolist()) & lost
 
 
 class RestartingGrid:
@@ -107,28 +107,28 @@ class RestartingGrid:
 
 def identify(strategy, grid) -> None:
     """The run's identify step (server.run.Run.identify), after the first round."""
-    queries = strategy.nodes.configure_identify(grid.get_node_ids())
-    strategy.nodes.aggregate_identify(grid.send_and_receive(queries) if queries else [])
+    queries = strategy.state.nodes.configure_identify(grid.get_node_ids())
+    strategy.state.nodes.aggregate_identify(grid.send_and_receive(queries) if queries else [])
 
 
 def test_a_restarted_supernode_is_found_again_by_its_partition_id():
     strategy = make_strategy()
     grid = RestartingGrid()
     identify(strategy, grid)
-    first = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid)
-    strategy.aggregate_train(1, [honest_reply(m) for m in first])
+    first = strategy.tasks(1)
+    strategy.replies(1, [honest_reply(m) for m in first])
     # Partition 1's SuperNode is gone in round 2: its task waits, the others go out.
     grid.online = [100, 102]
     identify(strategy, grid)
-    second = strategy.configure_train(2, ArrayRecord(), ConfigRecord(), grid)
+    second = strategy.tasks(2)
     assert sorted(m.metadata.dst_node_id for m in second) == [100, 102]
-    strategy.aggregate_train(2, [honest_reply(m) for m in second])
+    strategy.replies(2, [honest_reply(m) for m in second])
     # It comes back as node 201 (after the plan's last round): asked who it is, it gets
     # its waiting task and, with a fresh context, the setup and backbone again.
     grid.online = [100, 102, 201]
     identify(strategy, grid)
-    third = {m.metadata.dst_node_id: m for m in strategy.configure_train(3, ArrayRecord(), ConfigRecord(), grid)}
-    assert grid.queried == [201] and strategy.nodes.node(1) == 201
+    third = {m.metadata.dst_node_id: m for m in strategy.tasks(3)}
+    assert grid.queried == [201] and strategy.state.nodes.node(1) == 201
     assert list(third) == [201] and P.BACKBONE in third[201].content and P.SETUP in third[201].content
     sent = set(from_record(third[201].content[P.TASK_ARRAYS])["sample_labels"].tolist())
-    assert sent == {c for a in strategy.plan.arrivals_at(2) if a.client == 1 for c in a.classes}
+    assert sent == {c for a in strategy.state.plan.arrivals_at(2) if a.client == 1 for c in a.classes}

@@ -5,21 +5,19 @@ import json
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 
 from fedrecon import protocol as P
 from fedrecon.backbones.embed import load_backbone
 from fedrecon.learning.finetune import BIAS, IDS, WEIGHT, fedavg, grow_head, initial_model, predict, train_task
 from fedrecon.plan import make_plan
-from fedrecon.protocol import setup_record
-from fedrecon.scenario import ScenarioError, parse_scenario, scenario_json
+from fedrecon.scenario import ScenarioError, parse_scenario
 from fedrecon.scenario.sections import FinetuneConfig
-from strategies.finetune import FedAvgFinetune
-from strategies.policies import replay
-from strategies.records import from_record
+from fedrecon.learning.prototype_merges import replay
+from strategies.wire import from_record
 from strategies.validation import PayloadError, check_model_update
 from tests.conftest import CHECKPOINT, small_scenario
-from tests.test_strategy import NODES, connect, identity  # noqa: F401 (fixture)
+from tests.test_strategy import identity, make_strategy  # noqa: F401 (fixture)
 
 DIM = 3
 
@@ -114,12 +112,8 @@ def tiny_arrival():
     return Arrival(round=1, client=0, task=0, classes=(3, 4), samples=((1, 2), (5,)))
 
 
-def make_finetune_strategy() -> FedAvgFinetune:
-    scenario = parse_scenario("name: t\nclients: {count: 3}\nmerge: {method: fedavg_finetune}\n"
-                              "tasks: {num_classes: 12, classes_per_task: 2, train_shots: 4, test_shots: 2}\n")
-    plan = make_plan(scenario, [np.arange(10 * c, 10 * c + 10) for c in range(30)])
-    s = FedAvgFinetune(plan, scenario, setup_record(scenario_json(scenario), "d1"), tiny_model(), DIM)
-    return connect(s)
+def make_finetune_strategy():
+    return make_strategy(model=tiny_model(), merge={"method": "fedavg_finetune"})
 
 
 def finetune_reply(msg: Message, shift: float, spoil: bool = False) -> Message:
@@ -136,27 +130,27 @@ def finetune_reply(msg: Message, shift: float, spoil: bool = False) -> Message:
 
 def test_strategy_sends_the_model_every_round_and_averages_replies():
     s = make_finetune_strategy()
-    messages = s.configure_train(1, ArrayRecord(), ConfigRecord(), NODES)
+    messages = s.tasks(1)
     assert {m.metadata.message_type for m in messages} == {f"{MessageType.TRAIN}.{P.FINETUNE}"}
     assert all(P.MODEL in m.content and not len(m.content[P.BACKBONE]) for m in messages)  # the model carries the backbone
-    s.aggregate_train(1, [finetune_reply(m, shift=m.metadata.dst_node_id - 100) for m in messages])
+    s.replies(1, [finetune_reply(m, shift=m.metadata.dst_node_id - 100) for m in messages])
     # equal sample counts: the mean of shifts 0, 1, 2
-    np.testing.assert_allclose(s.model["backbone.w"], np.arange(4) + 1.0)
-    assert s.classes_learned() == len(s.plan.classes_seen(1))
+    np.testing.assert_allclose(s.state.model["backbone.w"], np.arange(4) + 1.0)
+    assert s.state.classes_learned() == len(s.state.plan.classes_seen(1))
     # the whole model goes down again, with every client's task
-    again = s.configure_train(2, ArrayRecord(), ConfigRecord(), NODES)
+    again = s.tasks(2)
     assert all(P.MODEL in m.content for m in again)
-    assert len(from_record(again[0].content[P.MODEL])[IDS]) == s.classes_learned()
+    assert len(from_record(again[0].content[P.MODEL])[IDS]) == s.state.classes_learned()
 
 
 def test_strategy_rejects_a_bad_model_and_keeps_the_global_one():
     s = make_finetune_strategy()
-    messages = s.configure_train(1, ArrayRecord(), ConfigRecord(), NODES)
-    s.aggregate_train(1, [finetune_reply(m, 1.0, spoil=True) for m in messages])
-    assert len(s.failures) == 3
-    assert all(np.array_equal(v, tiny_model()[k]) for k, v in s.model.items())
-    assert s.classes_learned() == 0
-    json.dumps(s.state())  # the checkpoint state stays JSON-able
+    messages = s.tasks(1)
+    s.replies(1, [finetune_reply(m, 1.0, spoil=True) for m in messages])
+    assert len(s.state.failures) == 3
+    assert all(np.array_equal(v, tiny_model()[k]) for k, v in s.state.model.items())
+    assert s.state.classes_learned() == 0
+    json.dumps(s.state.state())  # the checkpoint state stays JSON-able
 
 
 def test_centralized_plan_is_one_site_with_the_same_samples_per_round():

@@ -20,7 +20,7 @@ from fedrecon.scenario import load_scenario
 from server.polling import PollingGrid
 from server.prepare import prepare
 from server.run import Run
-from strategies.records import from_record, to_record
+from strategies.wire import from_record, to_record
 from tests.conftest import small_scenario
 from tests.inprocess import InProcessGrid
 from tests.test_strategy import identity  # noqa: F401 (fixture)
@@ -75,7 +75,7 @@ def undisturbed(tmp_path_factory):
     path = folder / "s.yaml"
     path.write_text(json.dumps(small_scenario()))
     summary, job = run_on(InProcessGrid(3), path, folder / "run")
-    return path, job.strategy.stats
+    return path, job.state.stats
 
 
 @pytest.mark.parametrize("change, reason", [
@@ -87,11 +87,11 @@ def undisturbed(tmp_path_factory):
 def test_a_task_the_client_refuses_is_recorded_and_offered_again(undisturbed, change, reason, tmp_path):
     path, clean = undisturbed
     summary, job = run_on(Tampering(3, client=1, change=change), path, tmp_path / "run")
-    (failure,) = job.strategy.failures
+    (failure,) = job.state.failures
     assert failure["client"] == 1 and failure["round"] == 1 and reason in failure["reason"]
     assert summary["failures"] == 1 and summary["retries"] == 1 and summary["lost_tasks"] == 0
-    np.testing.assert_array_equal(job.strategy.stats.ids, clean.ids)
-    np.testing.assert_allclose(job.strategy.stats.sums, clean.sums, rtol=1e-12)
+    np.testing.assert_array_equal(job.state.stats.ids, clean.ids)
+    np.testing.assert_allclose(job.state.stats.sums, clean.sums, rtol=1e-12)
 
 
 def test_a_node_that_lost_its_setup_gets_it_again(undisturbed, tmp_path):
@@ -108,9 +108,9 @@ def test_a_node_that_lost_its_setup_gets_it_again(undisturbed, tmp_path):
     # Execute
     summary, job = run_on(Forgetful(3), path, tmp_path / "run")
     # Assert: one refused task ("no setup"), then the setup and backbone again, and nothing lost
-    assert [f["client"] for f in job.strategy.failures] == [1] and "holds no setup" in job.strategy.failures[0]["reason"]
+    assert [f["client"] for f in job.state.failures] == [1] and "holds no setup" in job.state.failures[0]["reason"]
     assert summary["lost_tasks"] == 0 and summary["bytes_down_resent"] > 0
-    np.testing.assert_allclose(job.strategy.stats.sums, clean.sums, rtol=1e-12)
+    np.testing.assert_allclose(job.state.stats.sums, clean.sums, rtol=1e-12)
 
 
 class SlowGrid:

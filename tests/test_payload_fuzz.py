@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedrecon import protocol as P
-from strategies.records import from_record
-from tests.test_strategy import DIM, NODES, honest_reply, identity, make_strategy  # noqa: F401 (fixture)
+from strategies.wire import from_record
+from tests.test_strategy import DIM, honest_reply, identity, make_strategy  # noqa: F401 (fixture)
 
 KINDS = ["nan", "inf", "negative_count", "zero_count", "count_off", "foreign_class", "duplicate_id", "missing_class",
          "extra_class", "wrong_dim", "rows_short", "sums_1d", "counts_2d", "float32", "int_counts", "float_ids",
@@ -73,21 +73,20 @@ def make_reply(msg: Message, arrays) -> Message:
 def test_every_bad_payload_is_rejected_and_state_is_bit_identical(data):
     # Prepare: an honest round 1, then round 2 where every client sends a spoiled reply.
     strategy = make_strategy(faults={"max_reply_bytes": 1_000_000})
-    first = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), NODES)
-    strategy.aggregate_train(1, [honest_reply(m) for m in first])
-    before = {k: v.tobytes() for k, v in strategy.stats.to_arrays().items()}
-    failures_before = len(strategy.failures)
-    second = strategy.configure_train(2, ArrayRecord(), ConfigRecord(), NODES)
+    first = strategy.tasks(1)
+    strategy.replies(1, [honest_reply(m) for m in first])
+    before = {k: v.tobytes() for k, v in strategy.state.stats.to_arrays().items()}
+    failures_before = len(strategy.state.failures)
+    second = strategy.tasks(2)
     kinds = [data.draw(st.sampled_from(KINDS), label=f"kind {i}") for i in range(len(second))]
     replies = [make_reply(m, spoil(from_record(honest_reply(m).content[P.STATS]), k, data)) for m, k in zip(second, kinds)]
     # Execute
-    arrays, metrics = strategy.aggregate_train(2, replies)
+    strategy.replies(2, replies)
     # Assert
-    assert metrics["updates"] == 0
-    assert {k: v.tobytes() for k, v in strategy.stats.to_arrays().items()} == before
-    assert {k: v.tobytes() for k, v in from_record(arrays).items()} == before
-    new = strategy.failures[failures_before:]
+    assert strategy.state.learned == {c: 1 for c in range(3)}  # round 1's tasks only
+    assert {k: v.tobytes() for k, v in strategy.state.stats.to_arrays().items()} == before
+    new = strategy.state.failures[failures_before:]
     assert len(new) == len(second)
     assert all(f["reason"] and "no reply" not in f["reason"] for f in new)
     # Each rejected task waits to be offered again.
-    assert sorted(strategy.book.waiting) == sorted(a.client for a in strategy.plan.arrivals_at(2))
+    assert sorted(strategy.state.book.waiting) == sorted(a.client for a in strategy.state.plan.arrivals_at(2))

@@ -143,11 +143,11 @@ def test_a_next_run_sends_first_tasks_to_remembered_nodes_and_a_wrong_memory_cos
 def test_weights_a_machine_holds_are_not_sent_again_and_no_node_keeps_a_copy_in_its_context(write_scenario, tmp_path,
                                                                                             monkeypatch):
     # Prepare: a machine that holds no weights yet
-    from clients import node
+    from clients import setup
     from fedrecon import protocol as P
     from fedrecon.backbones import weights as weights_module
 
-    monkeypatch.setattr(node, "default_folder", lambda: tmp_path / "machine")
+    monkeypatch.setattr(setup, "default_folder", lambda: tmp_path / "machine")
     monkeypatch.setattr(weights_module, "_HELD", {})
     prep = prepare(load_scenario(write_scenario(small_scenario())))
     size = sum(w.nbytes for w in prep.weights.values())

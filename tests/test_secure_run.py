@@ -76,7 +76,7 @@ def test_too_few_survivors_reveal_nothing_and_every_task_is_retried(write_scenar
     # round 1: two of three drop, threshold 3 of 3: nothing revealed, all three tasks retried in round 2
     assert rows[0]["classes_learned"] == 0 and summary["classes_learned"] == 12 and summary["lost_tasks"] == 0
     reasons = [f["reason"] for f in json.loads(np.load(tmp_path / "secure" / "checkpoint.npz")["meta"].tobytes())
-               ["strategy"]["failures"]]
+               ["server"]["failures"]]
     assert sum("aborted" in r for r in reasons) == 1 and sum("drop_mid_aggregation" in r for r in reasons) == 2
 
 

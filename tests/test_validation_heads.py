@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord
+
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedrecon import protocol as P
@@ -11,8 +11,11 @@ from fedrecon.learning.stats import ClassStats, StatsSpec, pack_symmetric
 from fedrecon.plan import make_plan
 from fedrecon.protocol import setup_record
 from fedrecon.scenario import parse_scenario, scenario_json
-from strategies.recon import ReconStrategy
-from strategies.records import from_record
+from strategies.phases import server_state
+from strategies.prototypes import Prototypes
+from strategies.rounds import deal
+from strategies.setup import NodeSetup
+from strategies.tasks import TaskMessages, Tasks
 from strategies.validation import PayloadError, check_update
 from tests.test_strategy import reply_with
 
@@ -76,21 +79,24 @@ def test_rejected_reply_leaves_the_global_statistics_alone(plan):
     scenario = parse_scenario("name: t\nseed: 1\nclients: {count: 2}\nmerge: {head: ridge, random_features: 6}\n"
                               "tasks: {num_classes: 4, classes_per_task: 2, train_shots: 3, test_shots: 1}\n")
     spec = head_spec(scenario.merge, scenario.seed)
-    strategy = ReconStrategy(plan, scenario, setup_record(scenario_json(scenario), "d"), {"w": np.ones(2, np.float32)}, DIM)
-    strategy.nodes.ids = {0: 100, 1: 101}
-    messages = strategy.configure_train(1, ArrayRecord(), ConfigRecord(), None)
-    by_node = {a: strategy.pending[m.metadata.dst_node_id] for a, m in zip(range(2), messages)}
+    setup = setup_record(scenario_json(scenario), "d")
+    state = server_state(plan, scenario, setup, DIM)
+    state.nodes.ids = {0: 100, 1: 101}
+    tasks = Tasks(TaskMessages(scenario, Prototypes(), NodeSetup(setup, {"w": np.ones(2, np.float32)})))
+    work = deal(state, 1)
+    outbox = tasks.build(state, work, 0)
+    by_node = {a: outbox.to[m.metadata.dst_node_id][0] for a, m in zip(range(2), outbox.messages)}
     good = honest(by_node[0], spec)
     bad = tamper(honest(by_node[1], spec), "gram", None)
     # Execute
-    arrays, metrics = strategy.aggregate_train(1, [reply_with(messages[0], good), reply_with(messages[1], bad)])
+    tasks.absorb(state, work, outbox, [reply_with(outbox.messages[0], good), reply_with(outbox.messages[1], bad)])
     # Assert
-    merged = ClassStats.from_arrays(from_record(arrays))
-    assert metrics["updates"] == 1 and len(strategy.failures) == 1 and "gram" in strategy.failures[0]["reason"]
+    merged = state.stats
+    assert state.learned == {0: 1} and len(state.failures) == 1 and "gram" in state.failures[0]["reason"]
     assert merged.ids.tolist() == sorted(by_node[0].classes)
     np.testing.assert_array_equal(merged.shared["gram"], ClassStats.from_arrays(good).shared["gram"])
     # the head's settings reach the clients in the scenario the setup carries, not in each task message
     from fedrecon.scenario import scenario_from_json
 
-    sent = scenario_from_json(messages[0].content[P.SETUP]["scenario"])
-    assert sent.merge.random_features == 6 and sent.seed == 1 and "random_features" not in messages[0].content[P.TASK_CONFIG]
+    sent = scenario_from_json(outbox.messages[0].content[P.SETUP]["scenario"])
+    assert sent.merge.random_features == 6 and sent.seed == 1 and "random_features" not in outbox.messages[0].content[P.TASK_CONFIG]
