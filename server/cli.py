@@ -27,7 +27,9 @@ QUIET_FLOWER = {
 # `fedrecon run` starts Flower's simulation with run_simulation, which Flower 1.42 marks
 # deprecated in favour of `flwr run` (README: both work): it hands Flower a ServerApp
 # bound to the scenario this process already checked. That one warning is dropped;
-# every other warning and DEPRECATED line of Flower still shows.
+# every other warning and DEPRECATED line of Flower still shows. What moving to `flwr run`
+# costs, and the plan for the day run_simulation goes: docs/deployment.md;
+# tests/test_flower_settings.py fails that day.
 KNOWN_HARMLESS = ("DEPRECATED FEATURE: The `run_simulation` function is deprecated",)
 
 
