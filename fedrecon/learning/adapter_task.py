@@ -1,5 +1,5 @@
 """A client's task under adapters, and the server's adapter state (no Flower: the
-ClientApp, the strategies and ``bench/adapters.py`` call these)."""
+ClientApp, the server's phases and ``bench/adapters.py`` call these)."""
 
 from __future__ import annotations
 
