@@ -10,6 +10,8 @@ import traceback
 from pathlib import Path
 
 from fedrecon.scenario import ScenarioError, key_table, load_scenario, schema_text
+from fedrecon.scenario.loading import UNSET
+from server.cli_deploy import cmd_certs, cmd_deploy_local, cmd_node_key
 from server.polling import POLL_INTERVAL
 
 # Flower's environment for every process fedrecon starts (simulation, local deployments,
@@ -101,63 +103,6 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_deploy_local(args) -> int:
-    """Run a scenario on Flower's deployment engine: a local SuperLink and SuperNodes.
-    With ``--set``, the scenario as changed is written to the work folder (paths made
-    absolute) and that file is what the SuperLink's ServerApp loads."""
-    import tempfile
-
-    from fedrecon.scenario.loading import scenario_json
-    from server.deploy import deploy_and_run
-    from server.prepare import check
-    from server.run import default_out_dir
-
-    scenario = load_scenario(args.scenario, args.set)
-    check(scenario)  # a bad scenario or data never starts the SuperLink
-    out = Path(args.out) if args.out else default_out_dir(scenario)
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fedrecon-deploy-"))
-    path = Path(args.scenario)
-    if args.set:
-        workdir.mkdir(parents=True, exist_ok=True)
-        path = workdir / "scenario.json"
-        path.write_text(scenario_json(scenario) + "\n")
-    node_config = {"cache-dir": args.cache_dir} if args.cache_dir else {}
-    gpus = tuple(g for g in args.gpus.split(",") if g) if args.gpus else ()
-    status = deploy_and_run(path, out, workdir, scenario.clients.count, tls=args.tls or args.auth,
-                            auth=args.auth, timeout=args.timeout, poll_interval=args.poll_interval,
-                            node_config=node_config, task_poll=args.task_poll, gpus=gpus)
-    print(f"fedrecon: run {status}; run folder {out}")
-    return 0 if status == "finished:completed" else 1
-
-
-def cmd_certs(args) -> int:
-    """A CA and a SuperLink certificate for the names and addresses SuperNodes will dial."""
-    from server.certs import make_certificates
-
-    try:
-        paths = make_certificates(Path(args.out), tuple(args.host), tuple(args.ip), args.days)
-    except (FileExistsError, ValueError) as exc:
-        print(f"fedrecon certs: {exc}", file=sys.stderr)
-        return 2
-    names = ", ".join([*args.host, *args.ip])
-    print(f"fedrecon: {paths['ca']} (give to every SuperNode and the flwr CLI), {paths['cert']} and "
-          f"{paths['key']} (SuperLink only), valid {args.days:g} days for {names}")
-    return 0
-
-
-def cmd_node_key(args) -> int:
-    """A SuperNode's key pair: the private key stays on the node, the .pub is registered."""
-    from server.certs import make_node_key
-
-    try:
-        private, public = make_node_key(Path(args.path))
-    except FileExistsError as exc:
-        print(f"fedrecon node-key: {exc}", file=sys.stderr)
-        return 2
-    print(f"fedrecon: {private} (the SuperNode's --auth-supernode-private-key), {public} (flwr supernode register)")
-    return 0
-
-
 def cmd_validate(args) -> int:
     """Every check a run makes before Flower starts (plug-ins, data, checkpoint, plan), file by file."""
     from server.prepare import check
@@ -208,6 +153,9 @@ def cmd_pretrain(args) -> int:
 def add_set(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a key of the scenario, e.g. --set clients.count=8 (repeatable; the value is YAML)")
+    # in the same list as --set, in the order given: a key can be removed, then set again
+    parser.add_argument("--unset", action="append", dest="set", metavar="KEY.PATH", type=lambda key: UNSET + key,
+                        help="remove a key the scenario file sets, e.g. --unset merge.metric (repeatable)")
 
 
 def cmd_report(args) -> int:

@@ -23,7 +23,7 @@ from fedrecon.scenario.loading import scenario_json
 from server.checkpoint import load_parts, load_run_state, save_run_state
 from server.identify import EarlyIdentify
 from server.message_log import MessageLog
-from server.polling import PollingGrid
+from server.polling import POLL_INTERVAL, PollingGrid
 from server.prepare import Prepared
 from server.progress import Progress
 from server.report import RunRecorder
@@ -69,7 +69,7 @@ class Run:
         Identify queries sent before the scenario was prepared (on ``grid``).
     """
 
-    def __init__(self, grid, prep: Prepared, out_dir: str | Path, echo=print, poll_interval: float = 0.2,
+    def __init__(self, grid, prep: Prepared, out_dir: str | Path, echo=print, poll_interval: float = POLL_INTERVAL,
                  progress: Progress | None = None, early: EarlyIdentify | None = None):
         wrap = poll_interval > 0 and not isinstance(grid, PollingGrid)
         self.grid = PollingGrid(grid, poll_interval) if wrap else grid
@@ -267,7 +267,7 @@ class Run:
 
 
 def run_scenario(grid, prep: Prepared, out_dir: str | Path, echo=print, resume: bool = False,
-                 poll_interval: float = 0.2, early: EarlyIdentify | None = None) -> dict:
+                 poll_interval: float = POLL_INTERVAL, early: EarlyIdentify | None = None) -> dict:
     """Drive the scenario on ``grid`` and write the run folder; return the summary.
     Progress inside a round goes where the round lines go, when they go to the console."""
     progress = Progress(prep.plan.rounds) if echo is print else None

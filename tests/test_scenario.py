@@ -125,3 +125,15 @@ def test_a_resumed_scenario_goes_through_every_check_a_new_one_does(tmp_path, ca
     assert code == 2 and len(err) == 1
     assert err[0].startswith(f"{folder / 'scenario.json'}:2:") and "9 is more than tasks.num_classes (4)" in err[0]
     assert not (folder / "metrics.jsonl").exists()
+
+
+def test_the_demos_head_is_switched_from_the_command_line_and_a_key_the_file_sets_can_be_removed(capsys):
+    demo = "scenarios/omniglot-quickstart.yaml"  # it writes metric: euclidean, ncm's default
+    for head in ("lda", "ridge"):
+        assert main(["validate", demo, "--set", f"merge.head={head}"]) == 0
+    # a value the new head would ignore is refused, with the way to remove it
+    assert main(["validate", demo, "--set", "merge.metric=cosine", "--set", "merge.head=lda"]) == 1
+    assert "--unset merge.metric" in capsys.readouterr().err
+    assert main(["validate", demo, "--set", "merge.metric=cosine", "--set", "merge.head=lda", "--unset", "merge.metric"]) == 0
+    assert main(["validate", demo, "--unset", "merge.shrinkage"]) == 1
+    assert "does not set merge.shrinkage" in capsys.readouterr().err

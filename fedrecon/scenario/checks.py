@@ -13,18 +13,15 @@ from fedrecon.learning.prototype_merges import (PROTOTYPE_POLICIES, MergePolicy,
                                                 needs_beyond_sums, needs_only_sums)
 from fedrecon.scenario.base import per_client
 from fedrecon.scenario.errors import SourceMap
+from fedrecon.scenario.method_checks import HEAD_KEYS, adapter_checks, method_checks
 from fedrecon.scenario.scenario import Scenario
 from fedrecon.scenario.sections import MergeConfig
-
-# The head each head-only key belongs to.
-HEAD_KEYS = {"metric": "ncm", "shrinkage": "lda", "ridge_lambda": "ridge", "random_features": "ridge"}
-
 
 def cross_checks(s: Scenario, source: SourceMap) -> list[str]:
     # a built-in policy's members are known from its class; a plug-in's once it is imported (server.prepare)
     builtin = PROTOTYPE_POLICIES.get(s.merge.prototypes)
     return [*_task_checks(s, source), *_client_checks(s, source), *_split_checks(s, source), *_event_checks(s, source),
-            *_adapter_checks(s, source), *_method_checks(s, source), *_fault_checks(s, source), *_data_checks(s, source),
+            *adapter_checks(s, source), *method_checks(s, source), *_fault_checks(s, source), *_data_checks(s, source),
             *_revisit_checks(s, source), *_privacy_checks(s, source), *_edge_checks(s, source),
             *(policy_checks(s, source, builtin) if builtin is not None else [])]
 
@@ -220,65 +217,6 @@ def _revisit_checks(s: Scenario, source: SourceMap) -> list[str]:
     return problems
 
 
-def _adapter_checks(s: Scenario, source: SourceMap) -> list[str]:
-    a, problems = s.adapters, []
-    if not a.active:
-        if s.merge.adapters != "none":
-            problems.append(source.error(("merge", "adapters"), f"{s.merge.adapters!r} merges adapters, but adapters.schedule is "
-                                                                  "frozen (no adapter): set a schedule or remove it"))
-        if a.features != "adapted":
-            problems.append(source.error(("adapters", "features"), f"{a.features!r} sets adapted features beside the frozen "
-                                                                   "ones, but adapters.schedule is frozen (no adapter): set "
-                                                                   "a schedule, or features adapted"))
-        return problems
-    entry = BACKBONES.get(s.model.backbone)  # a plug-in's default layers are known once it is built
-    if a.targets is None and entry is not None and entry.targets is None:
-        with_targets = sorted(name for name, e in BACKBONES.items() if e.targets)
-        problems.append(source.error(("adapters", "schedule"), f"backbone {s.model.backbone} has no layers to adapt "
-                                                               f"(adapters work on {', '.join(with_targets)})"))
-    if a.steps and s.merge.adapters == "none":
-        problems.append(source.error(("adapters", "steps"), "adapter steps merge the trainers' adapters, but merge.adapters "
-                                                            "is none: use fedavg, ffa or stack, or steps 0"))
-    if a.steps and a.staleness == "compensate":
-        problems.append(source.error(("adapters", "steps"), "compensate measures drift within one task message; with adapter "
-                                                            "steps use staleness keep"))
-    if a.until_round is not None and not a.steps:
-        problems.append(source.error(("adapters", "until_round"), "the round limit applies to adapter steps: set "
-                                                                  "adapters.steps (1 or more), or until_round null"))
-    if a.classifier == "federation" and not a.steps:
-        problems.append(source.error(("adapters", "classifier"), "the federation's classes reach a trainer between adapter "
-                                                                 "steps: set adapters.steps (2 or more), or classifier task"))
-    if a.staleness == "compensate" and s.merge.head == "ridge":
-        problems.append(source.error(("adapters", "staleness"), "compensate cannot move the ridge head's random-feature "
-                                                                "statistics: use keep, or head ncm or lda"))
-    return problems
-
-
-def _method_checks(s: Scenario, source: SourceMap) -> list[str]:
-    """``fedavg_finetune`` trains its own head: the keys of the prototype heads and
-    adapters do not apply, and are refused rather than silently ignored."""
-    if s.merge.method == "prototypes":
-        if "finetune" in s.model_fields_set:
-            return [source.error(("finetune",), "used only by merge.method fedavg_finetune; remove it")]
-        return []
-    problems = []
-    for key in ("prototypes", "head", *HEAD_KEYS):
-        # a default written out (shipped scenarios say head: ncm) changes nothing; another value would be ignored
-        if getattr(s.merge, key) != MergeConfig.model_fields[key].default:
-            problems.append(source.error(("merge", key), "not used by merge.method fedavg_finetune (a linear head "
-                                                         "trained with cross-entropy); remove it"))
-    if s.adapters.active:
-        problems.append(source.error(("adapters", "schedule"), "fedavg_finetune trains the whole backbone: "
-                                                               "adapters.schedule must be frozen"))
-    if s.evaluation.where == "clients":
-        problems.append(source.error(("evaluation", "where"), "clients do not score fedavg_finetune models: use server"))
-    entry = BACKBONES.get(s.model.backbone)
-    if entry is not None and entry.weights == "none":
-        trainable = ", ".join(name for name, e in BACKBONES.items() if e.weights != "none")
-        problems.append(source.error(("model", "backbone"), f"{s.model.backbone} has no weights to fine-tune; use {trainable}"))
-    return problems
-
-
 def _fault_checks(s: Scenario, source: SourceMap) -> list[str]:
     """Injected faults name existing clients and rounds, at most one per client and round."""
     problems, seen = [], set()
@@ -314,6 +252,10 @@ def _data_checks(s: Scenario, source: SourceMap) -> list[str]:
         problems.append(source.error(("model", "backbone"), f"{s.model.backbone} reads {backbone.modality}, "
                                                             f"dataset {d.dataset} is {entry.modality}"))
     for key, head in HEAD_KEYS.items():
-        if key in s.merge.model_fields_set and s.merge.head != head:
-            problems.append(source.error(("merge", key), f"used only by head {head}, not {s.merge.head}; remove it"))
+        # a default written out (the demo says metric: euclidean) changes nothing, so another head can be
+        # chosen with --set alone; another value would be ignored by the head chosen
+        written = key in s.merge.model_fields_set and getattr(s.merge, key) != MergeConfig.model_fields[key].default
+        if written and s.merge.head != head:
+            problems.append(source.error(("merge", key), f"used only by head {head}, not {s.merge.head}; remove it "
+                                                         f"(from the command line: --unset merge.{key})"))
     return problems

@@ -129,14 +129,23 @@ def _typos_once(errors: list[dict]) -> list[dict]:
     return [e for e in errors if not (e["type"] == "missing" and tuple(e["loc"]) in meant)]
 
 
+# An override that removes a key: the command line's ``--unset key.path`` arrives as "-key.path".
+UNSET = "-"
+
+
 def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> tuple[dict, dict[tuple, str]]:
     """Apply ``key.path=value`` overrides to the loaded YAML; the value is read as YAML.
+    ``-key.path`` (:data:`UNSET`) removes a key the file sets, so that a key which only
+    fits the file's settings can go when an override changes them.
 
     Returns the new mapping and, for each path written, the override's text (errors
     about that key name the override instead of a line of the file).
     """
     problems, labels = [], {}
     for text in overrides:
+        if text.startswith(UNSET):
+            problems += _unset(raw, text[len(UNSET):])
+            continue
         key, sep, value_text = text.partition("=")
         parts = tuple(int(p) if p.isdigit() else p for p in key.strip().split("."))
         label = f"--set {text}"
@@ -169,6 +178,21 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> tuple[
     if problems:
         raise ScenarioError(problems)
     return raw, labels
+
+
+def _unset(raw: dict, key: str) -> list[str]:
+    """Remove a key the file sets (``--unset key.path``): the problems, if any."""
+    parts = tuple(int(p) if p.isdigit() else p for p in key.strip().split("."))
+    label = f"--unset {key}"
+    if not key.strip() or "" in parts:
+        return [f"{label}: expected key.path, e.g. --unset merge.metric"]
+    node = raw
+    for part in parts[:-1]:
+        node = node[part] if isinstance(node, (dict, list)) and _has(node, part) else None
+    if not isinstance(node, dict) or parts[-1] not in node:
+        return [f"{label}: the scenario does not set {key}; nothing to remove"]
+    del node[parts[-1]]
+    return []
 
 
 def _has(node: dict | list, part: Any) -> bool:
