@@ -36,6 +36,9 @@ COLUMNS = (
     ("classes", lambda r: str(r.summary.get("classes_learned", "-"))),
     ("final acc", lambda r: _num(r.summary.get("final_accuracy"))),
     ("avg inc acc", lambda r: _num(r.summary.get("average_incremental_accuracy"))),
+    # privacy.dp: the epsilon the run spent and the noise on each value a client released ("-": no DP)
+    ("epsilon", lambda r: _num(r.summary.get("privacy_epsilon"), ".4g")),
+    ("noise std", lambda r: _num(r.summary.get("noise_std"), ".3g")),
     ("up / class", lambda r: _bytes(r.summary.get("bytes_up_per_class"))),
     ("bytes up", lambda r: _bytes(r.summary.get("bytes_up"))),
     ("bytes down", lambda r: _bytes(r.summary.get("bytes_down"))),
@@ -43,8 +46,8 @@ COLUMNS = (
 )
 
 
-def _num(v) -> str:
-    return "-" if v is None else f"{v:.4f}"
+def _num(v, spec: str = ".4f") -> str:
+    return "-" if v is None else format(v, spec)
 
 
 def _bytes(v) -> str:

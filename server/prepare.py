@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -17,10 +18,12 @@ from fedrecon.backbones.registry import BACKBONES, BackboneEntry, backbone_entry
 from fedrecon.data.dataset import ClassDataset, DataError
 from fedrecon.data.registry import DATASETS, load_dataset
 from fedrecon.learning.prototype_merges import PROTOTYPE_POLICIES, is_one_site, make_policy
+from fedrecon.paths import missing_checkpoint
 from fedrecon.plan import Plan, make_plan
 from fedrecon.plugins import PluginError
 from fedrecon.scenario import Scenario, ScenarioError, source_of
 from fedrecon.scenario.checks import policy_checks
+from fedrecon.scenario.sections import DATA_ROOT_RULE, default_data_root
 
 
 @dataclass(frozen=True)
@@ -82,10 +85,30 @@ def _dataset(scenario: Scenario) -> ClassDataset:
 
 
 def _data_error(scenario: Scenario, exc: Exception) -> ScenarioError:
-    """A data problem, blamed on the key that names the file it is about."""
+    """A data problem, blamed on the key that names the file it is about; at the default
+    root, where that is and why (the scenario most likely left data.root out)."""
     d = scenario.data
     key = next((k for k in ("test_path", "path") if getattr(d, k) and getattr(d, k) in str(exc)), "root")
-    return _fail(scenario, ("data", key), " ".join(str(exc).split()))
+    message = " ".join(str(exc).split())
+    if key == "root" and d.root == default_data_root():
+        message += f" ({DATA_ROOT_RULE})"
+    return _fail(scenario, ("data", key), message)
+
+
+def _paths(scenario: Scenario) -> tuple[ClassDataset | None, list[str]]:
+    """The dataset, and every path problem at once: the data's and the checkpoint's
+    (a wrong root and a wrong checkpoint in one file are one report, not two runs)."""
+    problems, dataset = [], None
+    try:
+        dataset = _dataset(scenario)
+    except ScenarioError as exc:
+        if exc.__cause__ is not None:  # a plug-in's failure: its own traceback goes with it
+            raise
+        problems += exc.problems
+    checkpoint = scenario.model.checkpoint
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        problems.append(source_of(scenario).error(("model", "checkpoint"), missing_checkpoint(checkpoint)))
+    return dataset, problems
 
 
 def _needs_build(scenario: Scenario, entry: BackboneEntry) -> bool:
@@ -173,10 +196,13 @@ def check(scenario: Scenario, build: bool = False) -> Prepared:
     machine's packages, the data or the backbone."""
     policy = _policy(scenario)
     _tracking(scenario)
-    dataset = _dataset(scenario)
-    entry, model, adapted = _backbone(scenario, dataset, build)
+    dataset, problems = _paths(scenario)
+    if problems:
+        raise ScenarioError(problems)
+    # under privacy.dp the noise is weighed against the features: their size needs the backbone built
+    entry, model, adapted = _backbone(scenario, dataset, build or scenario.privacy.dp is not None)
     train_indices, test_indices = dataset.split_indices()
-    plan = make_plan(scenario, train_indices, dataset.groups, test_indices)
+    plan = make_plan(scenario, train_indices, dataset.groups, test_indices, dataset.class_names)
     if is_one_site(policy):
         plan = plan.at_one_site()
     if scenario.privacy.secure_aggregation:
@@ -185,6 +211,10 @@ def check(scenario: Scenario, build: bool = False) -> Prepared:
             shown = ", ".join(map(str, alone[:10])) + (" ..." if len(alone) > 10 else "")
             plan = replace(plan, warnings=(*plan.warnings, f"secure aggregation: rounds {shown} have a single client, "
                                                            "whose statistics are the round's sum"))
+    if scenario.privacy.dp is not None:
+        from server.noise_check import drowning_warnings, feature_size
+
+        plan = replace(plan, warnings=(*plan.warnings, *drowning_warnings(scenario, plan, feature_size(model, dataset))))
     return Prepared(scenario, dataset, plan, entry, model, adapted)
 
 
@@ -196,6 +226,8 @@ def check_simulation_devices(scenario: Scenario) -> None:
     if scenario.simulation.ray_address:
         check_ray_address(scenario)
         return
+    if not (scenario.simulation.num_gpus > 0 or scenario.model.device.startswith("cuda")):
+        return  # nothing to ask torch (not imported for a scenario that needs no torch)
     import torch
 
     if torch.cuda.is_available():

@@ -47,6 +47,16 @@ def plot_accuracy(curves: dict[str, list[dict]], path: Path) -> None:
     plt.close(fig)
 
 
+def privacy_lines(s: dict) -> list[tuple[str, str]]:
+    """The final table's lines on ``privacy.dp``: what was spent, and the noise it bought."""
+    if "privacy_epsilon" not in s:
+        return []
+    target = f" of {s['privacy_epsilon_target']:g}" if "privacy_epsilon_target" in s else ""
+    spent = f"{s['privacy_epsilon']:.3f}{target} (delta {s['privacy_delta']:g}, {s['releases']} releases)"
+    noise = f"{s.get('noise_std', float('nan')):.3g} (noise multiplier {s['noise_multiplier']:.3g} x sensitivity)"
+    return [("privacy epsilon spent", spent), ("noise std, each released value", noise)]
+
+
 class RunRecorder:
     """Writes a run's metrics as they come and its summary at the end."""
 
@@ -75,10 +85,11 @@ class RunRecorder:
         with (self.out / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(row) + "\n")
         acc = "   -  " if row["accuracy"] is None else f"{row['accuracy']:.4f}"
+        spent = f"  epsilon {row['epsilon']:6.3f}" if "epsilon" in row else ""  # under privacy.dp
         self.echo(
             # rounds after the plan's last one only offer failed tasks again
             f"round {row['round']:>3}/{self.rounds}{' (retries)' if row['round'] > self.rounds else ''}  classes {row['classes_seen']:>5}  accuracy {acc}"
-            f"  up {human_bytes(row['bytes_up']):>9}  down {human_bytes(row['bytes_down']):>9}  {row['seconds']:6.2f} s"
+            f"  up {human_bytes(row['bytes_up']):>9}  down {human_bytes(row['bytes_down']):>9}{spent}  {row['seconds']:6.2f} s"
         )
 
     def write_plan(self, plan) -> None:
@@ -133,6 +144,7 @@ class RunRecorder:
             *([(f"bytes edges to top ({s['edges']} edges)", human_bytes(s["bytes_up_top"]))] if "bytes_up_top" in s else []),
             ("failed or rejected replies", s.get("failures", 0)),
             ("tasks retried / lost", f"{s.get('retries', 0)} / {s.get('lost_tasks', 0)}"),
+            *privacy_lines(s),
             ("wall time", f"{s['wall_seconds']:.1f} s"),
             ("run folder", str(self.out)),
         ]

@@ -202,6 +202,7 @@ class Run:
             "messages_up": traffic["messages_up"],
             **({"bytes_up_top": traffic["bytes_up_top"]} if self.tiers else {}),
             "failures": sum(f["round"] == server_round for f in self.state.failures),
+            **(self.state.budget.row() if self.state.budget is not None else {}),
             "seconds": round(time.time() - began, 3),
         }
         self.recorder.record(row)

@@ -33,6 +33,12 @@ class PrivacyBudget:
     def spent(self) -> float:
         return dp.epsilon_spent(self.multiplier, self.releases, self.config.delta)
 
+    def row(self) -> dict:
+        """A round's line of metrics.jsonl: the epsilon spent so far and the noise's standard
+        deviation on each released value (under secure aggregation, at least that on each sum)."""
+        return {"epsilon": round(self.spent(), 4), "noise_std": round(self.std(), 6)}
+
     def summary(self) -> dict:
-        return {"privacy_epsilon": round(self.spent(), 6), "privacy_delta": self.config.delta,
-                "noise_multiplier": round(self.multiplier, 6), "releases": self.releases}
+        return {"privacy_epsilon": round(self.spent(), 6), "privacy_epsilon_target": self.config.epsilon,
+                "privacy_delta": self.config.delta, "noise_multiplier": round(self.multiplier, 6),
+                "noise_std": round(self.std(), 6), "releases": self.releases}

@@ -35,6 +35,11 @@ SHARES = f"{MessageType.QUERY}.{P.SECAGG_SHARES}"
 UNMASK = f"{MessageType.QUERY}.{P.SECAGG_UNMASK}"
 
 
+def round_threshold(fraction: float, clients: int) -> int:
+    """How many of a round's ``clients`` must report for its sum to be unmasked (at least 2)."""
+    return min(clients, max(2, math.ceil(fraction * clients)))
+
+
 @dataclass
 class SecureSum:
     """A round's secure sum under way (``RoundWork.secure``)."""
@@ -102,7 +107,7 @@ class SecureKeys:
 
     def absorb(self, state: ServerState, work: RoundWork, outbox: Outbox, replies: list[Message]) -> bool:
         n = len(outbox.to)
-        work.secure = SecureSum(ServerRound(work.number, min(n, max(2, math.ceil(self.threshold * n)))))
+        work.secure = SecureSum(ServerRound(work.number, round_threshold(self.threshold, n)))
         for client, reply in answers(state, work, outbox, replies, "key advertisement").items():
             keys = reply.content[P.SECAGG]
             c, s = bytes(keys["c"]), bytes(keys["s"])
