@@ -12,6 +12,7 @@ from pathlib import Path
 from fedrecon.scenario import ScenarioError, key_table, load_scenario, schema_text
 from fedrecon.scenario.loading import UNSET
 from server.cli_deploy import cmd_certs, cmd_deploy_local, cmd_node_key
+from server.cli_model import add_model_commands
 from server.polling import POLL_INTERVAL
 
 # Flower's environment for every process fedrecon starts (simulation, local deployments,
@@ -104,13 +105,17 @@ def cmd_run(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    """Every check a run makes before Flower starts (plug-ins, data, checkpoint, plan), file by file."""
-    from server.prepare import check
+    """Every check ``fedrecon run`` makes before Flower starts (plug-ins, data, checkpoint,
+    plan, this machine's devices), file by file. Not checked: the samples' contents (a run
+    decodes them; validate reads no drawing), and a deployment's SuperNodes' devices."""
+    from server.prepare import check, check_simulation_devices
 
     bad = 0
     for path in args.files:
         try:
-            plan = check(load_scenario(path, args.set)).plan
+            scenario = load_scenario(path, args.set)
+            check_simulation_devices(scenario)
+            plan = check(scenario).plan
         except ScenarioError as exc:
             print_error(exc, args.debug)
             bad += 1
@@ -224,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     key.add_argument("path", help="private key file; the public key goes to PATH.pub")
     key.set_defaults(func=cmd_node_key)
 
-    val = sub.add_parser("validate", help="check scenario files (and their data) without running them")
+    val = sub.add_parser("validate", help="check scenario files (their data, checkpoint, plan and this machine's devices) "
+                                          "as fedrecon run does, without running them")
     val.add_argument("files", nargs="+")
     add_set(val)
     val.set_defaults(func=cmd_validate)
@@ -259,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--seed", type=int, default=0)
     pre.add_argument("--device", default="auto", help="auto, cpu or cuda")
     pre.set_defaults(func=cmd_pretrain)
+    add_model_commands(sub)  # export, predict
     return parser
 
 

@@ -173,3 +173,18 @@ def test_a_thousand_client_plan_prints_as_a_summary_and_the_grid_on_request(caps
     assert main(["plan", "scenarios/omniglot-quickstart.yaml", *thousand, "--clients"]) == 0
     grid = capsys.readouterr().out.splitlines()
     assert grid[1].split()[-3:] == ["c999", "new", "seen"]
+
+
+def test_revisits_without_a_round_name_their_classes_and_the_rounds_that_mend_it():
+    # Prepare: every class arrives in the plan's last round but half of them are to come back
+    raw = {"name": "x", "clients": {"count": 3}, "tasks": {"num_classes": 12, "classes_per_task": 2, "train_shots": 5,
+           "test_shots": 5, "revisits": {"fraction": 0.5, "shots": 2}}}
+    names = [f"char{c}" for c in range(N_CLASSES)]
+    # Execute
+    plan = make_plan(parse_scenario(yaml.safe_dump(raw)), CLASS_INDICES, GROUPS, None, names)
+    # Assert: the classes named, and the rounds value that gives each a revisit
+    assert plan.warnings == ("revisits: 3 of 6 chosen classes have no later round with a target client present: "
+                             "10 'char10', 22 'char22', 34 'char34'; rounds: 3 (now 2) leaves each of them a round to "
+                             "come back in",)
+    mended = make_plan(parse_scenario(yaml.safe_dump({**raw, "rounds": 3})), CLASS_INDICES, GROUPS, None, names)
+    assert mended.warnings == () and sum(len(a.revisits) for a in mended.arrivals) == 6

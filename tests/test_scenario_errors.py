@@ -67,3 +67,55 @@ def test_a_plugin_policy_is_refused_by_the_lines_a_builtin_is(tmp_path, monkeypa
     assert err.value.problems == [f"{path}:5:11: privacy.secure_aggregation: merge.prototypes averaging:Mean does not "
                                   "say it needs only a round's sum (sums_only = True): the server would learn only the "
                                   "round's sum; use exact"]
+
+
+SMALL = "name: t\nclients: {count: 3}\ntasks: {num_classes: 12, classes_per_task: 2, train_shots: 4, test_shots: 2}\n"
+
+
+def test_a_wrong_root_and_a_wrong_checkpoint_are_one_report(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(SMALL + "data: {root: ..}\nmodel: {checkpoint: ../checkpoints/conv4.pt}\n")
+    assert errors_of(path) == [
+        f"{path}:4:8: data.root: no Omniglot evaluation set under {tmp_path.parent}: expected "
+        f"{tmp_path.parent}/omniglot/images_evaluation.npz (and alphabets.csv), or the official PNG layout "
+        "<Alphabet>/characterNN/*.png",
+        f"{path}:5:9: model.checkpoint: no checkpoint file {tmp_path.parent}/checkpoints/conv4.pt (no folder "
+        f"{tmp_path.parent}/checkpoints); a relative path is taken from the scenario file's folder; train one with: "
+        f"fedrecon pretrain --out {tmp_path.parent}/checkpoints/conv4.pt"]
+
+
+def test_a_data_root_left_out_is_fedrecon_data_else_from_the_working_folder(tmp_path, monkeypatch):
+    # Prepare: a scenario outside the repository, without data.root
+    from tests.conftest import DATA_ROOT
+
+    path = tmp_path / "elsewhere" / "s.yaml"
+    path.parent.mkdir()
+    path.write_text(SMALL)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FEDRECON_DATA", raising=False)
+    # Execute, Assert: ../shared/data from the working folder, named with the rule
+    assert errors_of(path) == [
+        f"{path}:1:1: data.root: no Omniglot evaluation set under {tmp_path.parent}/shared/data: expected "
+        f"{tmp_path.parent}/shared/data/omniglot/images_evaluation.npz (and alphabets.csv), or the official PNG layout "
+        f"<Alphabet>/characterNN/*.png; no folder {tmp_path.parent}/shared/data (no folder {tmp_path.parent}/shared) "
+        "(data.root left out is $FEDRECON_DATA, else ../shared/data from the working folder)"]
+    monkeypatch.setenv("FEDRECON_DATA", str(DATA_ROOT))
+    assert errors_of(path) == []
+    assert load_scenario(path).data.root == str(DATA_ROOT.resolve())
+
+
+def test_validate_refuses_the_devices_a_run_refuses(monkeypatch, capsys):
+    # Prepare: a machine without CUDA
+    import torch
+
+    from server.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    demo = str(Path(__file__).parents[1] / "scenarios" / "omniglot-quickstart.yaml")
+    # Execute, Assert
+    assert main(["validate", demo, "--set", "model.device=cuda"]) == 1
+    assert capsys.readouterr().err == ("--set model.device=cuda: model.device: 'cuda', but torch sees no CUDA GPU on this "
+                                       "machine: use auto or cpu\n")
+    assert main(["validate", demo, "--set", "simulation.num_gpus=0.5"]) == 1
+    assert capsys.readouterr().err.startswith("--set simulation.num_gpus=0.5: simulation.num_gpus: 0.5 GPUs per client, "
+                                              "but torch sees no CUDA GPU")

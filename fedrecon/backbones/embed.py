@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from fedrecon.backbones.registry import backbone_entry
+from fedrecon.paths import missing_checkpoint
 from fedrecon.plugins import PluginError, load_object
 
 
@@ -33,7 +34,7 @@ def read_checkpoint(checkpoint: str | Path) -> dict:
     """The state dict a checkpoint file holds (a bare one, or under ``state_dict``)."""
     path = Path(checkpoint)
     if not path.is_file():
-        raise FileNotFoundError(f"backbone checkpoint not found: {path} (create it with `fedrecon pretrain`)")
+        raise FileNotFoundError(missing_checkpoint(path))
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several kinds for a file that is no checkpoint

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from fedrecon.data.dataset import ClassDataset, DataError, frozen
+from fedrecon.paths import layout_missing
 
 OMNIGLOT_SETS = ("background", "evaluation")
 
@@ -82,14 +83,17 @@ def load_omniglot(root: str | Path, subset: str = "evaluation", image_size: int 
     the samples are needed, or read from ``cache`` (a :class:`fedrecon.data.cache.DiskCache`)
     when an earlier process prepared them.
     """
-    root = Path(root)
+    given = root = Path(root)
     if (root / "omniglot").is_dir():
         root = root / "omniglot"
     if subset not in OMNIGLOT_SETS:
         raise DataError(f"Omniglot subset must be one of {OMNIGLOT_SETS}, got {subset!r}")
     path = root / f"images_{subset}.npz"
     if not path.is_file():
-        raise DataError(f"Omniglot file not found: {path} (set data.root to the folder holding omniglot/)")
+        # named from the root the user gave, in the shared data folder's layout (the PNG
+        # layout is the other one a root may hold)
+        raise DataError(layout_missing(given, f"Omniglot {subset} set", f"omniglot/images_{subset}.npz (and alphabets.csv), "
+                                       "or the official PNG layout <Alphabet>/characterNN/*.png"))
     return _load_cached(str(path), subset, image_size, cache)
 
 

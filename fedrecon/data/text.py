@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from fedrecon.data.dataset import ClassDataset, DataError, frozen
+from fedrecon.paths import layout_missing
 
 
 def text_dataset(train: list[tuple[str, str]], test: list[tuple[str, str]], classes: list[str],
@@ -51,6 +52,8 @@ def _read_json(path: Path):
 @lru_cache(maxsize=2)
 def _clinc150(root: str) -> ClassDataset:
     folder = Path(root) / "clinc150" if (Path(root) / "clinc150").is_dir() else Path(root)
+    if not (folder / "data_full.json").is_file():
+        raise DataError(layout_missing(root, "CLINC150", "clinc150/data_full.json and clinc150/domains.json"))
     data = _read_json(_require(folder / "data_full.json", "CLINC150 data_full.json"))
     domains = _read_json(_require(folder / "domains.json", "CLINC150 domains.json"))
     try:
@@ -80,6 +83,8 @@ def _hwu_split(folder: Path, split: str) -> list[tuple[str, str]]:
 @lru_cache(maxsize=2)
 def _hwu64(root: str) -> ClassDataset:
     folder = Path(root) / "hwu64" if (Path(root) / "hwu64").is_dir() else Path(root)
+    if not (folder / "train").is_dir():
+        raise DataError(layout_missing(root, "HWU64", "hwu64/train/seq.in, hwu64/train/label and the same in hwu64/test/"))
     train, test = _hwu_split(folder, "train"), _hwu_split(folder, "test")
     classes = sorted({lab for _, lab in train + test})
     # The scenario (domain) of an intent is the part of its name before the first "_".

@@ -37,13 +37,16 @@ def _dataset_checks(s: Scenario, data: Samples, source: SourceMap) -> list[str]:
     elif t.train_shots + t.test_shots > smallest:
         problems.append(source.error(
             ("tasks", "train_shots"),
-            f"train_shots + test_shots = {t.train_shots + t.test_shots}, but some classes have only {smallest} samples",
+            f"train_shots + test_shots = {t.train_shots + t.test_shots}, but "
+            f"{_fewer(data, data.class_indices, t.train_shots + t.test_shots, ' samples')}; "
+            f"allowed: at most {smallest - t.test_shots} with test_shots {t.test_shots}",
         ))
     elif t.revisits is not None and t.train_shots + t.test_shots + t.revisits.shots > smallest:
         problems.append(source.error(
             ("tasks", "revisits", "shots"),
             f"train_shots + test_shots + revisits.shots = {t.train_shots + t.test_shots + t.revisits.shots}, "
-            f"but some classes have only {smallest} samples (a revisit brings unused samples)",
+            f"but {_fewer(data, data.class_indices, t.train_shots + t.test_shots + t.revisits.shots, ' samples')} "
+            f"(a revisit brings unused samples); allowed: at most {smallest - t.train_shots - t.test_shots}",
         ))
 
     def check_ids(loc: tuple, ids: list[int]) -> None:
@@ -77,21 +80,36 @@ def _dataset_checks(s: Scenario, data: Samples, source: SourceMap) -> list[str]:
     return problems
 
 
+def _fewer(data: Samples, indices: list[np.ndarray], needed: int, where: str = "") -> str:
+    """"N classes have fewer <where>: <the classes, with their counts>" for an error line
+    ("every class has N" when all are short by the same count: a list would be noise)."""
+    counts = [len(i) for i in indices]
+    short = sorted((c for c, n in enumerate(counts) if n < needed), key=lambda c: (counts[c], c))
+    if len(short) == len(counts) and len(set(counts)) == 1:
+        return f"every class has {counts[0]}{where}"
+    return f"{len(short)} {'class has' if len(short) == 1 else 'classes have'} fewer{where}: {data.named(short, counts)}"
+
+
 def _split_checks(s: Scenario, data: Samples, source: SourceMap, smallest: int) -> list[str]:
-    """Shot counts against a dataset with an official test split."""
+    """Shot counts against a dataset with an official test split: the classes short of
+    samples are named, with the most that every class has."""
     t, problems = s.tasks, []
     fewest_test = min((len(i) for i in data.test_indices), default=0)
-    if t.train_shots is not None and t.train_shots + (t.revisits.shots if t.revisits else 0) > smallest:
+    wanted = t.train_shots + (t.revisits.shots if t.revisits else 0) if t.train_shots is not None else 0
+    if wanted > smallest:
         loc = ("tasks", "revisits", "shots") if t.revisits and t.train_shots <= smallest else ("tasks", "train_shots")
-        problems.append(source.error(loc, f"some classes have only {smallest} training samples in the official train split"))
+        problems.append(source.error(loc, f"{wanted} training samples per class, but "
+                                          f"{_fewer(data, data.class_indices, wanted, ' in the official train split')}; "
+                                          f"allowed: at most {smallest} in all"))
     if t.test_shots is not None and t.test_shots > fewest_test:
-        problems.append(source.error(("tasks", "test_shots"), f"{t.test_shots} test samples per class, but some classes have only "
-                                     f"{fewest_test} in the official test split (null: all of them)"))
+        problems.append(source.error(("tasks", "test_shots"), f"{t.test_shots} test samples per class, but "
+                                     f"{_fewer(data, data.test_indices, t.test_shots, ' in the official test split')}; "
+                                     f"allowed: at most {fewest_test}, or null (every test sample of each class)"))
     return problems
 
 
 def make_plan(scenario: Scenario, class_indices: list[np.ndarray], groups: Sequence[str] | None = None,
-              test_indices: list[np.ndarray] | None = None) -> Plan:
+              test_indices: list[np.ndarray] | None = None, names: Sequence[str] | None = None) -> Plan:
     """Deal classes to clients, tasks to rounds and samples to train and test, all from
     ``scenario.seed``; raise :class:`ScenarioError` with every problem the data reveals.
 
@@ -100,10 +118,11 @@ def make_plan(scenario: Scenario, class_indices: list[np.ndarray], groups: Seque
     samples; training samples are taken after them, each at most once. A dataset with
     an official test split passes ``test_indices[c]``, its test samples of class ``c``:
     then test samples are drawn from those only (all of them when ``test_shots`` is
-    null) and ``class_indices`` are the training candidates.
+    null) and ``class_indices`` are the training candidates. ``names[c]`` (optional)
+    names class ``c`` in error lines and warnings.
     """
     s, source = scenario, source_of(scenario)
-    data = Samples(s, class_indices, groups, test_indices)
+    data = Samples(s, class_indices, groups, test_indices, names)
     problems = _dataset_checks(s, data, source)
     if problems:
         raise ScenarioError(problems)
@@ -136,7 +155,7 @@ def make_plan(scenario: Scenario, class_indices: list[np.ndarray], groups: Seque
     rounds = s.rounds if s.rounds is not None else max(r for r, _ in placed)
 
     if s.tasks.revisits is not None:
-        warnings += _place_revisits(s, placed, presence, rounds)
+        warnings += _place_revisits(s, placed, presence, rounds, data)
 
     arrivals, test = _sample(s, data, placed, source)
     if s.tasks.arrival.kind == "explicit":
@@ -154,8 +173,10 @@ def make_plan(scenario: Scenario, class_indices: list[np.ndarray], groups: Seque
     return plan if s.clients.edge is None else only_edge(plan, s.clients.edge, s.clients.edges)
 
 
-def _place_revisits(s: Scenario, placed: dict[tuple[int, int], list[Item]], presence: Presence, rounds: int) -> list[str]:
-    """Give a seeded fraction of the arrived classes a second arrival with new samples."""
+def _place_revisits(s: Scenario, placed: dict[tuple[int, int], list[Item]], presence: Presence, rounds: int,
+                    data: Samples) -> list[str]:
+    """Give a seeded fraction of the arrived classes a second arrival with new samples;
+    a warning names the classes that get none, and the rounds that would give them one."""
     rv, n = s.tasks.revisits, s.clients.count
     rng = np.random.default_rng([s.seed, REVISITS])
     # A revisit comes after the class's last regular arrival anywhere, so it is never
@@ -169,7 +190,7 @@ def _place_revisits(s: Scenario, placed: dict[tuple[int, int], list[Item]], pres
     classes = sorted(last)
     k = max(1, round(rv.fraction * len(classes)))
     chosen = sorted(int(c) for c in rng.choice(classes, size=k, replace=False))
-    skipped = 0
+    skipped: dict[int, list[int]] = {}  # a class that gets no revisit: its targets
     for c in chosen:
         targets = {
             "same": sorted(holders[c]),
@@ -178,17 +199,25 @@ def _place_revisits(s: Scenario, placed: dict[tuple[int, int], list[Item]], pres
         }[rv.to]
         start = last[c] + rv.after
         if not targets or start > rounds:
-            skipped += 1
+            skipped[c] = targets
             continue
         target = int(rng.choice(targets))
         r = presence.next(target, int(rng.integers(start, rounds + 1)), rounds)
         if r is None:
-            skipped += 1
+            skipped[c] = [target]
             continue
         placed.setdefault((r, target), []).append(Item(c, rv.shots, ("tasks", "revisits", "shots"), revisit=True))
-    if skipped:
-        return [f"revisits: {skipped} of {len(chosen)} chosen classes have no later round with a target client present"]
-    return []
+    if not skipped:
+        return []
+    line = (f"revisits: {len(skipped)} of {len(chosen)} chosen classes have no later round with a target client present: "
+            f"{data.named(sorted(skipped))}")
+    # the first round from which a target of each is there; more rounds change the drawn
+    # revisit rounds, so this is the least that leaves each class one, not a promise
+    firsts = [min((x for x in (presence.next(t, last[c] + rv.after, None) for t in targets) if x is not None), default=None)
+              for c, targets in skipped.items()]
+    if not all(firsts):
+        return [f"{line}; no client they may go to ({rv.to}) is there after them: try revisits.to: any"]
+    return [f"{line}; rounds: {max(firsts)} (now {rounds}) leaves each of them a round to come back in"]
 
 
 def _sample(s: Scenario, data: Samples, placed: dict[tuple[int, int], list[Item]], source: SourceMap) -> tuple[list[Arrival], dict]:

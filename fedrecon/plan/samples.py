@@ -42,8 +42,9 @@ class Samples:
     """
 
     def __init__(self, scenario: Scenario, class_indices: list[np.ndarray], groups: Sequence[str] | None,
-                 test_indices: list[np.ndarray] | None = None):
+                 test_indices: list[np.ndarray] | None = None, names: Sequence[str] | None = None):
         self.scenario = scenario
+        self.names = tuple(names) if names is not None else None
         self.class_indices = class_indices
         self.test_indices = test_indices
         # Training samples start after the test samples, unless those are a split of their own.
@@ -54,6 +55,15 @@ class Samples:
         self.order = rng.permutation(len(class_indices))[:drawn]
         self.shuffled = {int(c): rng.permutation(class_indices[c]) for c in self.order}
         self.cursor: dict[int, int] = {}
+
+    def named(self, classes: Sequence[int], counts: Sequence[int] | None = None, shown: int = 5) -> str:
+        """Classes as an error line names them: id, name if known, and a count of each."""
+        def one(c: int) -> str:
+            name = f" {self.names[c]!r}" if self.names is not None else ""
+            return f"{c}{name}" + (f" ({counts[c]})" if counts is not None else "")
+
+        more = f" and {len(classes) - shown} more" if len(classes) > shown else ""
+        return ", ".join(one(int(c)) for c in classes[:shown]) + more
 
     def split_rng(self) -> np.random.Generator:
         return np.random.default_rng([self.scenario.seed, SPLIT])

@@ -36,6 +36,10 @@ class SourceMap:
         self.labels = labels or {}
 
     def _found(self, loc: tuple) -> tuple:
+        # a --set of a key in a section the file lacks labels the key, not its section
+        labelled = [loc[:k] for k in range(len(loc), 0, -1) if loc[:k] in self.labels]
+        if labelled:
+            return labelled[0]
         found: tuple = ()
         for part in loc:
             if found + (part,) in self.positions or found + (part,) in self.labels:

@@ -15,6 +15,7 @@ from fedrecon.scenario.base import kind_shorthand
 from fedrecon.scenario.checks import cross_checks
 from fedrecon.scenario.errors import ScenarioError, SourceMap, source_of
 from fedrecon.scenario.scenario import Scenario
+from fedrecon.scenario.sections import default_data_root
 from fedrecon.scenario.tasks import ArrivalProcess, Split
 from fedrecon.scenario.yaml_guard import YamlRefused, compose, read_text
 
@@ -24,7 +25,6 @@ MOVED = {("simulation", "timeout"): "faults.reply_timeout"}
 # Keys whose relative paths are taken from the scenario file's folder.
 PATH_KEYS = {"data": ("root", "path", "test_path"), "model": ("checkpoint", "embedding_cache"),
              "tracking": ("mlflow", "tensorboard")}
-
 
 def _positions(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict:
     out = {} if out is None else out
@@ -144,7 +144,7 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> tuple[
     problems, labels = [], {}
     for text in overrides:
         if text.startswith(UNSET):
-            problems += _unset(raw, text[len(UNSET):])
+            problems += _unset(raw, text[len(UNSET):], labels)
             continue
         key, sep, value_text = text.partition("=")
         parts = tuple(int(p) if p.isdigit() else p for p in key.strip().split("."))
@@ -180,7 +180,7 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> tuple[
     return raw, labels
 
 
-def _unset(raw: dict, key: str) -> list[str]:
+def _unset(raw: dict, key: str, labels: dict[tuple, str]) -> list[str]:
     """Remove a key the file sets (``--unset key.path``): the problems, if any."""
     parts = tuple(int(p) if p.isdigit() else p for p in key.strip().split("."))
     label = f"--unset {key}"
@@ -192,6 +192,7 @@ def _unset(raw: dict, key: str) -> list[str]:
     if not isinstance(node, dict) or parts[-1] not in node:
         return [f"{label}: the scenario does not set {key}; nothing to remove"]
     del node[parts[-1]]
+    labels[parts] = label  # a problem with the key's default is the --unset's, not the file line's
     return []
 
 
@@ -265,6 +266,8 @@ def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     update = {section: getattr(scenario, section).model_copy(update={k: resolve_path(base, getattr(getattr(scenario, section), k))
                                                                    for k in keys})
               for section, keys in PATH_KEYS.items()}
+    if "root" not in scenario.data.model_fields_set:
+        update["data"] = update["data"].model_copy(update={"root": default_data_root()})
     loaded = scenario.model_copy(update=update)
     loaded._source = source_of(scenario)
     return loaded

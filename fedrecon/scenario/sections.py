@@ -3,6 +3,8 @@ the fine-tuning baseline, evaluation, simulation and faults."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -21,7 +23,8 @@ class DataConfig(Strict):
 
     dataset: str = Field("omniglot", description=f"{', '.join(DATASETS)} (text: a CSV/TSV/JSONL file; image_folder: "
                                                  "<class>/<image>), or a plug-in loader package.module:attribute (docs/extending.md)")
-    root: str = Field("../shared/data", description="data folder; a relative path is taken from the scenario file's folder")
+    root: str = Field("../shared/data", description="data folder; a relative path is taken from the scenario file's folder; "
+                                                    "left out: $FEDRECON_DATA, else ../shared/data from the working folder")
     subset: Literal["background", "evaluation"] = Field("evaluation", description="Omniglot set the classes come from")
     image_size: int = Field(28, ge=8, le=512, description="images are resized to this many pixels a side (Omniglot: at most 105)")
     path: str | None = Field(None, description="text: the training file; image_folder: the training folder (relative to the scenario file)")
@@ -34,6 +37,18 @@ class DataConfig(Strict):
     @classmethod
     def _known_dataset(cls, value: str) -> str:
         return builtin_or_plugin(value, list(DATASETS), "dataset")
+
+
+# data.root left out of a scenario: this variable, else the default from the working folder.
+# Not from the scenario file's folder, as a root the file writes is: a default taken from
+# wherever the file is would be right for files in one folder only.
+DATA_ENV = "FEDRECON_DATA"
+DATA_ROOT_RULE = f"data.root left out is ${DATA_ENV}, else ../shared/data from the working folder"
+
+
+def default_data_root() -> str:
+    """Where the data is when a scenario does not say (:data:`DATA_ROOT_RULE`), absolute."""
+    return str(Path(os.environ.get(DATA_ENV) or DataConfig.model_fields["root"].default).expanduser().resolve())
 
 
 class ModelConfig(Strict):
