@@ -12,6 +12,7 @@ from pathlib import Path
 from fedrecon.scenario import ScenarioError, key_table, load_scenario, schema_text
 from fedrecon.scenario.loading import UNSET
 from server.cli_deploy import cmd_certs, cmd_deploy_local, cmd_node_key
+from server.cli_model import add_model_commands
 from server.polling import POLL_INTERVAL
 
 # Flower's environment for every process fedrecon starts (simulation, local deployments,
@@ -264,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--seed", type=int, default=0)
     pre.add_argument("--device", default="auto", help="auto, cpu or cuda")
     pre.set_defaults(func=cmd_pretrain)
+    add_model_commands(sub)  # export, predict
     return parser
 
 

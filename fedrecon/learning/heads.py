@@ -34,6 +34,17 @@ class Head(Protocol):
 
     def scores(self, features: np.ndarray) -> np.ndarray: ...
 
+    def parameters(self) -> tuple[dict[str, np.ndarray], dict]: ...
+
+
+def _restored(cls: type, arrays: dict[str, np.ndarray], settings: dict):
+    """A head of ``cls`` holding ``arrays`` and ``settings`` as its attributes, built
+    without statistics: an exported head (:mod:`fedrecon.model`) scores with the very
+    method the server scores with, so its predictions equal the run's."""
+    head = object.__new__(cls)
+    head.__dict__.update({k: np.asarray(v) for k, v in arrays.items()}, **settings)
+    return head
+
 
 def _predict(head: Head, features: np.ndarray) -> np.ndarray:
     return head.ids[head.scores(np.asarray(features, dtype=np.float64)).argmax(1)]
@@ -73,6 +84,14 @@ class NearestMean:
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Class ids of the nearest prototypes."""
         return _predict(self, features)
+
+    def parameters(self) -> tuple[dict[str, np.ndarray], dict]:
+        """What :meth:`scores` reads: arrays (prototypes as scored) and settings."""
+        return {"ids": self.ids, "prototypes": self.prototypes}, {"metric": self.metric}
+
+    @classmethod
+    def restore(cls, arrays: dict[str, np.ndarray], settings: dict) -> "NearestMean":
+        return _restored(cls, arrays, {"metric": settings["metric"]})
 
 
 def _missing(stats: ClassStats, name: str, head: str) -> None:
@@ -135,6 +154,14 @@ class SharedCovarianceLDA:
     def predict(self, features: np.ndarray) -> np.ndarray:
         return _predict(self, features)
 
+    def parameters(self) -> tuple[dict[str, np.ndarray], dict]:
+        """What :meth:`scores` reads (the covariance is kept for the unknown-input score)."""
+        return {"ids": self.ids, "weights": self.weights, "bias": self.bias, "covariance": self.covariance}, {}
+
+    @classmethod
+    def restore(cls, arrays: dict[str, np.ndarray], settings: dict) -> "SharedCovarianceLDA":
+        return _restored(cls, arrays, {})
+
 
 class RandomFeatureRidge:
     """RanPAC-style ridge regression on seeded random ReLU features (McDonnell et al., 2023)."""
@@ -164,6 +191,15 @@ class RandomFeatureRidge:
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         return _predict(self, features)
+
+    def parameters(self) -> tuple[dict[str, np.ndarray], dict]:
+        """What :meth:`scores` reads: the ridge weights, and the projection's seed and size
+        (the projection itself is drawn again from them, as every client draws it)."""
+        return {"ids": self.ids, "weights": self.weights}, {"seed": int(self.seed), "size": int(self.size)}
+
+    @classmethod
+    def restore(cls, arrays: dict[str, np.ndarray], settings: dict) -> "RandomFeatureRidge":
+        return _restored(cls, arrays, {"seed": int(settings["seed"]), "size": int(settings["size"])})
 
 
 # keyed by ``merge.head`` (the schema's HEADS names them; a test keeps the two equal)

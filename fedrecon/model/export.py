@@ -1,0 +1,99 @@
+"""Writing a model folder from what a run learned: the merged statistics' head, the
+backbone (adapter folded in), the class names and the preprocessing.
+
+The head is built by :func:`fedrecon.learning.heads.build_head` from the statistics the
+server scored (released ones under differential privacy, as the scoring builds it), and
+written as the parameters its ``scores`` reads; nothing is refitted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from fedrecon.dp import released
+from fedrecon.learning.heads import build_head
+from fedrecon.learning.stats import ClassStats
+from fedrecon.model.encoder import backbone_files
+from fedrecon.model.folder import MANIFEST, ModelError, seal, write_arrays
+from fedrecon.model.inputs import preprocessing_of
+from fedrecon.model.model import HEAD_FILE
+
+
+def refusal(scenario) -> str | None:
+    """Why a run of ``scenario`` has no single classifier to export (None: it has one)."""
+    if scenario.merge.method == "fedavg_finetune":
+        return "a fedavg_finetune run's model is a fine-tuned network, not a head on merged statistics: not exported yet"
+    if scenario.merge.prototypes == "local":
+        return "merge.prototypes local: every client keeps its own head, there is no federated model"
+    return None
+
+
+def _readable(folder: Path) -> None:
+    """Files as the user's umask makes new files (safetensors writes its own 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~mask)
+
+
+def write_model(out: str | Path, *, scenario, dataset, stats: ClassStats, model, adapted, entry, dim: int,
+                run: dict, scenario_text: str) -> dict:
+    """Write the model folder ``out`` and return its manifest.
+
+    Parameters
+    ----------
+    out : str or Path
+        The model folder: a new folder, or one an earlier export wrote (replaced whole).
+    scenario : Scenario
+        The scenario as run (head, seed, data section, backbone).
+    dataset : ClassDataset
+        The run's dataset: its class names and groups.
+    stats : ClassStats
+        The merged statistics of the exported round.
+    model, adapted, entry, dim :
+        The run's backbone (:class:`server.prepare.Prepared`'s fields), the server's
+        adapted copy holding the merged adapter (or None), its entry and feature size.
+    run : dict
+        Provenance for the manifest: ``run`` (folder), ``round``, ``rounds``, ``accuracy``.
+    scenario_text : str
+        The scenario as run (JSON), kept beside the model for reference.
+    """
+    why = refusal(scenario)
+    if why:
+        raise ModelError(why)
+    if len(stats) == 0:
+        raise ModelError(f"round {run.get('round')}: the federation has learned no class yet; nothing to export")
+    if scenario.privacy.dp is not None:
+        stats = released(stats)  # as the server's scoring builds its head from noisy statistics
+    head = build_head(stats, scenario.merge, scenario.seed)
+    arrays, settings = head.parameters()
+    installed = entry.weights == "installed" and scenario.model.checkpoint is None
+    backbone, weight_files = backbone_files(scenario.model.backbone, entry, model, adapted, installed, dim)
+    classes = [{"id": int(c), "name": dataset.class_names[int(c)], "group": dataset.groups[int(c)]} for c in head.ids]
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
+        raise ModelError(f"{out}: exists and is not a model folder; give a new folder or an earlier export's")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"  # renamed to out once whole
+    tmp.mkdir()
+    try:
+        write_arrays(tmp / HEAD_FILE, arrays)
+        for name, weights in weight_files.items():
+            write_arrays(tmp / name, weights)
+        (tmp / "scenario.json").write_text(scenario_text.rstrip("\n") + "\n")
+        _readable(tmp)
+        manifest = seal(tmp, {
+            "scenario": scenario.name, **run, "classes": classes,
+            "head": {"kind": scenario.merge.head, **settings},
+            "backbone": backbone,
+            "preprocessing": preprocessing_of(scenario.data, entry.modality),
+        })
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest

@@ -1,0 +1,83 @@
+"""``fedrecon export`` and ``fedrecon predict``: the federated model out of its run, and used.
+
+Registered in :func:`server.cli.build_parser` by :func:`add_model_commands`. Every
+problem (a run folder without a checkpoint, a model folder altered, an input that is no
+image) is one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from fedrecon.model.folder import ModelError
+
+
+def cmd_export(args) -> int:
+    from server.model_export import export_run
+
+    try:
+        manifest = export_run(args.run_dir, args.out, args.round)
+    except ModelError as exc:
+        print(f"fedrecon export: {exc}", file=sys.stderr)
+        return 2
+    accuracy = manifest["accuracy"]
+    shown = "not scored" if accuracy is None else f"{accuracy:.4f}"
+    print(f"fedrecon export: {manifest['scenario']} round {manifest['round']}: {len(manifest['classes'])} classes, "
+          f"{manifest['head']['kind']} head on {manifest['backbone']['name']}, accuracy in the run {shown} -> {args.out}")
+    return 0
+
+
+def _inputs(args, modality: str) -> list[str]:
+    """The inputs in order: arguments, then the file's lines; standard input when neither."""
+    items = list(args.inputs)
+    if args.file:
+        try:
+            with open(args.file, encoding="utf-8") as f:
+                items += [line.rstrip("\n") for line in f if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ModelError(f"--file {args.file}: cannot be read as text ({exc})") from None
+    if not items and not args.file and not sys.stdin.isatty():
+        items = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not items:
+        what = "sentences" if modality == "text" else "image files or folders"
+        raise ModelError(f"no input: give {what} as arguments, --file FILE, or one a line on standard input")
+    return items
+
+
+def _line(p: dict) -> str:
+    others = ", ".join(f"{t['label']} {t['score']:.4g}" for t in p["top"][1:])
+    return f"{p['input']}\t{p['label']}\t{p['score']:.4g}" + (f"\t({others})" if others else "")
+
+
+def cmd_predict(args) -> int:
+    from fedrecon.model import load_model
+
+    try:
+        model = load_model(args.model_dir, args.device)
+        predictions = model.predict(_inputs(args, model.modality), top=args.top)
+    except ModelError as exc:
+        print(f"fedrecon predict: {exc}", file=sys.stderr)
+        return 2
+    for p in predictions:
+        print(json.dumps({k: p[k] for k in ("input", "label", "score", "top")}) if args.json else _line(p))
+    return 0
+
+
+def add_model_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``export`` and ``predict`` to the ``fedrecon`` command's subcommands."""
+    exp = sub.add_parser("export", help="write a run's classifier as a model folder that loads without the run")
+    exp.add_argument("run_dir", help="a run folder (fedrecon run --out)")
+    exp.add_argument("--out", required=True, help="the model folder to write (replaced if an earlier export)")
+    exp.add_argument("--round", type=int, help="the round to export; a run folder keeps only its last (the default)")
+    exp.set_defaults(func=cmd_export)
+
+    pre = sub.add_parser("predict", help="label sentences or images with an exported model")
+    pre.add_argument("model_dir", help="a model folder (fedrecon export --out)")
+    pre.add_argument("inputs", nargs="*", help="sentences (a text model) or image files and folders (an image model)")
+    pre.add_argument("--file", help="inputs one a line (sentences, or image paths)")
+    pre.add_argument("--top", type=int, default=3, help="how many of the best classes to list (default 3)")
+    pre.add_argument("--json", action="store_true", help="one JSON object a line, in input order: label, score, top")
+    pre.add_argument("--device", default="cpu", help="where the backbone runs: cpu or cuda")
+    pre.set_defaults(func=cmd_predict)

@@ -1,0 +1,60 @@
+"""``fedrecon export``'s reading of a run folder: its scenario, checkpoint and metrics.
+
+The run's backbone and data are prepared again from the folder's own scenario (the
+class names come from the dataset), the merged statistics and adapter are read from
+its checkpoint, as a resumed run reads them; :func:`fedrecon.model.export.write_model`
+writes the folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fedrecon.learning.adapter_task import AdapterServer
+from fedrecon.model.export import refusal, write_model
+from fedrecon.model.folder import ModelError
+from fedrecon.scenario import load_scenario
+from server.checkpoint import CHECKPOINT, load_run_state
+
+
+def round_row(run_dir: Path, done: int) -> dict:
+    """The metrics row of round ``done`` (empty when metrics.jsonl lacks it)."""
+    path = run_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return next((r for r in rows if r.get("round") == done), {})
+
+
+def export_run(run_dir: str | Path, out: str | Path, round: int | None = None) -> dict:
+    """Export the classifier of ``run_dir`` after its last checkpointed round (the only
+    one a run folder keeps) to the model folder ``out``; return the manifest."""
+    from server.prepare import prepare
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "scenario.json").is_file():
+        raise ModelError(f"{run_dir}: not a run folder (no scenario.json; fedrecon run writes one)")
+    if not (run_dir / CHECKPOINT).is_file():
+        raise ModelError(f"{run_dir}: no {CHECKPOINT}: the run finished no round")
+    done, stats, state = load_run_state(run_dir)
+    if round is not None and round != done:
+        raise ModelError(f"{run_dir}: round {round} is not kept; a run folder holds only its last checkpoint, "
+                         f"round {done}")
+    scenario_text = (run_dir / "scenario.json").read_text()
+    scenario = load_scenario(run_dir / "scenario.json")
+    why = refusal(scenario)
+    if why:  # before preparing the data and backbone
+        raise ModelError(why)
+    prep = prepare(scenario)
+    if prep.adapted is not None:
+        # the adapter the server scored with after the last merge (Scoring.score): a
+        # client's start from the merged state; its B is the merged one (or zero), so the
+        # update does not depend on the client or round asked for
+        adapters = AdapterServer(prep.adapted.shapes(), scenario)
+        if state.get("model_arrays"):
+            adapters.state = dict(state["model_arrays"])
+        prep.adapted.load(adapters.start_for(0, done + 1))
+    row = round_row(run_dir, done)
+    run = {"run": str(run_dir.resolve()), "round": done, "rounds": prep.plan.rounds,
+           "accuracy": row.get("accuracy"), "classes_seen": row.get("classes_seen")}
+    return write_model(out, scenario=scenario, dataset=prep.dataset, stats=stats, model=prep.model,
+                       adapted=prep.adapted, entry=prep.entry, dim=prep.dim, run=run, scenario_text=scenario_text)

@@ -1,0 +1,172 @@
+"""fedrecon export and predict: a run's classifier out of its folder labels the test samples
+exactly as the run's scoring did, for every head; a model folder altered or incomplete,
+and input the model cannot read, are refused in one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedrecon.learning.heads import HEADS, build_head
+from fedrecon.learning.stats import ClassStats
+from fedrecon.model import ModelError, load_model
+from fedrecon.scenario import load_scenario
+from server.cli import main
+from server.prepare import prepare
+from tests.conftest import DATA_ROOT, head_of, small_scenario
+from tests.test_run import run
+from tests.test_strategy import identity  # noqa: F401 (fixture: messages need a run id)
+
+HEAD_SETTINGS = {"ncm": {}, "lda": {}, "ridge": {"random_features": 300}}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One small run folder per head (3 clients, 12 classes, in process)."""
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    folders = {}
+    for head, settings in HEAD_SETTINGS.items():
+        root = tmp_path_factory.mktemp(head)
+        merge = {"prototypes": "exact", "head": head, **settings}
+        (root / "scenario.yaml").write_text(yaml.safe_dump(small_scenario(merge=merge), sort_keys=False))
+        run(root / "scenario.yaml", root / "run")
+        folders[head] = root / "run"
+    return folders
+
+
+@pytest.fixture(scope="module")
+def exported(runs, tmp_path_factory):
+    models = {}
+    for head, folder in runs.items():
+        models[head] = tmp_path_factory.mktemp(f"{head}-model") / "model"
+        assert main(["export", str(folder), "--out", str(models[head])]) == 0
+    return models
+
+
+def test_a_heads_exported_parameters_score_as_the_head_itself():
+    rng = np.random.default_rng(0)
+    labels, features = np.repeat(np.arange(5), 8), rng.normal(size=(40, 6))
+    for name in HEADS:
+        merge, seed = head_of(name, 3, random_features=50)
+        head = build_head(ClassStats.from_features(labels, features, HEADS[name].spec(merge, seed)), merge, seed)
+        arrays, settings = head.parameters()
+        twin = HEADS[name].restore(arrays, json.loads(json.dumps(settings)))
+        probe = rng.normal(size=(7, 6))
+        assert np.array_equal(twin.scores(probe), head.scores(probe)), name
+
+
+@pytest.mark.parametrize("head", list(HEAD_SETTINGS))
+def test_export_then_predict_gives_the_runs_final_accuracy(head, runs, exported):
+    # Prepare: the test samples of every class seen, as the run's dataset holds them
+    summary = json.loads((runs[head] / "summary.json").read_text())
+    prep = prepare(load_scenario(runs[head] / "scenario.json"))
+    index, labels = prep.plan.test_set(prep.plan.classes_seen(prep.plan.rounds))
+    # Execute
+    model = load_model(exported[head])
+    predicted = model.class_ids(prep.dataset.inputs[index])
+    # Assert: exactly the run's accuracy, and the manifest says so
+    assert (predicted == labels).mean() == summary["final_accuracy"]
+    assert model.manifest["accuracy"] == summary["final_accuracy"]
+    assert model.manifest["head"]["kind"] == head and len(model.names) == summary["classes_learned"]
+    assert model.names[0] == prep.dataset.class_names[int(model.head.ids[0])]
+
+
+def test_predict_reads_drawings_from_png_files_as_the_run_read_them(runs, exported, tmp_path, capsys):
+    from PIL import Image
+
+    # Prepare: the raw drawings of a few test samples, as PNG files in a folder
+    prep = prepare(load_scenario(runs["ncm"] / "scenario.json"))
+    index, _ = prep.plan.test_set(prep.plan.classes_seen(prep.plan.rounds))
+    index = index[::7]
+    with np.load(DATA_ROOT / "omniglot" / "images_evaluation.npz") as npz:
+        drawings = npz["images"]
+    for k, i in enumerate(index):
+        Image.fromarray(drawings[i // drawings.shape[1], i % drawings.shape[1]]).save(tmp_path / f"{k:03d}.png")
+    # Execute
+    assert main(["predict", str(exported["ncm"]), str(tmp_path), "--json", "--top", "2"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    # Assert: in input order, the labels the dataset's own samples get
+    model = load_model(exported["ncm"])
+    expected = [model.names[list(model.head.ids).index(c)] for c in model.class_ids(prep.dataset.inputs[index])]
+    assert [p["label"] for p in lines] == expected
+    assert [p["input"] for p in lines] == [str(tmp_path / f"{k:03d}.png") for k in range(len(index))]
+    assert all(len(p["top"]) == 2 and p["top"][0]["label"] == p["label"] for p in lines)
+
+
+def one_line_error(argv, capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("damage", ["altered", "missing", "extra", "manifest"])
+def test_a_model_folder_altered_or_incomplete_is_refused_in_one_line(damage, exported, tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(exported["lda"], model)
+    if damage == "altered":
+        blob = bytearray((model / "head.safetensors").read_bytes())
+        blob[-3] ^= 1
+        (model / "head.safetensors").write_bytes(bytes(blob))
+    elif damage == "missing":
+        (model / "backbone.safetensors").unlink()
+    elif damage == "extra":
+        (model / "notes.txt").write_text("hi")
+    else:
+        (model / "manifest.json").write_text((model / "manifest.json").read_text().replace("character", "kharacter", 1))
+    err = one_line_error(["predict", str(model), str(tmp_path)], capsys)
+    expected = {"altered": "head.safetensors: altered", "missing": "backbone.safetensors is missing",
+                "extra": "notes.txt is not in the manifest", "manifest": "manifest.json: altered"}[damage]
+    assert expected in err
+    with pytest.raises(ModelError):
+        load_model(model)
+
+
+def test_input_an_image_model_cannot_read_is_refused_in_one_line(exported, tmp_path, capsys):
+    (tmp_path / "fake.png").write_text("not an image")
+    assert "fake.png: not a readable image" in one_line_error(["predict", str(exported["ncm"]), str(tmp_path / "fake.png")],
+                                                              capsys)
+    err = one_line_error(["predict", str(exported["ncm"]), "what is my balance"], capsys)
+    assert "what is my balance: no such image file or folder (this model reads images)" in err
+
+
+def test_a_round_the_run_folder_does_not_keep_is_refused_in_one_line(runs, tmp_path, capsys):
+    err = one_line_error(["export", str(runs["ncm"]), "--out", str(tmp_path / "m"), "--round", "1"], capsys)
+    assert "round 1 is not kept" in err and "round 2" in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_the_merged_adapter_is_folded_in_giving_the_features_the_run_scored(tmp_path):
+    from server.checkpoint import load_run_state
+    from server.run import assemble
+    from server.scoring import Scoring
+    from tests.test_run import ADAPTERS
+
+    # Prepare: a run whose clients train adapters (merged exactly), scored beside the frozen features
+    adapters = {"schedule": "every_task", **ADAPTERS, "features": "both"}
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump(small_scenario(merge={"prototypes": "exact", "adapters": "stack"}, adapters=adapters)))
+    run(path, tmp_path / "run")
+    # Execute
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "model")]) == 0
+    model = load_model(tmp_path / "model")
+    # Assert: the server's scoring of the restored state, bit for bit
+    prep = prepare(load_scenario(tmp_path / "run" / "scenario.json"))
+    state, _ = assemble(prep)
+    done, stats, saved = load_run_state(tmp_path / "run")
+    state.restore(saved["server"], stats, saved.get("model_arrays"))
+    scoring = Scoring(prep, state)
+    accuracy, (seen, _, _) = scoring.score(done)
+    features, labels = scoring.evaluator.features(seen)
+    index, order = prep.plan.test_set(seen)
+    mine = model.encoder.features(prep.dataset.inputs[index])
+    assert np.array_equal(mine[np.argsort(order, kind="stable")], features[np.argsort(labels, kind="stable")])
+    assert not np.array_equal(mine[:, :64], mine[:, 64:])  # the adapter changed the features
+    assert (model.class_ids(prep.dataset.inputs[index]) == order).mean() == accuracy
+    assert model.manifest["backbone"]["adapter"]["features"] == "both"
