@@ -170,3 +170,48 @@ def test_the_merged_adapter_is_folded_in_giving_the_features_the_run_scored(tmp_
     assert not np.array_equal(mine[:, :64], mine[:, 64:])  # the adapter changed the features
     assert (model.class_ids(prep.dataset.inputs[index]) == order).mean() == accuracy
     assert model.manifest["backbone"]["adapter"]["features"] == "both"
+
+
+def test_predict_takes_inputs_from_a_file_or_standard_input_one_a_line(exported, tmp_path, capsys, monkeypatch):
+    import io
+
+    from PIL import Image
+
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    for k, path in enumerate(paths):
+        drawing = np.ones((40, 40), bool)
+        drawing[5:35, 10 + 10 * k:14 + 10 * k] = False  # a stroke of ink on white
+        Image.fromarray(drawing).save(path)
+    (tmp_path / "list.txt").write_text("".join(f"{p}\n" for p in paths) + "\n")
+    assert main(["predict", str(exported["ncm"]), "--file", str(tmp_path / "list.txt"), "--json"]) == 0
+    from_file = capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", io.StringIO("".join(f"{p}\n" for p in paths)))
+    assert main(["predict", str(exported["ncm"]), "--json"]) == 0
+    from_stdin = capsys.readouterr().out
+    assert from_file == from_stdin
+    assert [json.loads(line)["input"] for line in from_file.splitlines()] == [str(p) for p in paths]
+
+
+def test_a_text_model_carries_its_tokenizer_and_labels_sentences_as_the_run_did(tmp_path, capsys):
+    # Prepare: two clients learn a CLINC150 domain each on MiniLM; a cosine ncm head
+    scenario = {"name": "text", "seed": 0, "data": {"dataset": "clinc150", "root": str(DATA_ROOT)},
+                "model": {"backbone": "all-minilm-l6-v2", "device": "cpu"}, "clients": {"count": 2},
+                "tasks": {"train_shots": 5, "test_shots": 3, "split": {"kind": "group", "groups": 2}},
+                "merge": {"head": "ncm", "metric": "cosine"}}
+    (tmp_path / "scenario.yaml").write_text(yaml.safe_dump(scenario))
+    summary = run(tmp_path / "scenario.yaml", tmp_path / "run")
+    # Execute
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "model")]) == 0
+    capsys.readouterr()
+    model = load_model(tmp_path / "model")
+    prep = prepare(load_scenario(tmp_path / "run" / "scenario.json"))
+    index, labels = prep.plan.test_set(prep.plan.classes_seen(prep.plan.rounds))
+    sentences = [str(t) for t in prep.dataset.inputs[index[:4]]]
+    assert main(["predict", str(tmp_path / "model"), *sentences, "--json"]) == 0
+    # Assert: the run's accuracy; the CLI's labels are the dataset's; the folder's tokenizer is the one used
+    assert (model.class_ids(prep.dataset.inputs[index]) == labels).mean() == summary["final_accuracy"]
+    printed = [json.loads(line)["label"] for line in capsys.readouterr().out.splitlines()]
+    ids = list(model.head.ids)
+    assert printed == [model.names[ids.index(c)] for c in model.class_ids(prep.dataset.inputs[index[:4]])]
+    assert model.preprocessing == {"kind": "text", "tokenizer": "tokenizer.json"}
+    assert model.encoder.modules[0].tokenizer.to_str() == (tmp_path / "model" / "tokenizer.json").read_text()

@@ -19,6 +19,13 @@ from fedrecon.model.folder import ModelError, read_arrays
 
 BACKBONE_FILE = "backbone.safetensors"
 ADAPTER_FILE = "adapter.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def tokenizer_text(model) -> str | None:
+    """A text backbone's tokenizer as JSON (a ``tokenizers`` Tokenizer, as MiniLM's), or None."""
+    tokenizer = getattr(model, "tokenizer", None)
+    return tokenizer.to_str() if hasattr(tokenizer, "to_str") else None
 
 
 def backbone_files(name: str, entry, model, adapted, installed: bool, dim: int) -> tuple[dict, dict[str, dict]]:
@@ -57,7 +64,7 @@ def backbone_files(name: str, entry, model, adapted, installed: bool, dim: int) 
 class Encoder:
     """Features of raw model inputs, as the run's scoring computed them."""
 
-    def __init__(self, info: dict, folder: Path, device: str = "cpu"):
+    def __init__(self, info: dict, folder: Path, device: str = "cpu", tokenizer: str | None = None):
         import torch
 
         from fedrecon.backbones.embed import build_backbone, state_to_numpy
@@ -95,6 +102,12 @@ class Encoder:
                 raise ModelError(f"{folder / ADAPTER_FILE}: {bad[0]} does not fit backbone {name}")
             folded.load_state_dict({**own, **{k: torch.from_numpy(v) for k, v in layers.items()}})
             self.modules = [base, folded.eval()] if adapter["features"] == "both" else [folded.eval()]
+        if tokenizer:
+            from tokenizers import Tokenizer
+
+            # the folder's tokenizer, its truncation and padding included, rather than the package's
+            for module in self.modules:
+                module.tokenizer = Tokenizer.from_str((folder / tokenizer).read_text(encoding="utf-8"))
 
     def features(self, inputs: np.ndarray) -> np.ndarray:
         """``(N, dim)`` float64 features of prepared inputs (images ``(N, C, H, W)`` or strings)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from fedrecon.dp import released
 from fedrecon.learning.heads import build_head
 from fedrecon.learning.stats import ClassStats
-from fedrecon.model.encoder import backbone_files
+from fedrecon.model.encoder import TOKENIZER_FILE, backbone_files, tokenizer_text
 from fedrecon.model.folder import MANIFEST, ModelError, seal, write_arrays
 from fedrecon.model.inputs import preprocessing_of
 from fedrecon.model.model import HEAD_FILE
@@ -84,12 +84,17 @@ def write_model(out: str | Path, *, scenario, dataset, stats: ClassStats, model,
         for name, weights in weight_files.items():
             write_arrays(tmp / name, weights)
         (tmp / "scenario.json").write_text(scenario_text.rstrip("\n") + "\n")
+        preprocessing = preprocessing_of(scenario.data, entry.modality)
+        tokenizer = tokenizer_text(model)
+        if tokenizer is not None:
+            (tmp / TOKENIZER_FILE).write_text(tokenizer, encoding="utf-8")
+            preprocessing["tokenizer"] = TOKENIZER_FILE
         _readable(tmp)
         manifest = seal(tmp, {
             "scenario": scenario.name, **run, "classes": classes,
             "head": {"kind": scenario.merge.head, **settings},
             "backbone": backbone,
-            "preprocessing": preprocessing_of(scenario.data, entry.modality),
+            "preprocessing": preprocessing,
         })
         if out.exists():
             shutil.rmtree(out)

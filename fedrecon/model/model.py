@@ -53,7 +53,7 @@ class Model:
         self.head = HEADS[kind].restore(arrays, {k: v for k, v in head.items() if k != "kind"})
         if [c["id"] for c in classes] != self.head.ids.tolist():
             raise ModelError(f"{self.folder}: the head's classes differ from the manifest's")
-        self.encoder = Encoder(backbone, self.folder, device)
+        self.encoder = Encoder(backbone, self.folder, device, self.preprocessing.get("tokenizer"))
 
     @property
     def modality(self) -> str:
