@@ -13,15 +13,15 @@ reproduce it. Unless a section says otherwise, numbers come from a 2-core CPU ma
 """
 
 
-def write_section(name: str, text: str) -> Path:
-    """Replace (or append) the section ``name`` of docs/benchmarks.md with ``text``."""
+def write_section(name: str, text: str, path: Path = DOC) -> Path:
+    """Replace (or append) the section ``name`` of ``path`` (docs/benchmarks.md) with ``text``."""
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    doc = DOC.read_text() if DOC.is_file() else HEADER
+    doc = path.read_text() if path.is_file() else HEADER
     block = f"{start}\n{text.strip()}\n{end}"
     if start in doc and end in doc:
         doc = doc[: doc.index(start)] + block + doc[doc.index(end) + len(end) :]
     else:
         doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.parent.mkdir(exist_ok=True)
-    DOC.write_text(doc if doc.endswith("\n") else doc + "\n")
-    return DOC
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(doc if doc.endswith("\n") else doc + "\n")
+    return path

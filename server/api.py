@@ -15,10 +15,10 @@ def run_folder(scenario: str | Path, overrides: dict, out: str | Path | None) ->
     """Run ``scenario`` with ``overrides`` as ``fedrecon run`` does; return its run folder.
     Values go as JSON, which ``--set`` reads as YAML, so strings, numbers, lists and None keep their type."""
     from server.cli import build_parser
-    from server.run import default_out_dir
+    from server.folders import default_out_dir
 
     sets = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
-    folder = Path(out) if out is not None else default_out_dir(load_scenario(scenario, sets))
+    folder = Path(out) if out is not None else default_out_dir(load_scenario(scenario, sets).name)
     argv = ["run", str(scenario), "--out", str(folder)] + [a for s in sets for a in ("--set", s)]
     args = build_parser().parse_args(argv)
     if args.func(args) != 0:

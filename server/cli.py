@@ -56,7 +56,7 @@ def cmd_run(args) -> int:
     from clients.client_app import app as client_app
     from clients.setup import node_cache, weight_store
     from server.prepare import check_simulation_devices, prepare
-    from server.run import default_out_dir
+    from server.folders import default_out_dir
     from server.server_app import make_app, resume_scenario
 
     if args.resume:
@@ -76,7 +76,7 @@ def cmd_run(args) -> int:
         # the virtual clients run on this machine: they find the weights where a node keeps
         # those it was sent, and say so when asked, instead of a copy in each one's first message
         weight_store(node_cache({})).put(prep.digest, prep.weights)
-    out = Path(args.resume or args.out or default_out_dir(scenario))
+    out = Path(args.resume or args.out or default_out_dir(scenario.name))
     classes = len(prep.plan.test_samples)
     print(f"fedrecon: {scenario.name}: {prep.plan.clients} clients, {prep.plan.rounds} rounds, "
           f"{classes} classes -> {out}", flush=True)
@@ -165,9 +165,10 @@ def add_set(parser: argparse.ArgumentParser) -> None:
 
 def cmd_report(args) -> int:
     from server.compare import write_report
+    from server.folders import default_out_dir
 
     try:
-        write_report(args.runs, args.out)
+        write_report(args.runs, args.out or default_out_dir("report"))
     except FileNotFoundError as exc:
         print(f"fedrecon report: {exc}", file=sys.stderr)
         return 2
@@ -249,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="compare run folders: table, report.md and plots")
     rep.add_argument("runs", nargs="+", help="run folders (each with summary.json)")
-    rep.add_argument("--out", default="runs/report", help="folder for report.md and its plots")
+    rep.add_argument("--out", help="folder for report.md and its plots (default: runs/report-<time>)")
     rep.set_defaults(func=cmd_report)
 
     mrg = sub.add_parser("merge", help="add the statistics of edge runs (clients.edge) and score the sum")

@@ -17,11 +17,11 @@ def cmd_deploy_local(args) -> int:
     from fedrecon.scenario.loading import scenario_json
     from server.deploy import deploy_and_run
     from server.prepare import check
-    from server.run import default_out_dir
+    from server.folders import default_out_dir
 
     scenario = load_scenario(args.scenario, args.set)
     check(scenario)  # a bad scenario or data never starts the SuperLink
-    out = Path(args.out) if args.out else default_out_dir(scenario)
+    out = Path(args.out) if args.out else default_out_dir(scenario.name)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fedrecon-deploy-"))
     path = Path(args.scenario)
     if args.set:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from server.report import human_bytes, plot_accuracy, pyplot
+from server.differences import compared, label, show
+from server.plots import plot_accuracy, plot_bytes, pyplot
+from server.report import human_bytes
 
 
 @dataclass(frozen=True)
@@ -17,6 +19,8 @@ class Run:
     folder: Path
     summary: dict
     rows: list[dict]
+    settings: dict = field(default_factory=dict)  # its scenario's keys (server.differences)
+    label: str = ""  # its name and the settings that set it apart, for legends and titles
 
 
 def load_run(folder: str | Path) -> Run:
@@ -28,11 +32,20 @@ def load_run(folder: str | Path) -> Run:
     return Run(folder.name, folder, json.loads(summary_path.read_text()), rows)
 
 
+def load_runs(folders: list[str | Path]) -> tuple[list[Run], list[str], dict[str, str]]:
+    """The runs, each with its settings and label; the keys that differ between them, and
+    the headline settings they share."""
+    runs = [load_run(f) for f in folders]
+    settings, keys, same = compared([r.folder for r in runs], [r.summary for r in runs])
+    names = [r.name for r in runs]
+    # two folders of one name (runs/a/demo, runs/b/demo) are told apart by their paths
+    labelled = [replace(r, settings=s, label=label(r.name if names.count(r.name) == 1 else str(r.folder), s, keys))
+                for r, s in zip(runs, settings)]
+    return labelled, keys, same
+
+
+# The results of a run; before them, a column for each scenario key the runs differ in.
 COLUMNS = (
-    ("run", lambda r: r.name),
-    ("scenario", lambda r: r.summary.get("scenario", "-")),
-    ("merge", lambda r: r.summary.get("merge", "-")),
-    ("backbone", lambda r: r.summary.get("backbone", "-")),
     ("classes", lambda r: str(r.summary.get("classes_learned", "-"))),
     ("final acc", lambda r: _num(r.summary.get("final_accuracy"))),
     ("avg inc acc", lambda r: _num(r.summary.get("average_incremental_accuracy"))),
@@ -54,34 +67,21 @@ def _bytes(v) -> str:
     return "-" if v is None else human_bytes(v)
 
 
-def table(runs: list[Run], markdown: bool = False) -> str:
-    header = [name for name, _ in COLUMNS]
-    body = [[get(r) for _, get in COLUMNS] for r in runs]
+def table(runs: list[Run], keys: list[str] = (), same: dict[str, str] | None = None, markdown: bool = False) -> str:
+    """The runs' table: the run, a column per differing key, the results; above it, the
+    headline settings every run shares."""
+    header = ["run", *keys, *(name for name, _ in COLUMNS)]
+    body = [[r.name, *(show(r.settings[k]) if k in r.settings else "-" for k in keys), *(get(r) for _, get in COLUMNS)]
+            for r in runs]
+    shared = ", ".join(f"{k} {v}" for k, v in (same or {}).items())
+    above = [f"same in every run: {shared}", ""] if shared else []
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in body]
-        return "\n".join(lines)
+        return "\n".join(above + lines)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*row) for row in body])
-
-
-def plot_bytes(runs: list[Run], path: Path) -> None:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in runs:
-        rounds = [x["round"] for x in r.rows]
-        ax.plot(rounds, [x["bytes_up"] for x in r.rows], marker="o", ms=3, label=f"{r.name} up")
-        ax.plot(rounds, [x["bytes_down"] for x in r.rows], ls="--", label=f"{r.name} down")
-    ax.set_yscale("log")
-    ax.set_xlabel("round")
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_ylabel("bytes per round")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return "\n".join(above + [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*row) for row in body])
 
 
 def class_results(run: Run) -> tuple[dict, dict] | None:
@@ -136,7 +136,7 @@ def plot_forgetting(run: Run, plan: dict, by_round: dict, path: Path) -> None:
     ax.set_yticks(range(0, len(labels), step), labels[::step], fontsize=6)
     ax.set_xlabel("evaluation round")
     ax.set_ylabel("task learned (round, client)")
-    ax.set_title(f"{run.name}: accuracy on each task's classes", fontsize=9)
+    ax.set_title(f"{run.label or run.name}: accuracy on each task's classes", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.05)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -154,7 +154,7 @@ def plot_clients(run: Run, plan: dict, by_round: dict, path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    ax.set_title(run.name, fontsize=9)
+    ax.set_title(run.label or run.name, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -162,14 +162,15 @@ def plot_clients(run: Run, plan: dict, by_round: dict, path: Path) -> None:
 
 def write_report(folders: list[str | Path], out: str | Path, echo=print) -> Path:
     """Print the comparison and write ``report.md`` with its plots into ``out``."""
-    runs = [load_run(f) for f in folders]
+    runs, keys, same = load_runs(folders)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    echo(table(runs))
-    plot_accuracy({r.name: r.rows for r in runs}, out / "accuracy.png")
-    plot_bytes(runs, out / "bytes.png")
-    lines = ["# Run comparison", "", table(runs, markdown=True), "",
-             "![accuracy against classes seen](accuracy.png)", "", "![bytes per round](bytes.png)", ""]
+    echo(table(runs, keys, same))
+    curves = {r.label: r.rows for r in runs}
+    plot_accuracy(curves, out / "accuracy.png")
+    plot_bytes(curves, out / "bytes.png")
+    lines = ["# Run comparison", "", table(runs, keys, same, markdown=True), "",
+             "![accuracy and classes seen a round](accuracy.png)", "", "![bytes per round](bytes.png)", ""]
     for r in runs:
         results = class_results(r)
         if results is None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from server.plots import plot_accuracy
+
 
 def human_bytes(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
@@ -16,35 +18,6 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n} B"
-
-
-def pyplot():
-    """matplotlib's pyplot on the Agg backend (files only), imported when a plot is drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_accuracy(curves: dict[str, list[dict]], path: Path) -> None:
-    """Accuracy against classes seen, a line per run from its metrics rows (rounds not
-    evaluated are skipped), named in a legend (a run folder's own plot has one nameless line)."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, rows in curves.items():
-        rows = [r for r in rows if r["accuracy"] is not None]
-        ax.plot([r["classes_seen"] for r in rows], [r["accuracy"] for r in rows], marker="o", ms=3, label=name)
-    ax.set_xlabel("classes seen")
-    ax.set_ylabel("accuracy on the classes seen")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    if any(curves):
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def privacy_lines(s: dict) -> list[tuple[str, str]]:

@@ -254,6 +254,9 @@ class Run:
             "backbone": s.model.backbone,
             "backbone_digest": self.prep.digest,
             "evaluation": s.evaluation.where,
+            # how the statistics were protected, so that a summary (and fedrecon report) says it
+            "secure_aggregation": s.privacy.secure_aggregation,
+            "dp": s.privacy.dp is not None,
             "failures": len(state.failures),
             "retries": state.book.retries,
             "lost_tasks": len(state.book.lost),
@@ -275,7 +278,3 @@ def run_scenario(grid, prep: Prepared, out_dir: str | Path, echo=print, resume: 
     run = Run(grid, prep, out_dir, echo, poll_interval, progress, early)
     run.resume() if resume else run.start()
     return run.run()
-
-
-def default_out_dir(scenario) -> Path:
-    return Path("runs") / f"{scenario.name}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -12,7 +12,8 @@ from server.node_memory import NodeMemory
 from server.polling import POLL_INTERVAL, PollingGrid
 from server.prepare import Prepared, prepare
 from server.identify import EarlyIdentify
-from server.run import default_out_dir, run_scenario
+from server.folders import default_out_dir
+from server.run import run_scenario
 
 app = ServerApp()
 
@@ -41,7 +42,7 @@ def main(grid: Grid, context: Context) -> None:
     resume = str(cfg.get("resume", ""))
     # a resumed run folder brings its own scenario, continued after its checkpoint
     scenario = resume_scenario(resume) if resume else load_scenario(scenario_path(str(cfg["scenario"])))
-    out = resume or str(cfg.get("out", "")) or default_out_dir(scenario)
+    out = resume or str(cfg.get("out", "")) or default_out_dir(scenario.name)
     early = None
     if poll > 0:  # the nodes say who they are while the scenario is prepared
         grid = PollingGrid(grid, poll)

@@ -104,3 +104,13 @@ def test_a_node_cache_keeps_decoded_drawings_and_never_serves_them_stale(tmp_pat
     small = DiskCache(tmp_path / "cache", limit=1000)
     small.array("x" * 24, lambda: np.ones(10))
     assert [p.name for p in (tmp_path / "cache").glob("*.npy")] == ["x" * 24 + ".npy"]
+
+
+def test_the_docs_dataset_counts_are_the_scripts_output():
+    """docs/scenarios.md's per-class counts come from bench/dataset_counts.py, run on the shipped data."""
+    from bench.dataset_counts import DOC, section
+
+    doc = DOC.read_text()
+    block = doc[doc.index("<!-- bench:datasets -->\n") + len("<!-- bench:datasets -->\n"):doc.index("\n<!-- /bench:datasets -->")]
+    assert block == section(DATA_ROOT)
+    assert "| hwu64 | test | the official test split | 64 | 1,076 | 3 / 19 / 19 | iot_hue_lighton 3," in block
