@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import yaml
 from hypothesis import given, settings
@@ -188,3 +190,17 @@ def test_revisits_without_a_round_name_their_classes_and_the_rounds_that_mend_it
                              "come back in",)
     mended = make_plan(parse_scenario(yaml.safe_dump({**raw, "rounds": 3})), CLASS_INDICES, GROUPS, None, names)
     assert mended.warnings == () and sum(len(a.revisits) for a in mended.arrivals) == 6
+
+
+def test_revisits_per_client_bring_that_many_of_each_clients_classes_to_another():
+    # Prepare: "two characters per client come back at another client"
+    raw = {"name": "x", "clients": {"count": 4}, "rounds": 6, "tasks": {"num_classes": 24, "classes_per_task": 3,
+           "train_shots": 5, "test_shots": 5, "revisits": {"per_client": 2, "to": "other", "shots": 2}}}
+    # Execute
+    _, plan = plan_of(raw)
+    # Assert: two of each client's classes, each at a client that never had it
+    first = {c: a.client for a in plan.arrivals for c in a.classes if c not in a.revisits}
+    back = [(c, a.client) for a in plan.arrivals for c in a.revisits]
+    assert plan.warnings == () and len(back) == 8
+    assert sorted(Counter(first[c] for c, _ in back).values()) == [2, 2, 2, 2]
+    assert all(first[c] != client for c, client in back)

@@ -188,8 +188,16 @@ def _place_revisits(s: Scenario, placed: dict[tuple[int, int], list[Item]], pres
             last[item.cls] = r
             holders.setdefault(item.cls, set()).add(client)
     classes = sorted(last)
-    k = max(1, round(rv.fraction * len(classes)))
-    chosen = sorted(int(c) for c in rng.choice(classes, size=k, replace=False))
+    if rv.per_client is None:
+        k = max(1, round(rv.fraction * len(classes)))
+        chosen = sorted(int(c) for c in rng.choice(classes, size=k, replace=False))
+    else:  # client by client, from the classes it held that no client before it chose
+        picked: set[int] = set()
+        for client in range(n):
+            own = [c for c in classes if client in holders[c] and c not in picked]
+            if own:
+                picked.update(int(c) for c in rng.choice(own, size=min(rv.per_client, len(own)), replace=False))
+        chosen = sorted(picked)
     skipped: dict[int, list[int]] = {}  # a class that gets no revisit: its targets
     for c in chosen:
         targets = {

@@ -207,6 +207,10 @@ def _revisit_checks(s: Scenario, source: SourceMap) -> list[str]:
     rv, problems = s.tasks.revisits, []
     if rv is None:
         return problems
+    if (rv.fraction is None) == (rv.per_client is None):  # how many come back: said one way
+        loc = ("tasks", "revisits") + (("per_client",) if rv.fraction else ())
+        problems.append(source.error(loc, "give fraction (of all arrived classes) or per_client (of each client's "
+                                          f"classes), one of them; got {'both' if rv.fraction else 'neither'}"))
     if s.tasks.train_shots is None:
         problems.append(source.error(("tasks", "revisits"), "train_shots null uses every training sample at the first arrival; "
                                      "a revisit needs unused ones: give train_shots a number"))

@@ -106,7 +106,10 @@ ArrivalProcess = Annotated[Union[PROCESS_KINDS], Field(discriminator="kind")]
 class Revisits(Strict):
     """Classes that arrive again later, at the same or another client, with new samples."""
 
-    fraction: float = Field(gt=0.0, le=1.0, description="fraction of the arriving classes that arrive once more")
+    fraction: float | None = Field(None, gt=0.0, le=1.0, description="fraction of the arriving classes that arrive once more "
+                                   "(seeded); or per_client")
+    per_client: int | None = Field(None, ge=1, description="instead of fraction: this many of each client's classes arrive "
+                                   "once more (seeded; with to: other, at another client)")
     shots: int = Field(ge=1, description="new training samples a revisit brings (never used before)")
     to: Literal["same", "other", "any"] = Field("any", description="a client that had the class, one that did not, or any")
     after: int = Field(1, ge=1, description="at least this many rounds after the class last arrived (at any client)")
