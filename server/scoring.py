@@ -7,7 +7,6 @@ import copy
 import numpy as np
 
 from fedrecon.backbones.cache import EmbeddingCache
-from fedrecon.dp import released
 from fedrecon.backbones.embed import pick_device
 from fedrecon.learning.evaluate import Evaluator
 from fedrecon.learning.finetune import class_counts as finetune_counts
@@ -35,7 +34,7 @@ class Scoring:
         # under adapters, features move with the merged adapter: no embedding cache
         cache = None if self.adapted else EmbeddingCache(prep.digest, prep.dataset.fingerprint, s.model.embedding_cache)
         model = self.adapted.model if self.adapted else prep.model
-        self.evaluator = Evaluator(prep.dataset, model, prep.plan, s, self.device, cache)
+        self.evaluator = Evaluator(prep.dataset, model, prep.plan, s, self.device, cache, noisy=state.budget is not None)
         self.scored_version = -1
 
     def score(self, server_round: int) -> tuple[float | None, tuple | None]:
@@ -53,15 +52,14 @@ class Scoring:
             self.adapted.load(adapters.start_for(0, server_round + 1))
             self.evaluator.reset()
             self.scored_version = adapters.version
-        noisy = state.budget is not None  # post-processing of noisy statistics: free under DP
+        # noisy statistics (privacy.dp) are post-processed by the evaluator, before a head is built
         if state.own is not None:
             # no merge: each client's own head, averaged over the clients that learned something
-            own = [self.evaluator.accuracy(released(stats) if noisy else stats, seen) for stats in state.own.values()]
+            own = [self.evaluator.accuracy(stats, seen, client) for client, stats in state.own.items()]
             return (float(np.mean(own)) if own else 0.0), None
         if self.finetuning:
             correct, total = finetune_counts(self.tuned, state.model, self.dataset, self.plan, seen, self.device)
         else:
-            stats = released(state.stats) if noisy else state.stats  # the merged statistics, not decoded again
-            correct, total = self.evaluator.class_counts(stats, seen)
+            correct, total = self.evaluator.class_counts(state.stats, seen)  # the merged statistics, not decoded again
         accuracy = float(correct.sum() / total.sum()) if total.sum() else float("nan")
         return accuracy, (seen, correct, total)

@@ -7,6 +7,8 @@ from torch import nn
 
 from fedrecon.backbones.cache import EmbeddingCache, embed_samples
 from fedrecon.data.dataset import ClassDataset
+from fedrecon.dp import released
+from fedrecon.learning.head_cache import HeadCache
 from fedrecon.learning.heads import build_head
 from fedrecon.learning.stats import ClassStats
 from fedrecon.plan.records import Plan
@@ -14,10 +16,12 @@ from fedrecon.scenario.scenario import Scenario
 
 
 class Evaluator:
-    """Embeds each test sample once per run (the backbone is frozen) and scores heads."""
+    """Embeds each test sample once per run (the backbone is frozen) and scores heads,
+    building a head and answering a sample again only when the statistics changed
+    (:class:`HeadCache`: a round that learns nothing costs its new test samples only)."""
 
     def __init__(self, dataset: ClassDataset, model: nn.Module, plan: Plan, scenario: Scenario, device,
-                 cache: EmbeddingCache | None = None):
+                 cache: EmbeddingCache | None = None, noisy: bool = False):
         self.dataset = dataset
         self.model = model
         self.plan = plan
@@ -25,10 +29,15 @@ class Evaluator:
         self.device = device
         self.cache = cache
         self._features: dict[int, np.ndarray] = {}
+        # noisy statistics (privacy.dp) are post-processed before a head is built (free under DP):
+        # the cache knows them by what the clients sent, so an unchanged round does neither again
+        self.heads = HeadCache(lambda stats: build_head(released(stats) if noisy else stats, scenario.merge,
+                                                        scenario.seed))
 
     def reset(self) -> None:
-        """Forget the test features (the model changed: a merged adapter)."""
+        """Forget the test features and the answers (the model changed: a merged adapter)."""
         self._features = {}
+        self.heads.clear()
 
     def features(self, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         new = [int(c) for c in classes if int(c) not in self._features]
@@ -41,23 +50,23 @@ class Evaluator:
         labels = np.repeat(classes, [len(self._features[int(c)]) for c in classes])
         return feats, labels
 
-    def accuracy(self, stats: ClassStats, classes: np.ndarray) -> float:
+    def accuracy(self, stats: ClassStats, classes: np.ndarray, key=None) -> float:
         """Accuracy over the test samples of ``classes``; a class without statistics
-        counts its samples as wrong (the merged model cannot name it)."""
+        counts its samples as wrong (the merged model cannot name it). ``key`` names
+        whose statistics these are (a client's own, under ``local``) for the cache."""
         if len(classes) == 0:
             return float("nan")
-        correct, total = self.class_counts(stats, classes)
+        correct, total = self.class_counts(stats, classes, key)
         return float(correct.sum() / total.sum())
 
-    def class_counts(self, stats: ClassStats, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def class_counts(self, stats: ClassStats, classes: np.ndarray, key=None) -> tuple[np.ndarray, np.ndarray]:
         """Per class of ``classes``: test samples named right, and test samples."""
-        feats, labels = self.features(classes)
-        total = np.array([len(self._features[int(c)]) for c in classes])
-        if len(stats) == 0 or len(labels) == 0:
+        self.features(classes)
+        total = np.array([len(self._features[int(c)]) for c in classes], dtype=np.int64)
+        if len(stats) == 0 or not total.sum():
             return np.zeros(len(classes), dtype=np.int64), total
-        hit = build_head(stats, self.scenario.merge, self.scenario.seed).predict(feats) == labels
-        starts = np.concatenate([[0], np.cumsum(total)[:-1]])
-        return np.add.reduceat(hit.astype(np.int64), starts) if len(hit) else np.zeros(0, np.int64), total
+        answers = self.heads.answers(stats, self._features, classes, key)
+        return np.array([int((a == c).sum()) for a, c in zip(answers, classes)], dtype=np.int64), total
 
 
 def count_correct(stats: ClassStats, scenario: Scenario, features: np.ndarray, labels: np.ndarray) -> int:
