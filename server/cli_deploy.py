@@ -10,24 +10,23 @@ from fedrecon.scenario import load_scenario
 
 def cmd_deploy_local(args) -> int:
     """Run a scenario on Flower's deployment engine: a local SuperLink and SuperNodes.
-    With ``--set``, the scenario as changed is written to the work folder (paths made
-    absolute) and that file is what the SuperLink's ServerApp loads."""
+    The scenario as checked here is written to the work folder (paths absolute, ``--set``
+    applied, a data.root left out resolved from this working folder) and that file is what
+    the SuperLink's ServerApp loads: its process has a working folder of its own."""
     import tempfile
 
     from fedrecon.scenario.loading import scenario_json
     from server.deploy import deploy_and_run
-    from server.prepare import check
     from server.folders import default_out_dir
+    from server.prepare import check
 
     scenario = load_scenario(args.scenario, args.set)
     check(scenario)  # a bad scenario or data never starts the SuperLink
     out = Path(args.out) if args.out else default_out_dir(scenario.name)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fedrecon-deploy-"))
-    path = Path(args.scenario)
-    if args.set:
-        workdir.mkdir(parents=True, exist_ok=True)
-        path = workdir / "scenario.json"
-        path.write_text(scenario_json(scenario) + "\n")
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "scenario.json"
+    path.write_text(scenario_json(scenario) + "\n")
     node_config = {"cache-dir": args.cache_dir} if args.cache_dir else {}
     gpus = tuple(g for g in args.gpus.split(",") if g) if args.gpus else ()
     status = deploy_and_run(path, out, workdir, scenario.clients.count, tls=args.tls or args.auth,
