@@ -88,4 +88,7 @@ def layout_missing(root: str | Path, what: str, expected: str) -> str:
     is not there."""
     root = Path(root)
     text = f"no {what} under {root}: expected {root / expected}"
-    return text if root.is_dir() else f"{text}; {missing(root, 'folder')}"
+    if root.is_dir():
+        return text
+    near = near_paths(root)
+    return f"{text}; {root} does not exist" + ("; did you mean " + " or ".join(map(str, near)) + "?" if near else "")

@@ -97,7 +97,7 @@ def test_a_data_root_left_out_is_fedrecon_data_else_from_the_working_folder(tmp_
     assert errors_of(path) == [
         f"{path}:1:1: data.root: no Omniglot evaluation set under {tmp_path.parent}/shared/data: expected "
         f"{tmp_path.parent}/shared/data/omniglot/images_evaluation.npz (and alphabets.csv), or the official PNG layout "
-        f"<Alphabet>/characterNN/*.png; no folder {tmp_path.parent}/shared/data (no folder {tmp_path.parent}/shared) "
+        f"<Alphabet>/characterNN/*.png; {tmp_path.parent}/shared/data does not exist "
         "(data.root left out is $FEDRECON_DATA, else ../shared/data from the working folder)"]
     monkeypatch.setenv("FEDRECON_DATA", str(DATA_ROOT))
     assert errors_of(path) == []
