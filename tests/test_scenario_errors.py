@@ -119,3 +119,18 @@ def test_validate_refuses_the_devices_a_run_refuses(monkeypatch, capsys):
     assert main(["validate", demo, "--set", "simulation.num_gpus=0.5"]) == 1
     assert capsys.readouterr().err.startswith("--set simulation.num_gpus=0.5: simulation.num_gpus: 0.5 GPUs per client, "
                                               "but torch sees no CUDA GPU")
+
+
+def test_a_typo_in_a_path_gets_the_path_meant(tmp_path):
+    from fedrecon.paths import missing_checkpoint
+
+    (tmp_path / "checkpoints").mkdir()
+    for name in ("conv4-omniglot.pt", "conv4-omniglot.log", "conv4-omniglot.json"):
+        (tmp_path / "checkpoints" / name).write_text("")
+    # a typo in the file's name: the file of the same kind, no advice to train one
+    assert missing_checkpoint(tmp_path / "checkpoints" / "conv4-omniglt.pt") == (
+        f"no checkpoint file {tmp_path}/checkpoints/conv4-omniglt.pt; did you mean {tmp_path}/checkpoints/conv4-omniglot.pt?")
+    # a typo in a folder's name, and nothing near: train one
+    assert missing_checkpoint(tmp_path / "checkpoint" / "conv4-omniglot.pt").endswith(
+        f"(no folder {tmp_path}/checkpoint); did you mean {tmp_path}/checkpoints/conv4-omniglot.pt?")
+    assert missing_checkpoint(tmp_path / "mine.pt").endswith(f"train one with: fedrecon pretrain --out {tmp_path}/mine.pt")
