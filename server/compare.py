@@ -74,7 +74,7 @@ def table(runs: list[Run], keys: list[str] = (), same: dict[str, str] | None = N
     body = [[r.name, *(show(r.settings[k]) if k in r.settings else "-" for k in keys), *(get(r) for _, get in COLUMNS)]
             for r in runs]
     shared = ", ".join(f"{k} {v}" for k, v in (same or {}).items())
-    above = [f"same in every run: {shared}", ""] if shared else []
+    above = [f"{'same in every run' if len(runs) > 1 else 'settings'}: {shared}", ""] if shared else []
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in body]
