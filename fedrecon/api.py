@@ -59,8 +59,8 @@ def run(scenario: str | Path, overrides: Mapping[str, Any] | None = None, out: s
     return RunResult.read(run_folder(scenario, dict(overrides or {}), out))
 
 
-def export(run_dir: str | Path, out: str | Path, round: int | None = None) -> dict:
+def export(run_dir: str | Path, out: str | Path, round: int | None = None, unknown_threshold: float | None = None) -> dict:
     """Write the classifier of a run folder as a model folder (``fedrecon export``); return its manifest."""
     from server.api import export_run
 
-    return export_run(run_dir, out, round)
+    return export_run(run_dir, out, round, unknown_threshold)

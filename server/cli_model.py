@@ -18,7 +18,7 @@ def cmd_export(args) -> int:
     from server.model_export import export_run
 
     try:
-        manifest = export_run(args.run_dir, args.out, args.round)
+        manifest = export_run(args.run_dir, args.out, args.round, args.unknown_threshold)
     except ModelError as exc:
         print(f"fedrecon export: {exc}", file=sys.stderr)
         return 2
@@ -48,7 +48,8 @@ def _inputs(args, modality: str) -> list[str]:
 
 def _line(p: dict) -> str:
     others = ", ".join(f"{t['label']} {t['score']:.4g}" for t in p["top"][1:])
-    return f"{p['input']}\t{p['label']}\t{p['score']:.4g}" + (f"\t({others})" if others else "")
+    unknown = "" if p["unknown_score"] is None else f"\tunknown score {p['unknown_score']:.4g}"
+    return f"{p['input']}\t{p['label']}\t{p['score']:.4g}" + (f"\t({others})" if others else "") + unknown
 
 
 def cmd_predict(args) -> int:
@@ -56,12 +57,12 @@ def cmd_predict(args) -> int:
 
     try:
         model = load_model(args.model_dir, args.device)
-        predictions = model.predict(_inputs(args, model.modality), top=args.top)
+        predictions = model.predict(_inputs(args, model.modality), top=args.top, unknown_threshold=args.unknown_threshold)
     except ModelError as exc:
         print(f"fedrecon predict: {exc}", file=sys.stderr)
         return 2
     for p in predictions:
-        print(json.dumps({k: p[k] for k in ("input", "label", "score", "top")}) if args.json else _line(p))
+        print(json.dumps({k: p[k] for k in ("input", "label", "score", "unknown_score", "top")}) if args.json else _line(p))
     return 0
 
 
@@ -71,6 +72,8 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("run_dir", help="a run folder (fedrecon run --out)")
     exp.add_argument("--out", required=True, help="the model folder to write (replaced if an earlier export)")
     exp.add_argument("--round", type=int, help="the round to export; a run folder keeps only its last (the default)")
+    exp.add_argument("--unknown-threshold", type=float, metavar="T",
+                     help="label unknown the inputs whose unknown-input score is above T (default: none, always a class)")
     exp.set_defaults(func=cmd_export)
 
     pre = sub.add_parser("predict", help="label sentences or images with an exported model")
@@ -78,6 +81,8 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     pre.add_argument("inputs", nargs="*", help="sentences (a text model) or image files and folders (an image model)")
     pre.add_argument("--file", help="inputs one a line (sentences, or image paths)")
     pre.add_argument("--top", type=int, default=3, help="how many of the best classes to list (default 3)")
-    pre.add_argument("--json", action="store_true", help="one JSON object a line, in input order: label, score, top")
+    pre.add_argument("--json", action="store_true", help="one JSON object a line, in input order: label, score, unknown_score, top")
     pre.add_argument("--device", default="cpu", help="where the backbone runs: cpu or cuda")
+    pre.add_argument("--unknown-threshold", type=float, metavar="T", help="label unknown above this unknown-input score "
+                     "(default: the export's threshold, if it set one)")
     pre.set_defaults(func=cmd_predict)

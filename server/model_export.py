@@ -25,9 +25,11 @@ def round_row(run_dir: Path, done: int) -> dict:
     return next((r for r in rows if r.get("round") == done), {})
 
 
-def export_run(run_dir: str | Path, out: str | Path, round: int | None = None) -> dict:
+def export_run(run_dir: str | Path, out: str | Path, round: int | None = None,
+               unknown_threshold: float | None = None) -> dict:
     """Export the classifier of ``run_dir`` after its last checkpointed round (the only
-    one a run folder keeps) to the model folder ``out``; return the manifest."""
+    one a run folder keeps) to the model folder ``out``; return the manifest. Inputs whose
+    unknown-input score is above ``unknown_threshold`` will be labelled ``unknown``."""
     from server.prepare import prepare
 
     run_dir = Path(run_dir)
@@ -57,4 +59,5 @@ def export_run(run_dir: str | Path, out: str | Path, round: int | None = None) -
     run = {"run": str(run_dir.resolve()), "round": done, "rounds": prep.plan.rounds,
            "accuracy": row.get("accuracy"), "classes_seen": row.get("classes_seen")}
     return write_model(out, scenario=scenario, dataset=prep.dataset, stats=stats, model=prep.model,
-                       adapted=prep.adapted, entry=prep.entry, dim=prep.dim, run=run, scenario_text=scenario_text)
+                       adapted=prep.adapted, entry=prep.entry, dim=prep.dim, run=run, scenario_text=scenario_text,
+                       unknown_threshold=unknown_threshold)

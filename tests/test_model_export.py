@@ -215,3 +215,43 @@ def test_a_text_model_carries_its_tokenizer_and_labels_sentences_as_the_run_did(
     assert printed == [model.names[ids.index(c)] for c in model.class_ids(prep.dataset.inputs[index[:4]])]
     assert model.preprocessing == {"kind": "text", "tokenizer": "tokenizer.json"}
     assert model.encoder.modules[0].tokenizer.to_str() == (tmp_path / "model" / "tokenizer.json").read_text()
+
+
+@pytest.mark.parametrize("head", ["ncm", "lda"])
+def test_the_unknown_score_is_the_centralized_one_and_ranks_unlearned_classes_higher(head, runs, exported):
+    from fedrecon.backbones.embed import embed
+    from fedrecon.learning.heads import head_spec
+    from fedrecon.model.unknown import UnknownScore, unknown_parameters
+
+    # Prepare: the score one site would compute from all the training samples
+    scenario = load_scenario(runs[head] / "scenario.json")
+    prep = prepare(scenario)
+    train = np.concatenate([np.concatenate(a.samples) for a in prep.plan.arrivals])
+    central = ClassStats.from_features(prep.dataset.labels[train], embed(prep.model, prep.dataset.inputs[train]),
+                                       head_spec(scenario.merge, scenario.seed))
+    one_site = UnknownScore(*unknown_parameters(central, build_head(central, scenario.merge, scenario.seed),
+                                                scenario.merge.shrinkage))
+    model = load_model(exported[head])
+    index, _ = prep.plan.test_set(prep.plan.classes_seen(prep.plan.rounds))
+    unlearned = np.setdiff1d(np.arange(40), model.head.ids)
+    others = np.concatenate([np.flatnonzero(prep.dataset.labels == c)[:5] for c in unlearned])
+    # Execute
+    known = model.unknown.scores(model.encoder.features(prep.dataset.inputs[index]))
+    unknown = model.unknown.scores(model.encoder.features(prep.dataset.inputs[others]))
+    # Assert: federated equals one site; an unlearned class's drawing is more often the more unknown
+    assert model.unknown.kind == ("relative_mahalanobis" if head == "lda" else "cosine")
+    np.testing.assert_allclose(one_site.scores(model.encoder.features(prep.dataset.inputs[others])), unknown, rtol=1e-9)
+    assert (unknown[:, None] > known[None, :]).mean() > 0.8
+
+
+def test_an_input_above_the_unknown_threshold_is_labelled_unknown(runs, tmp_path, capsys):
+    from PIL import Image
+
+    Image.fromarray(np.ones((50, 50), bool)).save(tmp_path / "blank.png")  # no ink at all
+    assert main(["export", str(runs["lda"]), "--out", str(tmp_path / "m"), "--unknown-threshold=-1e9"]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "m"), str(tmp_path / "blank.png"), "--json"]) == 0
+    rejected = json.loads(capsys.readouterr().out)
+    assert rejected["label"] == "unknown" and rejected["unknown_score"] > -1e9 and len(rejected["top"]) == 3
+    assert main(["predict", str(tmp_path / "m"), str(tmp_path / "blank.png"), "--json", "--unknown-threshold", "1e300"]) == 0
+    assert json.loads(capsys.readouterr().out)["label"] == rejected["top"][0]["label"]

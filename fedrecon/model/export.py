@@ -20,6 +20,7 @@ from fedrecon.model.encoder import TOKENIZER_FILE, backbone_files, tokenizer_tex
 from fedrecon.model.folder import MANIFEST, ModelError, seal, write_arrays
 from fedrecon.model.inputs import preprocessing_of
 from fedrecon.model.model import HEAD_FILE
+from fedrecon.model.unknown import UNKNOWN_FILE, unknown_parameters
 
 
 def refusal(scenario) -> str | None:
@@ -40,7 +41,7 @@ def _readable(folder: Path) -> None:
 
 
 def write_model(out: str | Path, *, scenario, dataset, stats: ClassStats, model, adapted, entry, dim: int,
-                run: dict, scenario_text: str) -> dict:
+                run: dict, scenario_text: str, unknown_threshold: float | None = None) -> dict:
     """Write the model folder ``out`` and return its manifest.
 
     Parameters
@@ -60,6 +61,9 @@ def write_model(out: str | Path, *, scenario, dataset, stats: ClassStats, model,
         Provenance for the manifest: ``run`` (folder), ``round``, ``rounds``, ``accuracy``.
     scenario_text : str
         The scenario as run (JSON), kept beside the model for reference.
+    unknown_threshold : float, optional
+        Inputs whose unknown-input score (:mod:`fedrecon.model.unknown`) is above it are
+        labelled ``unknown``; None: every input gets a class.
     """
     why = refusal(scenario)
     if why:
@@ -70,6 +74,7 @@ def write_model(out: str | Path, *, scenario, dataset, stats: ClassStats, model,
         stats = released(stats)  # as the server's scoring builds its head from noisy statistics
     head = build_head(stats, scenario.merge, scenario.seed)
     arrays, settings = head.parameters()
+    unknown, unknown_arrays = unknown_parameters(stats, head, scenario.merge.shrinkage)
     installed = entry.weights == "installed" and scenario.model.checkpoint is None
     backbone, weight_files = backbone_files(scenario.model.backbone, entry, model, adapted, installed, dim)
     classes = [{"id": int(c), "name": dataset.class_names[int(c)], "group": dataset.groups[int(c)]} for c in head.ids]
@@ -81,6 +86,7 @@ def write_model(out: str | Path, *, scenario, dataset, stats: ClassStats, model,
     tmp.mkdir()
     try:
         write_arrays(tmp / HEAD_FILE, arrays)
+        write_arrays(tmp / UNKNOWN_FILE, unknown_arrays)
         for name, weights in weight_files.items():
             write_arrays(tmp / name, weights)
         (tmp / "scenario.json").write_text(scenario_text.rstrip("\n") + "\n")
@@ -93,6 +99,7 @@ def write_model(out: str | Path, *, scenario, dataset, stats: ClassStats, model,
         manifest = seal(tmp, {
             "scenario": scenario.name, **run, "classes": classes,
             "head": {"kind": scenario.merge.head, **settings},
+            "unknown": {"kind": unknown, "threshold": unknown_threshold},
             "backbone": backbone,
             "preprocessing": preprocessing,
         })

@@ -15,6 +15,7 @@ from fedrecon.learning.heads import HEADS
 from fedrecon.model.encoder import Encoder
 from fedrecon.model.folder import ModelError, open_folder, read_arrays
 from fedrecon.model.inputs import prepare_inputs
+from fedrecon.model.unknown import UNKNOWN_FILE, UnknownScore
 
 HEAD_FILE = "head.safetensors"
 
@@ -54,6 +55,9 @@ class Model:
         if [c["id"] for c in classes] != self.head.ids.tolist():
             raise ModelError(f"{self.folder}: the head's classes differ from the manifest's")
         self.encoder = Encoder(backbone, self.folder, device, self.preprocessing.get("tokenizer"))
+        unknown = m.get("unknown") or {}
+        self.unknown = UnknownScore(unknown["kind"], read_arrays(self.folder / UNKNOWN_FILE)) if unknown else None
+        self.threshold = unknown.get("threshold")
 
     @property
     def modality(self) -> str:
@@ -80,7 +84,7 @@ class Model:
         """The dataset's class id of each input, chosen as the server's scoring chooses."""
         return self.head.predict(self.features(inputs))
 
-    def predict(self, inputs, top: int = 5) -> list[dict]:
+    def predict(self, inputs, top: int = 5, unknown_threshold: float | None = None) -> list[dict]:
         """One prediction per input, in order.
 
         Parameters
@@ -90,12 +94,17 @@ class Model:
             or an array of inputs already prepared as the run's dataset holds them.
         top : int
             How many of the best classes each prediction lists.
+        unknown_threshold : float, optional
+            Label ``unknown`` an input whose ``unknown_score`` is above it (default: the
+            threshold the export set, if any).
 
         Returns
         -------
         list of dict
             ``input`` (the sentence or file), ``label`` (class name), ``class_id``,
-            ``score`` and ``top`` (the ``top`` best classes, each ``label`` and ``score``).
+            ``score``, ``top`` (the ``top`` best classes, each ``label`` and ``score``) and
+            ``unknown_score`` (higher: more likely no learned class; None for a model
+            exported without it).
         """
         prepared, names = prepare_inputs(inputs, self.preprocessing)
         features = self.encoder.features(prepared)
@@ -103,11 +112,16 @@ class Model:
         scores = self._shown(raw, features)
         # the label is the head's own argmax (the first of equal scores), as in the run's scoring
         best = raw.argmax(1) if len(features) else np.zeros(0, int)
+        unknown = self.unknown.scores(features) if self.unknown is not None else [None] * len(best)
+        threshold = self.threshold if unknown_threshold is None else unknown_threshold
         out = []
-        for name, row, b in zip(names, scores, best):
+        for name, row, b, u in zip(names, scores, best, unknown):
             order = [int(b)] + [int(i) for i in np.argsort(-row, kind="stable") if i != b][: max(top, 1) - 1]
-            out.append({"input": name, "label": self.names[b], "class_id": int(self.head.ids[b]),
-                        "score": float(row[b]), "top": [{"label": self.names[i], "score": float(row[i])} for i in order]})
+            rejected = threshold is not None and u is not None and u > threshold
+            out.append({"input": name, "label": "unknown" if rejected else self.names[b],
+                        "class_id": None if rejected else int(self.head.ids[b]), "score": float(row[b]),
+                        "unknown_score": None if u is None else float(u),
+                        "top": [{"label": self.names[i], "score": float(row[i])} for i in order]})
         return out
 
 

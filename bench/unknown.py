@@ -1,0 +1,87 @@
+"""Unknown inputs on CLINC150: an exported model's unknown-input score, the official in-scope
+test sentences against the 1,000 out-of-scope ones (``oos_test``), which no run reads.
+
+    fedrecon run scenarios/clinc150-domains.yaml --set merge.head=lda --out runs/clinc150-lda
+    fedrecon export runs/clinc150-lda --out models/clinc150-lda
+    python bench/unknown.py runs/clinc150-lda models/clinc150-lda [RUN MODEL ...]
+
+Reported: AUROC (an out-of-scope sentence scored above an in-scope one), and with the
+threshold at the 99th percentile of the training sentences' own scores (no out-of-scope
+data used; computed here at one site, since runs do not choose it yet) the out-of-scope
+recall and the in-scope sentences labelled right and kept. The exported score comes from
+the merged statistics; the largest difference from the score built from the pooled
+training features (one site) is reported too. In-scope features come from the run's
+embedding cache; the out-of-scope sentences go through the exported model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fedrecon.backbones.cache import EmbeddingCache, embed_samples
+from fedrecon.learning.heads import build_head, head_spec
+from fedrecon.learning.stats import ClassStats
+from fedrecon.model import load_model
+from fedrecon.model.unknown import UnknownScore, unknown_parameters
+from fedrecon.scenario import load_scenario
+from server.prepare import prepare
+
+
+def auroc(unknown: np.ndarray, known: np.ndarray) -> float:
+    """P(an unknown input scores above a known one), by ranks (scores are continuous)."""
+    ranks = np.concatenate([known, unknown]).argsort().argsort() + 1.0
+    return float((ranks[len(known):].sum() - len(unknown) * (len(unknown) + 1) / 2) / (len(unknown) * len(known)))
+
+
+def measure(run_dir: Path, model_dir: Path) -> dict:
+    scenario = load_scenario(run_dir / "scenario.json")
+    prep = prepare(scenario)
+    model = load_model(model_dir)
+    cache = EmbeddingCache(prep.digest, prep.dataset.fingerprint, scenario.model.embedding_cache)
+    train = np.concatenate([a.sample_index for a in prep.plan.arrivals])
+    x_train = embed_samples(prep.model, prep.dataset, train, "cpu", cache)
+    test, labels = prep.plan.test_set(prep.plan.classes_seen(prep.plan.rounds))
+    x_test = embed_samples(prep.model, prep.dataset, test, "cpu", cache)
+    root = Path(scenario.data.root)
+    data = json.loads(((root / "clinc150") if (root / "clinc150").is_dir() else root).joinpath("data_full.json").read_text())
+    oos = np.array([text for text, _ in data["oos_test"]], dtype=object)
+    began = time.time()
+    x_oos = model.encoder.features(oos)
+    seconds = time.time() - began
+    known, unknown = model.unknown.scores(x_test), model.unknown.scores(x_oos)
+    threshold = float(np.percentile(model.unknown.scores(x_train), 99))
+    right = model.head.predict(x_test) == labels
+    pooled = ClassStats.from_features(prep.dataset.labels[train], x_train, head_spec(scenario.merge, scenario.seed))
+    one_site = UnknownScore(*unknown_parameters(pooled, build_head(pooled, scenario.merge, scenario.seed),
+                                                scenario.merge.shrinkage))
+    return {"run": str(run_dir), "head": scenario.merge.head, "score": model.unknown.kind,
+            "accuracy": round(float(right.mean()), 4), "auroc": round(auroc(unknown, known), 4),
+            "threshold": round(threshold, 4), "oos_recall": round(float((unknown > threshold).mean()), 4),
+            "in_scope_right_and_kept": round(float((right & (known <= threshold)).mean()), 4),
+            "max_difference_from_one_site": float(np.abs(one_site.scores(x_oos) - unknown).max()),
+            "oos_seconds": round(seconds, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pairs", nargs="+", metavar="RUN_DIR MODEL_DIR", help="a run folder and its export, repeated")
+    args = parser.parse_args()
+    if len(args.pairs) % 2:
+        parser.error("give a run folder and its model folder, in pairs")
+    rows = [measure(Path(r), Path(m)) for r, m in zip(args.pairs[::2], args.pairs[1::2])]
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    print("\n| head | score | accuracy | AUROC | threshold (99th pct of training) | out-of-scope recall | in-scope right and kept |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['head']} | {r['score']} | {r['accuracy']:.3f} | {r['auroc']:.3f} | {r['threshold']:.4g} | "
+              f"{r['oos_recall']:.3f} | {r['in_scope_right_and_kept']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""How unlike every learned class an input is: the unknown-input score, from merged statistics.
+
+Two scores, both functions of the additive statistics the federation merged (so the
+federated score equals the one a single site holding all the data computes, as the heads
+do), higher meaning more likely unknown:
+
+- ``relative_mahalanobis`` (where the clients sent the second moment: the ``lda`` head):
+  the squared Mahalanobis distance to the nearest class mean under the shared
+  within-class covariance, minus the one to the global mean under the global covariance
+  (Ren et al., 2021, "A simple fix to Mahalanobis distance"). Both covariances are shrunk
+  as the LDA head shrinks its own (``merge.shrinkage``). With the LDA head's weights
+  ``w_c = P mu_c`` and biases ``b_c = -mu_c P mu_c / 2``, the nearest class's distance is
+  ``x P x - 2 max_c (x w_c + b_c)``.
+- ``cosine`` (every other head): one minus the largest cosine between the input's
+  features and a class mean.
+
+The threshold that turns a score into "unknown" is the user's (``--unknown-threshold``):
+choosing it from the clients' own training samples needs one more additive exchange
+(binned counts of their scores), which runs do not make yet.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedrecon.learning.stats import ClassStats
+
+UNKNOWN_FILE = "unknown.safetensors"
+
+
+def _shrunk_precision(cov: np.ndarray, shrinkage: float) -> np.ndarray:
+    """``((1 - a) C + a tr(C)/d I)^-1``, the LDA head's shrinkage; the identity where C has no spread."""
+    d = cov.shape[0]
+    scale = np.trace(cov) / d
+    if scale <= 0:
+        return np.eye(d)
+    shrunk = (1 - shrinkage) * cov + shrinkage * scale * np.eye(d)
+    values, vectors = np.linalg.eigh((shrunk + shrunk.T) / 2)
+    # eigenvalues kept positive: a covariance of merged sums may be off by rounding at its small end
+    values = np.maximum(values, values.max() * 1e-12)
+    return (vectors / values) @ vectors.T
+
+
+def unknown_parameters(stats: ClassStats, head, shrinkage: float) -> tuple[str, dict[str, np.ndarray]]:
+    """The score's kind and arrays for merged ``stats`` and the head built from them."""
+    means = stats.means()
+    if "second_moment" in stats.shared and hasattr(head, "covariance"):
+        n = stats.counts.sum()
+        centre = stats.sums.sum(0) / n
+        moment = stats.shared["second_moment"]
+        total = (moment - n * np.outer(centre, centre)) / max(n - 1, 1.0)
+        return "relative_mahalanobis", {
+            "precision": _shrunk_precision(head.covariance, 0.0),  # already shrunk by the head
+            "weights": head.weights, "bias": head.bias,
+            "global_mean": centre, "global_precision": _shrunk_precision((total + total.T) / 2, shrinkage),
+        }
+    norms = np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+    return "cosine", {"directions": means / norms}
+
+
+class UnknownScore:
+    """The unknown-input score of exported arrays (see the module's docstring)."""
+
+    def __init__(self, kind: str, arrays: dict[str, np.ndarray]):
+        if kind not in ("relative_mahalanobis", "cosine"):
+            raise ValueError(f"unknown-input score {kind!r}: known are relative_mahalanobis and cosine")
+        self.kind, self.arrays = kind, arrays
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """``(N,)``: higher, more likely an input of no learned class."""
+        f = np.asarray(features, dtype=np.float64)
+        a = self.arrays
+        if self.kind == "cosine":
+            unit = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+            return 1.0 - (unit @ a["directions"].T).max(1)
+        nearest = np.einsum("nd,de,ne->n", f, a["precision"], f) - 2 * (f @ a["weights"] + a["bias"]).max(1)
+        g = f - a["global_mean"]
+        return nearest - np.einsum("nd,de,ne->n", g, a["global_precision"], g)
