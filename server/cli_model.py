@@ -66,6 +66,22 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _options_among_inputs(parser: argparse.ArgumentParser) -> None:
+    """Let options sit between the inputs (``predict MODEL --top 3 a.png b.png``): plain
+    argparse fills a ``*`` positional before the first option and refuses what follows.
+    Intermixed parsing calls ``parse_known_args`` itself, hence the plain one inside it."""
+    plain = parser.parse_known_args
+
+    def parse(args=None, namespace=None):
+        parser.parse_known_args = plain
+        try:
+            return parser.parse_known_intermixed_args(args, namespace)
+        finally:
+            parser.parse_known_args = parse
+
+    parser.parse_known_args = parse
+
+
 def add_model_commands(sub: argparse._SubParsersAction) -> None:
     """Add ``export`` and ``predict`` to the ``fedrecon`` command's subcommands."""
     exp = sub.add_parser("export", help="write a run's classifier as a model folder that loads without the run")
@@ -86,3 +102,4 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     pre.add_argument("--unknown-threshold", type=float, metavar="T", help="label unknown above this unknown-input score "
                      "(default: the export's threshold, if it set one)")
     pre.set_defaults(func=cmd_predict)
+    _options_among_inputs(pre)

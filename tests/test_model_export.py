@@ -172,7 +172,7 @@ def test_the_merged_adapter_is_folded_in_giving_the_features_the_run_scored(tmp_
     assert model.manifest["backbone"]["adapter"]["features"] == "both"
 
 
-def test_predict_takes_inputs_from_a_file_or_standard_input_one_a_line(exported, tmp_path, capsys, monkeypatch):
+def test_predict_takes_inputs_from_arguments_a_file_or_standard_input_alike(exported, tmp_path, capsys, monkeypatch):
     import io
 
     from PIL import Image
@@ -188,7 +188,9 @@ def test_predict_takes_inputs_from_a_file_or_standard_input_one_a_line(exported,
     monkeypatch.setattr("sys.stdin", io.StringIO("".join(f"{p}\n" for p in paths)))
     assert main(["predict", str(exported["ncm"]), "--json"]) == 0
     from_stdin = capsys.readouterr().out
-    assert from_file == from_stdin
+    assert main(["predict", str(exported["ncm"]), "--json", str(paths[0]), "--top", "3", str(paths[1])]) == 0
+    options_among_inputs = capsys.readouterr().out
+    assert from_file == from_stdin == options_among_inputs
     assert [json.loads(line)["input"] for line in from_file.splitlines()] == [str(p) for p in paths]
 
 
