@@ -97,8 +97,12 @@ def learn_task(setup: Setup, sample_index: np.ndarray, sample_labels: np.ndarray
     features = task_features(setup, sample_index, sample_labels, timings)
     if noise_std is not None:
         features = dp.clip_rows(features, s.privacy.dp.clip)
-    stats = ClassStats.from_features(sample_labels, features, head_spec(s.merge, s.seed))
-    return stats if noise_std is None else dp.add_noise(stats, noise_std)
+    spec = head_spec(s.merge, s.seed)
+    stats = ClassStats.from_features(sample_labels, features, spec)
+    if noise_std is None:
+        return stats
+    # the ridge head's blocks are noised in proportion to their own bounds (fedrecon.dp.block_scales)
+    return dp.add_noise(stats, noise_std, scales=dp.block_scales(spec, s.privacy.dp.clip, features.shape[1]))
 
 
 def adapted_backbone(setup: Setup) -> Adapted:

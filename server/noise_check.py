@@ -6,7 +6,9 @@ count and sum coordinate it releases. A class of ``n`` training samples released
 arrivals ends with noise of standard deviation ``sigma sqrt(k)`` on its count and on each
 of the ``d`` coordinates of its sum, so its mean carries noise of L2 norm about
 ``sigma sqrt(k d) / n``. (Under secure aggregation each client adds ``sigma^2 / t`` of the
-variance, ``t`` the round's threshold, to the classes it holds.)
+variance, ``t`` the round's threshold, to the classes it holds.) The ridge head reads the
+classes' random-feature sums instead: noise ``b`` times that on each of their ``M``
+coordinates, against a bound of ``b`` (:func:`fedrecon.dp.block_scales`).
 
 A class mean is at most ``clip`` long, and the means of one dataset's classes sit closer
 together than that: a class whose mean's noise is half the clip or more is *drowned*.
@@ -70,8 +72,15 @@ def drowning_warnings(scenario: Scenario, plan: Plan, dim: int) -> list[str]:
         return []
     budget = PrivacyBudget(scenario, plan)
     ids, samples, std = class_noise(scenario, plan, budget)
-    on_mean = std * math.sqrt(dim) / samples
-    line = DROWNED * config.clip
+    if scenario.merge.head == "ridge":
+        # the ridge head reads the classes' random-feature sums: noised by b a unit, at most b long a sample
+        size, block = scenario.merge.random_features, "random-feature sum"
+        bound = dp.feature_bound(scenario.seed, dim, size, config.clip)
+        std = std * bound
+    else:
+        size, block, bound = dim, "sum", config.clip
+    on_mean = std * math.sqrt(size) / samples
+    line = DROWNED * bound
     drowned = on_mean >= line
     if not drowned.any():
         return []
@@ -79,14 +88,20 @@ def drowning_warnings(scenario: Scenario, plan: Plan, dim: int) -> list[str]:
     # noise scales with the multiplier: the largest one that keeps every class under the line
     multiplier = budget.multiplier * float(np.min(line / on_mean))
     epsilon = _up(dp.epsilon_spent(multiplier, budget.planned, config.delta))
-    shots = math.ceil(float(np.max(std)) * math.sqrt(dim) / line)
+    shots = math.ceil(float(np.max(std)) * math.sqrt(size) / line)
     names = ", ".join(map(str, ids[drowned][:SHOWN])) + (" ..." if drowned.sum() > SHOWN else "")
     return [f"privacy.dp: the noise drowns {int(drowned.sum())} of {len(ids)} classes ({names}): at epsilon "
             f"{config.epsilon:g} a class's mean carries noise of norm up to {on_mean[worst]:.2g} (class {ids[worst]}: "
-            f"{samples[worst]:.0f} training samples, noise std {std[worst]:.2g} on its count and on each of its sum's "
-            f"{dim} coordinates) against a clip of {config.clip:g}, the longest a mean can be (drowned: half of it or "
+            f"{samples[worst]:.0f} training samples, noise std {std[worst]:.2g} on each of its {block}'s {size} "
+            f"coordinates) against {_bound_words(scenario, bound)}, the longest a mean can be (drowned: half of it or "
             f"more); privacy.dp.epsilon {epsilon:g} would keep every class under that, or {shots} training samples "
             f"a class at epsilon {config.epsilon:g}"]
+
+
+def _bound_words(scenario: Scenario, bound: float) -> str:
+    if scenario.merge.head == "ridge":
+        return f"{bound:.3g} (the clip times the random projection's norm)"
+    return f"a clip of {bound:g}"
 
 
 def feature_size(model, dataset) -> int:

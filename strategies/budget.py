@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from fedrecon import dp
+from fedrecon.learning.heads import head_spec
 from fedrecon.plan.records import Plan
 from fedrecon.scenario.scenario import Scenario
 
@@ -17,7 +18,8 @@ class PrivacyBudget:
         self.config = scenario.privacy.dp
         self.planned = len({a.round for a in plan.arrivals})
         self.multiplier = dp.calibrate(self.config.epsilon, self.config.delta, self.planned)
-        self.sensitivity = dp.sensitivity(self.config.clip, scenario.merge.head == "lda")
+        # under the ridge head each block's noise is scaled by its own bound too (fedrecon.dp.block_scales)
+        self.sensitivity = dp.release_sensitivity(head_spec(scenario.merge, scenario.seed), self.config.clip)
         self.releases = 0
 
     def allows_another(self) -> bool:

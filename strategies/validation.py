@@ -174,17 +174,22 @@ def check_second_order(arrays: dict, ids: np.ndarray, counts: np.ndarray, sums: 
         rf = arrays["rf_sums"]
         if rf.dtype != np.float64 or rf.shape != (len(ids), m):
             raise PayloadError(f"rf_sums must be float64 {(len(ids), m)}, got {rf.dtype} {rf.shape}")
-        if not np.isfinite(rf).all() or (rf < 0).any():
-            raise PayloadError("rf_sums must be finite and non-negative (sums of ReLU features)")
+        if not np.isfinite(rf).all():
+            raise PayloadError("rf_sums must be finite")
+        if (rf < 0).any() and not noisy:
+            raise PayloadError("rf_sums must be non-negative (sums of ReLU features)")
         if "gram_factor" in arrays:
+            if noisy:  # noise makes the Gram full rank and indefinite: it has no factor to send
+                raise PayloadError("gram_factor under privacy.dp: a noisy Gram travels as its triangle")
             gram, slack = _factor_gram(arrays["gram_factor"], m, float(counts.sum())), 1e-10
         else:
-            gram, slack = _triangle(arrays, "gram", m), 0.0
+            gram, slack = _triangle(arrays, "gram", m, noisy), 0.0
+        # values are checked only without noise (under privacy.dp, as for the second moment: the form)
         # from a factor, an entry that is 0 comes back as a rounding error either side of it
-        if (gram < -slack * max(float(np.diag(gram).max(initial=0.0)), 1.0)).any():
+        if (gram < -slack * max(float(np.diag(gram).max(initial=0.0)), 1.0)).any() and not noisy:
             raise PayloadError("gram has a negative entry (ReLU features are non-negative)")
         implied = float(np.sum(rf**2 / counts[:, None]))
-        if np.trace(gram) < implied - _tolerance(implied):
+        if np.trace(gram) < implied - _tolerance(implied) and not noisy:
             raise PayloadError("gram's trace is smaller than its rf_sums imply")
         extra["rf_sums"], shared["gram"] = rf, gram
     return extra, shared

@@ -74,8 +74,6 @@ def _dp_checks(s: Scenario, source: SourceMap) -> list[str]:
     loc, problems = ("privacy", "dp"), []
     if s.merge.method != "prototypes":
         problems.append(source.error(loc, "fedavg_finetune releases whole models: differential privacy noises class statistics"))
-    if s.merge.head == "ridge":
-        problems.append(source.error(loc, "the ridge head's random features have no clip bound yet: use head ncm or lda"))
     if s.adapters.active:
         problems.append(source.error(loc, "adapter updates are not noised yet: use adapters.schedule frozen"))
     if s.evaluation.where == "clients":
