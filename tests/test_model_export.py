@@ -21,29 +21,31 @@ from tests.conftest import DATA_ROOT, head_of, small_scenario
 from tests.test_run import run
 from tests.test_strategy import identity  # noqa: F401 (fixture: messages need a run id)
 
-HEAD_SETTINGS = {"ncm": {}, "lda": {}, "ridge": {"random_features": 300}}
+# each run's sections beside the small scenario's: a head each, and ncm on noisy statistics (DP)
+RUNS = {"ncm": {}, "lda": {"merge": {"prototypes": "exact", "head": "lda"}},
+        "ridge": {"merge": {"prototypes": "exact", "head": "ridge", "random_features": 300}},
+        "dp": {"privacy": {"dp": {"epsilon": 8.0, "clip": 20.0}}}}
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One small run folder per head (3 clients, 12 classes, in process)."""
+    """One small run folder per kind of RUNS (3 clients, 12 classes, in process)."""
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
     folders = {}
-    for head, settings in HEAD_SETTINGS.items():
-        root = tmp_path_factory.mktemp(head)
-        merge = {"prototypes": "exact", "head": head, **settings}
-        (root / "scenario.yaml").write_text(yaml.safe_dump(small_scenario(merge=merge), sort_keys=False))
+    for kind, sections in RUNS.items():
+        root = tmp_path_factory.mktemp(kind)
+        (root / "scenario.yaml").write_text(yaml.safe_dump(small_scenario(**sections), sort_keys=False))
         run(root / "scenario.yaml", root / "run")
-        folders[head] = root / "run"
+        folders[kind] = root / "run"
     return folders
 
 
 @pytest.fixture(scope="module")
 def exported(runs, tmp_path_factory):
     models = {}
-    for head, folder in runs.items():
-        models[head] = tmp_path_factory.mktemp(f"{head}-model") / "model"
-        assert main(["export", str(folder), "--out", str(models[head])]) == 0
+    for kind, folder in runs.items():
+        models[kind] = tmp_path_factory.mktemp(f"{kind}-model") / "model"
+        assert main(["export", str(folder), "--out", str(models[kind])]) == 0
     return models
 
 
@@ -59,19 +61,20 @@ def test_a_heads_exported_parameters_score_as_the_head_itself():
         assert np.array_equal(twin.scores(probe), head.scores(probe)), name
 
 
-@pytest.mark.parametrize("head", list(HEAD_SETTINGS))
-def test_export_then_predict_gives_the_runs_final_accuracy(head, runs, exported):
+@pytest.mark.parametrize("kind", list(RUNS))
+def test_export_then_predict_gives_the_runs_final_accuracy(kind, runs, exported):
     # Prepare: the test samples of every class seen, as the run's dataset holds them
-    summary = json.loads((runs[head] / "summary.json").read_text())
-    prep = prepare(load_scenario(runs[head] / "scenario.json"))
+    summary = json.loads((runs[kind] / "summary.json").read_text())
+    scenario = load_scenario(runs[kind] / "scenario.json")
+    prep = prepare(scenario)
     index, labels = prep.plan.test_set(prep.plan.classes_seen(prep.plan.rounds))
     # Execute
-    model = load_model(exported[head])
+    model = load_model(exported[kind])
     predicted = model.class_ids(prep.dataset.inputs[index])
     # Assert: exactly the run's accuracy, and the manifest says so
     assert (predicted == labels).mean() == summary["final_accuracy"]
     assert model.manifest["accuracy"] == summary["final_accuracy"]
-    assert model.manifest["head"]["kind"] == head and len(model.names) == summary["classes_learned"]
+    assert model.manifest["head"]["kind"] == scenario.merge.head and len(model.names) == summary["classes_learned"]
     assert model.names[0] == prep.dataset.class_names[int(model.head.ids[0])]
 
 
