@@ -260,3 +260,12 @@ def test_an_input_above_the_unknown_threshold_is_labelled_unknown(runs, tmp_path
     assert rejected["label"] == "unknown" and rejected["unknown_score"] > -1e9 and len(rejected["top"]) == 3
     assert main(["predict", str(tmp_path / "m"), str(tmp_path / "blank.png"), "--json", "--unknown-threshold", "1e300"]) == 0
     assert json.loads(capsys.readouterr().out)["label"] == rejected["top"][0]["label"]
+
+
+def test_runs_without_a_head_on_merged_statistics_are_refused_in_one_line():
+    from fedrecon.model.export import refusal
+    from tests.conftest import scenario_of
+
+    assert refusal(scenario_of()) is None
+    assert "every client keeps its own head" in refusal(scenario_of(merge={"prototypes": "local"}))
+    assert "fedavg_finetune" in refusal(scenario_of(merge={"method": "fedavg_finetune"}, finetune={"epochs": 1}))

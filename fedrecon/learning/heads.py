@@ -155,8 +155,8 @@ class SharedCovarianceLDA:
         return _predict(self, features)
 
     def parameters(self) -> tuple[dict[str, np.ndarray], dict]:
-        """What :meth:`scores` reads (the covariance is kept for the unknown-input score)."""
-        return {"ids": self.ids, "weights": self.weights, "bias": self.bias, "covariance": self.covariance}, {}
+        """What :meth:`scores` reads: the discriminant's weights and biases."""
+        return {"ids": self.ids, "weights": self.weights, "bias": self.bias}, {}
 
     @classmethod
     def restore(cls, arrays: dict[str, np.ndarray], settings: dict) -> "SharedCovarianceLDA":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fedrecon.dp import released
 from fedrecon.learning.heads import build_head
+from fedrecon.learning.prototype_merges import is_per_client, make_policy
 from fedrecon.learning.stats import ClassStats
 from fedrecon.model.encoder import TOKENIZER_FILE, backbone_files, tokenizer_text
 from fedrecon.model.folder import MANIFEST, ModelError, seal, write_arrays
@@ -27,8 +28,8 @@ def refusal(scenario) -> str | None:
     """Why a run of ``scenario`` has no single classifier to export (None: it has one)."""
     if scenario.merge.method == "fedavg_finetune":
         return "a fedavg_finetune run's model is a fine-tuned network, not a head on merged statistics: not exported yet"
-    if scenario.merge.prototypes == "local":
-        return "merge.prototypes local: every client keeps its own head, there is no federated model"
+    if is_per_client(make_policy(scenario.merge.prototypes)):
+        return f"merge.prototypes {scenario.merge.prototypes}: every client keeps its own head, there is no federated model"
     return None
 
 

@@ -37,6 +37,10 @@ class Model:
         ``manifest.json``: scenario, run, round, accuracy, classes, backbone, head.
     names : list of str
         Class names, one per column of :meth:`scores`.
+    unknown : UnknownScore or None
+        The unknown-input score (:mod:`fedrecon.model.unknown`); None in a folder exported without it.
+    threshold : float or None
+        The export's unknown threshold (None: every input gets a class).
     """
 
     def __init__(self, folder: str | Path, device: str = "cpu"):
