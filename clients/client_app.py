@@ -93,12 +93,23 @@ def train(msg: Message, context: Context) -> Message:
 
         if isinstance(stats, dict):  # the worker's arrays (a Gram of few samples formed from its factor)
             stats = ClassStats.from_arrays(stats)
-        vector = secure.masked(msg, context, stats, factors, float(len(arrays["sample_index"])))
+        vector = secure.masked(msg, context, stats, factors, float(len(arrays["sample_index"])), _noise(setup, task, stats))
         return Message(RecordDict({P.MASKED: _record(faults.spoil(task, {"masked": vector})), P.METRICS: metrics}),
                        reply_to=msg)
     sent = stats if isinstance(stats, dict) else stats.to_arrays()  # the worker's arrays go out as they came
     reply = RecordDict({P.STATS: _record(faults.spoil(task, sent)), **extra, P.METRICS: metrics})
     return Message(reply, reply_to=msg)
+
+
+def _noise(setup, task: dict, stats: ClassStats) -> tuple[float, dict] | None:
+    """Under privacy.dp, the std and the blocks' scales the task's statistics were noised with."""
+    if "dp_std" not in task:
+        return None
+    from fedrecon import dp
+    from fedrecon.learning.heads import head_spec
+
+    s = setup.scenario
+    return float(task["dp_std"]), dp.block_scales(head_spec(s.merge, s.seed), s.privacy.dp.clip, stats.dim)
 
 
 def _learn(setup, context: Context, task: dict, arrays: dict, timings: dict) -> ClassStats | dict[str, np.ndarray]:

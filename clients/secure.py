@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message
 
+from fedrecon import dp
 from fedrecon import protocol as P
 from fedrecon.learning.stats import ClassStats
 from fedrecon.secagg.layout import Layout
@@ -44,14 +45,19 @@ def shares(msg: Message, context: Context) -> ConfigRecord:
     return ConfigRecord({str(v): ct for v, ct in out.items()})
 
 
-def masked(msg: Message, context: Context, stats: ClassStats, factors: dict, weight: float) -> np.ndarray:
+def masked(msg: Message, context: Context, stats: ClassStats, factors: dict, weight: float,
+           noise: tuple[float, dict] | None = None) -> np.ndarray:
     """The task's statistics (and weighted adapter factors) in the round's layout, masked,
-    as bytes; the shares the others sent this client are kept for the unmasking."""
+    as bytes; the shares the others sent this client are kept for the unmasking. ``noise``
+    (privacy.dp: the std and the blocks' scales its own statistics were noised with) goes
+    on the other classes' slots too (fedrecon.dp.noise_other_slots)."""
     config = msg.content[P.SECAGG]
     state = _load(context, int(config["round"]))
     state.receive({int(k): bytes(v) for k, v in msg.content[P.SHARES].items()})
     layout = Layout.from_json(str(config["layout"]))
     vector = layout.vector(stats, factors, weight)
+    if noise is not None:
+        vector = vector + dp.noise_other_slots(layout, stats.ids, *noise)
     out = state.mask(vector, [int(c) for c in config["survivors"]])
     _save(context, state)
     return np.frombuffer(out.to_bytes(), dtype=np.uint8)

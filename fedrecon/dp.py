@@ -35,7 +35,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from fedrecon.learning.stats import ClassStats, StatsSpec, random_projection
+from fedrecon.learning.stats import PER_CLASS, ClassStats, StatsSpec, random_projection
+from fedrecon.secagg.layout import Layout
 
 # what a ridge release holds, each block noised in proportion to its own bound
 RIDGE_BLOCKS = ("counts", "sums", "rf_sums", "gram")
@@ -116,6 +117,26 @@ def add_noise(stats: ClassStats, std: float, rng: np.random.Generator | None = N
     sums = stats.sums + rng.normal(0.0, std * scales.get("sums", 1.0), stats.sums.shape)
     extra = {k: v + rng.normal(0.0, std * scales.get(k, 1.0), v.shape) for k, v in stats.extra.items()}
     return stats.replace(counts=counts, sums=sums, extra=extra, shared=shared)
+
+
+def noise_other_slots(layout: Layout, held: np.ndarray, std: float, scales: dict[str, float] | None = None,
+                      rng: np.random.Generator | None = None) -> np.ndarray:
+    """Under secure aggregation: noise for the class slots of ``layout`` that the client
+    does not hold (counts, sums, random-feature sums; zeros everywhere else), to add to its
+    vector. Each client adds ``1/t`` of the variance to every slot of the round, not only to
+    its own classes: a class one client holds then still carries, in the round's sum, the
+    noise of every reporting client, at least the variance the accountant assumes."""
+    rng = rng or np.random.default_rng()
+    scales = scales or {}
+    others = ~np.isin(np.array(layout.classes, dtype=np.int64), held)
+    out, k = [], len(layout.classes)
+    for name, length in layout.parts():
+        part = np.zeros(length)
+        if name in ("counts", *PER_CLASS) and k:
+            rows = part.reshape(k, -1)
+            rows[others] = rng.normal(0.0, std * scales.get(name, 1.0), (int(others.sum()), rows.shape[1]))
+        out.append(part)
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def released(stats: ClassStats) -> ClassStats:

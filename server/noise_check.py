@@ -6,7 +6,7 @@ count and sum coordinate it releases. A class of ``n`` training samples released
 arrivals ends with noise of standard deviation ``sigma sqrt(k)`` on its count and on each
 of the ``d`` coordinates of its sum, so its mean carries noise of L2 norm about
 ``sigma sqrt(k d) / n``. (Under secure aggregation each client adds ``sigma^2 / t`` of the
-variance, ``t`` the round's threshold, to the classes it holds.) The ridge head reads the
+variance, ``t`` the round's threshold, to every class slot of the round.) The ridge head reads the
 classes' random-feature sums instead: noise ``b`` times that on each of their ``M``
 coordinates, against a bound of ``b`` (:func:`fedrecon.dp.block_scales`).
 
@@ -46,12 +46,16 @@ def class_noise(scenario: Scenario, plan: Plan, budget: PrivacyBudget) -> tuple[
     for server_round in range(1, plan.rounds + 1):
         arrivals = plan.arrivals_at(server_round)
         clients = len({a.client for a in arrivals})
-        # the std a client is told to add (strategies/tasks.py, strategies/secure.py)
+        # the std a client is told to add (strategies/tasks.py, strategies/secure.py); under secure
+        # aggregation every client of the round adds it to every class slot of the round
         std = budget.std(round_threshold(scenario.privacy.threshold, clients) if secure else 1)
         for arrival in arrivals:
             for c, group in zip(arrival.classes, arrival.samples):
-                variance[c] += std**2
+                variance[c] += std**2 if not secure else 0.0
                 samples[c] += len(group)
+        if secure:
+            for c in {c for a in arrivals for c in a.classes}:
+                variance[c] += clients * std**2
     ids = np.array(sorted(variance), dtype=np.int64)
     return ids, np.array([samples[c] for c in ids], float), np.sqrt([variance[c] for c in ids])
 

@@ -27,6 +27,8 @@ def privacy_lines(s: dict) -> list[tuple[str, str]]:
     target = f" of {s['privacy_epsilon_target']:g}" if "privacy_epsilon_target" in s else ""
     spent = f"{s['privacy_epsilon']:.3f}{target} (delta {s['privacy_delta']:g}, {s['releases']} releases)"
     noise = f"{s.get('noise_std', float('nan')):.3g} (noise multiplier {s['noise_multiplier']:.3g} x sensitivity)"
+    if s.get("head") == "ridge":  # each block noised in proportion to its bound (fedrecon.dp.block_scales)
+        noise += "; times clip on sums, b on random-feature sums, b^2 on the Gram"
     return [("privacy epsilon spent", spent), ("noise std, each released value", noise)]
 
 

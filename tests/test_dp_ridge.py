@@ -95,3 +95,18 @@ def test_a_ridge_run_under_dp_spends_its_budget_and_noises_every_block(write_sce
     for name in ("counts", "sums", "rf_sums"):
         assert np.abs(noisy[name] - plain[name]).max() > 0.1, name
     assert "gram" in noisy and "gram_factor" not in noisy
+
+
+def test_under_secure_aggregation_a_client_noises_the_other_classes_slots_too():
+    from fedrecon.secagg.layout import Layout
+
+    layout = Layout((1, 4, 7), DIM, random_features=SPEC.random_features)
+    noise = dp.noise_other_slots(layout, np.array([4]), 2.0, {"sums": 3.0}, np.random.default_rng(6))
+    parts, start = {}, 0
+    for name, length in layout.parts():
+        parts[name] = noise[start:start + length]
+        start += length
+    counts, sums, rf = parts["counts"], parts["sums"].reshape(3, DIM), parts["rf_sums"].reshape(3, -1)
+    assert counts[1] == 0 and not sums[1].any() and not rf[1].any() and not parts["gram"].any()  # its own: noised already
+    assert counts[0] != 0 and counts[2] != 0 and sums[[0, 2]].all() and rf[[0, 2]].all()
+    assert np.std(rf[[0, 2]]) == pytest.approx(2.0, rel=0.2) and np.std(sums[[0, 2]]) > 3.0

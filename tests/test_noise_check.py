@@ -42,10 +42,10 @@ def test_the_noise_on_a_class_is_the_noise_its_clients_add():
     assert len(ids) == 12 and set(samples) == {5.0}
     # each class arrives once: the std one client adds (multiplier x sensitivity, sqrt(1 + clip^2))
     assert std == pytest.approx([budget.multiplier * math.sqrt(1 + 20.0**2)] * 12)
-    # under secure aggregation a client adds 1/t of the variance (t = 2 of the round's 3 clients)
+    # under secure aggregation each of the round's 3 clients adds 1/t of the variance (t = 2) to every class slot
     secure = scenario_of(privacy={"secure_aggregation": True, "dp": {"epsilon": 4.0, "clip": 20.0}})
     _, _, shared = class_noise(secure, plan, PrivacyBudget(secure, plan))
-    assert shared == pytest.approx(std / math.sqrt(2))
+    assert shared == pytest.approx(std * math.sqrt(3 / 2))
 
 
 def test_no_warning_where_the_classes_stand_above_the_noise():
