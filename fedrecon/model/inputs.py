@@ -74,9 +74,11 @@ def prepare_inputs(items, prep: dict) -> tuple[np.ndarray, list[str]]:
     """``items`` as the backbone's input array, and a name for each input (in order).
 
     Strings are sentences for a text model, image files or folders for an image model;
-    a numpy array is taken as inputs already prepared (a dataset's own samples).
+    a numpy array (or a list of them) is taken as inputs already prepared (a dataset's own samples).
     """
     kind = prep["kind"]
+    if isinstance(items, (list, tuple)) and items and all(isinstance(i, np.ndarray) for i in items):
+        items = np.stack(items)  # prepared samples one by one (a notebook's list of arrays)
     if isinstance(items, np.ndarray) and items.dtype != object and items.dtype.kind != "U":
         if kind == "text":
             raise ModelError(f"this model reads text, got an array of {items.dtype} {items.shape}")
