@@ -52,6 +52,8 @@ def test_run_simulation_takes_what_fedrecon_run_passes_and_warns_as_the_cli_filt
     reached: dict = {}
     monkeypatch.setattr(module, "_run_simulation", lambda **kwargs: reached.update(kwargs))
     monkeypatch.setattr(module, "event", lambda *args, **kwargs: None)  # no telemetry event
+    # a fedrecon run earlier in this process left the CLI's filter on Flower's logger: the record must reach us
+    monkeypatch.setattr(logging.getLogger("flwr"), "filters", [])
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append
