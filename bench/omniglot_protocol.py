@@ -80,8 +80,8 @@ def main() -> None:
     text = "\n\n".join([
         "## Omniglot: the Federated Reconnaissance protocol",
         "Command: `.venv/bin/python bench/omniglot_protocol.py` (each method is one `fedrecon run "
-        f"{SCENARIO} --set ...`; run folders under `{args.out}`; the machine's store of backbone weights emptied "
-        "before each, so bytes down hold the backbone sent once to each client). Accuracy on the test drawings of all "
+        f"{SCENARIO} --set ...`; run folders under `{args.out}`; in simulation the backbone's weights do not "
+        "travel: `fedrecon run` puts them where this machine's virtual clients read them). Accuracy on the test drawings of all "
         "classes seen, after each number of classes; `local`: mean over clients of each client's own head.",
         table(plain, "Disjoint classes (the paper's protocol)"),
         table(revisit, "With revisits: 10 training drawings, then half the classes come back one round later with 5 new drawings"),
