@@ -94,7 +94,7 @@ def main() -> None:
         f"Plots (`fedrecon report` on the disjoint runs, written to `{PLOTS.relative_to(REPO)}`): accuracy "
         "against classes seen and bytes per round for every method; per-client accuracy and the forgetting "
         "heat map (accuracy on each task's classes, by evaluation round) of `exact` and `fedavg_finetune`.",
-        f"![accuracy against classes seen]({PLOTS.name}/accuracy.png)",
+        f"![accuracy on the classes seen, by round]({PLOTS.name}/accuracy.png)",
         f"![bytes per round]({PLOTS.name}/bytes.png)",
         f"![forgetting: exact]({PLOTS.name}/forgetting-exact.png) "
         f"![forgetting: fedavg_finetune]({PLOTS.name}/forgetting-fedavg_finetune.png)",
