@@ -92,7 +92,7 @@ def main() -> None:
         f"replay; `{' '.join(FINETUNE[1:])}`) forgets: each round's training pushes the old classes' "
         "logits down, and the whole model (448 kB) travels each way with every task.",
         f"Plots (`fedrecon report` on the disjoint runs, written to `{PLOTS.relative_to(REPO)}`): accuracy "
-        "against classes seen and bytes per round for every method; per-client accuracy and the forgetting "
+        "on the classes seen by round (classes seen beneath) and bytes per round for every method; per-client accuracy and the forgetting "
         "heat map (accuracy on each task's classes, by evaluation round) of `exact` and `fedavg_finetune`.",
         f"![accuracy on the classes seen, by round]({PLOTS.name}/accuracy.png)",
         f"![bytes per round]({PLOTS.name}/bytes.png)",
