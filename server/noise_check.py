@@ -107,9 +107,3 @@ def _bound_words(scenario: Scenario, bound: float) -> str:
         return f"{bound:.3g} (the clip times the random projection's norm)"
     return f"a clip of {bound:g}"
 
-
-def feature_size(model, dataset) -> int:
-    """The backbone's feature size, from one sample (as the run's own preparation finds it)."""
-    from fedrecon.backbones.embed import embed
-
-    return int(embed(model, dataset.inputs[:1]).shape[1])

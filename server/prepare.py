@@ -30,8 +30,8 @@ from fedrecon.scenario.sections import DATA_ROOT_RULE, default_data_root
 class Prepared:
     """A checked scenario with its data, plan and backbone.
 
-    ``model`` is None after :func:`check` unless a check had to build it; ``weights``,
-    ``digest`` and ``dim`` are set by :func:`prepare`. ``adapted`` is the server's own
+    ``model`` and ``dim`` (the summarised features' size) are None and 0 after :func:`check`
+    unless a check had to build the backbone; ``weights`` and ``digest`` are set by :func:`prepare`. ``adapted`` is the server's own
     adapted copy of the backbone (adapters only), which it scores the merged adapter with.
     """
 
@@ -211,11 +211,24 @@ def check(scenario: Scenario, build: bool = False) -> Prepared:
             shown = ", ".join(map(str, alone[:10])) + (" ..." if len(alone) > 10 else "")
             plan = replace(plan, warnings=(*plan.warnings, f"secure aggregation: rounds {shown} have a single client, "
                                                            "whose statistics are the round's sum"))
+    dim = _feature_size(scenario, dataset, adapted.model if adapted else model) if model is not None else 0
     if scenario.privacy.dp is not None:
-        from server.noise_check import drowning_warnings, feature_size
+        from server.noise_check import drowning_warnings
 
-        plan = replace(plan, warnings=(*plan.warnings, *drowning_warnings(scenario, plan, feature_size(model, dataset))))
-    return Prepared(scenario, dataset, plan, entry, model, adapted)
+        plan = replace(plan, warnings=(*plan.warnings, *drowning_warnings(scenario, plan, dim)))
+    return Prepared(scenario, dataset, plan, entry, model, adapted, dim=dim)
+
+
+def _feature_size(scenario: Scenario, dataset: ClassDataset, model) -> int:
+    """The size of the features a client summarises, from the first sample (under adapters
+    the adapted copy's: twice the backbone's under ``features: both``)."""
+    from fedrecon.backbones.embed import embed
+
+    try:  # the first use of the samples: a file that is corrupt inside is found here, before the run
+        first = dataset.inputs[:1]
+    except (DataError, OSError) as exc:
+        raise _data_error(scenario, exc) from None
+    return int(embed(model, first).shape[1])
 
 
 def check_simulation_devices(scenario: Scenario) -> None:
@@ -259,17 +272,10 @@ def check_ray_address(scenario: Scenario, wait: float = 5.0) -> None:
 
 
 def prepare(scenario: Scenario) -> Prepared:
-    """:func:`check`, then the backbone's weights, their digest and its feature size."""
-    from fedrecon.backbones.embed import embed, state_to_numpy
+    """:func:`check` with the backbone built, then its weights and their digest."""
+    from fedrecon.backbones.embed import state_to_numpy
     from fedrecon.backbones.weights import state_digest
 
     checked = check(scenario, build=True)
     weights = state_to_numpy(checked.model)
-    try:  # the first use of the samples: a file that is corrupt inside is found here, before the run
-        first = checked.dataset.inputs[:1]
-    except (DataError, OSError) as exc:
-        raise _data_error(scenario, exc) from None
-    # under adapters the summarised features are the adapted copy's (features: both, twice the size)
-    dim = embed(checked.adapted.model if checked.adapted else checked.model, first).shape[1]
-    return Prepared(checked.scenario, checked.dataset, checked.plan, checked.entry, checked.model, checked.adapted,
-                    weights, state_digest(weights), dim)
+    return replace(checked, weights=weights, digest=state_digest(weights))

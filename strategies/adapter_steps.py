@@ -89,14 +89,12 @@ class AdapterSteps:
         """Merge the step's checked factors; False if every client answered that its
         schedule does not train this task (no more steps are needed this round)."""
         step = outbox.extra["step"]
-        # merged in the clients' order, not the replies': float addition is not associative,
-        # and a run's adapter must not depend on which reply came first
-        mine = sorted((r for r in replies if r.metadata.src_node_id in outbox.to),
-                      key=lambda r: outbox.to[r.metadata.src_node_id].client)
-        factors, weights, losses, failed, classes, answered = [], [], [], [], [], set()
-        for reply in mine:
-            arrival = outbox.to[reply.metadata.src_node_id]
-            answered.add(reply.metadata.src_node_id)
+        # merged in the clients' order (the order the step's messages went out), not the replies':
+        # float addition is not associative, and a run's adapter must not depend on which reply came first
+        answered = outbox.answers(replies)
+        factors, weights, losses, failed, classes = [], [], [], [], []
+        for node, reply in answered.items():
+            arrival = outbox.to[node]
             try:
                 update = checked_factors(state, reply)
                 step_classes = self.check_step_classes(state, reply, arrival) if update is not None else None

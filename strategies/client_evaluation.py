@@ -52,9 +52,9 @@ class ClientEvaluation:
     def absorb(self, state: ServerState, work: RoundWork, outbox: Outbox, replies: list[Message]) -> bool:
         totals = {"correct": 0, "samples": 0, "clients": 0, "failures": outbox.extra["missing"]}
         answered = set()
-        for reply in replies:
-            client = outbox.to.get(reply.metadata.src_node_id)
-            if client is None or client in answered or reply.has_error() or P.METRICS not in reply.content:
+        for node, reply in outbox.answers(replies).items():
+            client = outbox.to[node]
+            if reply.has_error() or P.METRICS not in reply.content:
                 continue
             m = reply.content[P.METRICS]
             correct, samples = int(m.get("correct", -1)), int(m.get("samples", -1))

@@ -23,6 +23,16 @@ class Outbox:
     to: dict[int, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # what the phase's absorb needs of its build
 
+    def answers(self, replies: list[Message]) -> dict[int, Message]:
+        """The first reply of each node this outbox wrote to, by node, in the order the
+        messages went out (a reply from any other node, or a second one, is ignored)."""
+        got: dict[int, Message] = {}
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if node in self.to and node not in got:
+                got[node] = reply
+        return {node: got[node] for node in self.to if node in got}
+
 
 @dataclass
 class RoundWork:

@@ -64,11 +64,7 @@ def answers(state: ServerState, work: RoundWork, outbox: Outbox, replies: list[M
             drop: bool = True) -> dict[int, Message]:
     """The step's replies by client; a client that did not answer (or answered with an
     error) drops out of the round, its task retried."""
-    got = {}
-    for reply in replies:
-        client = outbox.to.get(reply.metadata.src_node_id)
-        if client is not None and not reply.has_error():
-            got[client] = reply
+    got = {outbox.to[node]: reply for node, reply in outbox.answers(replies).items() if not reply.has_error()}
     for client in outbox.to.values():
         if client not in got and drop:
             leave(state, work, client, f"secure aggregation: no answer to the {step}")
@@ -186,10 +182,8 @@ class MaskedTasks:
         if outbox.messages and state.budget is not None:
             state.budget.release()  # what the clients sent was noised for this release
         size, masked = 16 * work.secure.layout.size(), work.secure.server.masked
-        for reply in replies:
-            if reply.metadata.src_node_id not in outbox.to:
-                continue
-            arrival, _ = outbox.to[reply.metadata.src_node_id]
+        for node, reply in outbox.answers(replies).items():
+            arrival, _ = outbox.to[node]
             if reply.has_error():
                 leave(state, work, arrival.client, f"client error {reply.error.code}: {reply.error.reason}")
                 continue

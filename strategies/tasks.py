@@ -91,12 +91,8 @@ class Tasks:
     def absorb(self, state: ServerState, work: RoundWork, outbox: Outbox, replies: list[Message]) -> bool:
         if outbox.messages and state.budget is not None:
             state.budget.release()  # what the clients sent was noised for this release
-        learning, accepted, answered = self.messages.learning, [], set()
-        for reply in replies:
-            node = reply.metadata.src_node_id
-            if node not in outbox.to or node in answered:
-                continue
-            answered.add(node)
+        learning, accepted, answered = self.messages.learning, [], outbox.answers(replies)
+        for node, reply in answered.items():
             arrival, parts = outbox.to[node]
             try:
                 checked = learning.check(state, reply, arrival, outbox.extra["sent"])

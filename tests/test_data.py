@@ -76,7 +76,6 @@ def test_png_wrong_layout_is_refused(tmp_path):
 def test_a_node_cache_keeps_decoded_drawings_and_never_serves_them_stale(tmp_path):
     import os
     import shutil
-    import time
 
     from fedrecon.data import omniglot
     from fedrecon.data.cache import DiskCache
@@ -89,9 +88,8 @@ def test_a_node_cache_keeps_decoded_drawings_and_never_serves_them_stale(tmp_pat
     first = omniglot.load_omniglot(folder, "evaluation", 28, cache).inputs
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
     omniglot._load_cached.cache_clear()  # as a new process would
-    start = time.perf_counter()
     again = omniglot.load_omniglot(folder, "evaluation", 28, cache).inputs
-    assert time.perf_counter() - start < 0.5 and isinstance(again, np.memmap)
+    assert isinstance(again, np.memmap)  # read from the cache, not decoded again (its speed: bench/, not a test)
     np.testing.assert_array_equal(again, first)
     np.testing.assert_array_equal(first, load_omniglot(DATA_ROOT, "evaluation", 28).inputs)
     # another size, or the file changed: another key
