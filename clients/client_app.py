@@ -193,6 +193,19 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(RecordDict({P.METRICS: MetricRecord({"correct": correct, "samples": samples})}), reply_to=msg)
 
 
+@app.query(P.UNKNOWN_SCORES)
+def unknown_scores(msg: Message, context: Context) -> Message:
+    """Count this client's training samples' unknown-input scores in the fixed bins."""
+    from clients.unknown_scores import count_scores
+
+    setup = node.setup(msg, context)
+    config, arrays = dict(msg.content[P.UNKNOWN_CONFIG]), _numpy(msg.content[P.EVAL_ARRAYS])
+    adapter = _numpy(msg.content[P.ADAPTER]) if P.ADAPTER in msg.content else None
+    counts = count_scores(setup, str(config["kind"]), _numpy(msg.content[P.UNKNOWN_ARRAYS]),
+                          arrays["sample_index"], arrays["sample_labels"], int(config["round"]), adapter)
+    return Message(RecordDict({P.SCORE_COUNTS: _record({"counts": counts})}), reply_to=msg)
+
+
 @app.query(P.SECAGG_KEYS)
 def secagg_keys(msg: Message, context: Context) -> Message:
     """Secure aggregation, step 1: this round's public keys."""

@@ -55,6 +55,14 @@ MERGED_STATS = "merged_stats"  # ArrayRecord: the merged statistics (ClassStats.
 # ADAPTER: the server's merged adapter, if any (merge.adapters none: the client scores with its own)
 # reply: METRICS with correct, samples
 
+# message type "query.unknown_scores" (the unknown-input threshold, unknown.quantile): UNKNOWN_CONFIG,
+# UNKNOWN_ARRAYS, EVAL_ARRAYS (the client's accepted training samples), ADAPTER (the merged one, if any);
+# reply SCORE_COUNTS: "counts", the samples' unknown-input scores counted in fedrecon.model.unknown's bins
+UNKNOWN_SCORES = "unknown_scores"
+UNKNOWN_CONFIG = "unknown_config"  # ConfigRecord: round, kind (of the score)
+UNKNOWN_ARRAYS = "unknown_arrays"  # ArrayRecord: the score's arrays (fedrecon.model.unknown.unknown_parameters)
+SCORE_COUNTS = "score_counts"
+
 # Secure aggregation (privacy.secure_aggregation), one round's exchange (fedrecon.secagg.protocol):
 #   query.secagg_keys   SECAGG {round}                        -> reply SECAGG {c, s} (public keys)
 #   query.secagg_shares SECAGG {round, threshold}, PEERS       -> reply SHARES {holder id: ciphertext}

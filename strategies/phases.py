@@ -14,12 +14,14 @@ from strategies.secure import MaskedTasks, SecureKeys, SecureShares, Unmask
 from strategies.setup import NodeSetup
 from strategies.state import ServerState
 from strategies.tasks import TaskMessages, Tasks
+from strategies.unknown_threshold import UnknownThreshold, skipped_because
 
 
 def round_phases(scenario: Scenario, setup: NodeSetup) -> list[Phase]:
     """A round's phases after the nodes are identified: the adapter steps, secure
     aggregation's keys and shares, the task messages (class statistics, or the model
-    under ``fedavg_finetune``), the unmasking, evaluation on the clients. The scenario
+    under ``fedavg_finetune``), the unmasking, evaluation on the clients, the unknown-input
+    threshold's exchange (where the scenario allows it). The scenario
     check refuses adapter steps with secure aggregation, and both with fine-tuning."""
     learning = Finetune() if scenario.merge.method == "fedavg_finetune" else Prototypes()
     tasks = TaskMessages(scenario, learning, setup)
@@ -32,6 +34,8 @@ def round_phases(scenario: Scenario, setup: NodeSetup) -> list[Phase]:
         phases.append(Tasks(tasks))
     if scenario.evaluation.where == "clients":
         phases.append(ClientEvaluation(setup))
+    if skipped_because(scenario) is None:
+        phases.append(UnknownThreshold(setup))
     return phases
 
 

@@ -236,6 +236,6 @@ class Unmask:
             state.adapters.merge([{k: (v / weight).astype(np.float32) for k, v in factor_sums.items()}], [1.0])
         state.stats = state.policy.merge(state.stats, [update])
         for client in survivors:
-            state.accepted(client)
+            state.accepted(client, work.tasks[client][0])
         work.secure = None
         return True

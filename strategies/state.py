@@ -65,15 +65,22 @@ class ServerState:
         self.book = RetryBook(scenario.faults.retries)
         self.failures: list[dict] = []
         self.learned: dict[int, int] = {}
+        # each client's accepted training samples, (index, label) pairs: the threshold
+        # exchange asks a client to score exactly these (strategies.unknown_threshold)
+        self.trained: dict[int, list[tuple[int, int]]] = {}
+        self.unknown: dict[int, dict] = {}  # round -> threshold, quantile, samples, clients, complete
         self.client_eval: dict[int, dict] = {}  # round -> correct, samples, clients, failures
         self.adapter_log: list[dict] = []  # one entry an adapter step: round, step, trainers, loss, failed
 
     # --- what happens to a task ---------------------------------------------------------------
 
-    def accepted(self, client: int) -> None:
-        """A task of ``client`` was folded in: its node holds the setup, and it counts one task more."""
+    def accepted(self, client: int, arrival: Arrival) -> None:
+        """A task of ``client`` was folded in: its node holds the setup, it counts one
+        task more, and its samples are among those the client learned."""
         self.nodes.delivered(client)
         self.learned[client] = self.learned.get(client, 0) + 1
+        pairs = zip(arrival.sample_index.tolist(), arrival.sample_labels.tolist())
+        self.trained.setdefault(client, []).extend(pairs)
 
     def fail(self, server_round: int, arrival: Arrival, reason: str, parts: list[Waiting] = ()) -> None:
         """A task was rejected or lost: it waits in the retry book (or is lost after its tries)."""
@@ -121,6 +128,8 @@ class ServerState:
             "traffic": self.traffic.state(),
             "failures": self.failures,
             "learned": {str(c): k for c, k in self.learned.items()},
+            "trained": {str(c): [list(p) for p in pairs] for c, pairs in self.trained.items()},
+            "unknown": {str(r): u for r, u in self.unknown.items()},
             "book": self.book.state(),
             "nodes": self.nodes.state(),
             "client_eval": {str(r): t for r, t in self.client_eval.items()},
@@ -143,6 +152,8 @@ class ServerState:
         self.traffic.restore(state["traffic"])
         self.failures = list(state["failures"])
         self.learned = {int(c): int(k) for c, k in state["learned"].items()}
+        self.trained = {int(c): [(int(i), int(y)) for i, y in pairs] for c, pairs in state.get("trained", {}).items()}
+        self.unknown = {int(r): u for r, u in state.get("unknown", {}).items()}
         self.book = RetryBook.from_state(state["book"])
         self.nodes.restore(state["nodes"])
         self.client_eval = {int(r): t for r, t in state["client_eval"].items()}

@@ -101,7 +101,7 @@ class Tasks:
                 continue
             # only a reply whose every part passed counts: a rejected one leaves the global state as it was
             accepted.append((arrival, checked))
-            state.accepted(arrival.client)
+            state.accepted(arrival.client, arrival)
         for node, (arrival, parts) in outbox.to.items():
             if node not in answered:
                 state.fail(work.number, arrival, "no reply before the timeout", parts)

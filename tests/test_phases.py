@@ -10,16 +10,17 @@ from strategies.adapter_steps import AdapterSteps
 from strategies.client_evaluation import ClientEvaluation
 from strategies.secure import MaskedTasks, SecureKeys, SecureShares, Unmask
 from strategies.tasks import Tasks
+from strategies.unknown_threshold import UnknownThreshold
 from tests.test_strategy import honest_reply, identity, make_strategy  # noqa: F401 (identity: autouse fixture)
 from tests.test_strategy_adapters import SHAPES
 
 SCENARIOS = {
-    "plain": ({}, [Tasks]),
+    "plain": ({}, [Tasks, UnknownThreshold]),
     "finetune": ({"merge": {"method": "fedavg_finetune"}}, [Tasks]),
     "secure": ({"privacy": {"secure_aggregation": True}}, [SecureKeys, SecureShares, MaskedTasks, Unmask]),
     "adapter steps, evaluated on the clients": (
         {"merge": {"adapters": "ffa"}, "adapters": {"schedule": "first_task", "rank": 2, "steps": 2},
-         "evaluation": {"where": "clients"}}, [AdapterSteps, Tasks, ClientEvaluation]),
+         "evaluation": {"where": "clients"}}, [AdapterSteps, Tasks, ClientEvaluation, UnknownThreshold]),
 }
 
 

@@ -14,9 +14,12 @@ do), higher meaning more likely unknown:
 - ``cosine`` (every other head): one minus the largest cosine between the input's
   features and a class mean.
 
-The threshold that turns a score into "unknown" is the user's (``--unknown-threshold``):
-choosing it from the clients' own training samples needs one more additive exchange
-(binned counts of their scores), which runs do not make yet.
+The threshold that turns a score into "unknown" is chosen from the clients' own training
+samples by one more additive exchange (:mod:`strategies.unknown_threshold`): each client
+counts its training samples' scores in fixed bins (:func:`score_counts`), the server adds
+the counts and takes the bin edge at the scenario's quantile (:func:`threshold_of`). The
+bins are the same everywhere and known in advance, so the summed counts, and the
+threshold, are those of one site holding every training sample; no score leaves a client.
 """
 
 from __future__ import annotations
@@ -26,6 +29,40 @@ import numpy as np
 from fedrecon.learning.stats import ClassStats
 
 UNKNOWN_FILE = "unknown.safetensors"
+
+# The fixed bins of the threshold exchange: edges 1e-4 sinh(u) for u evenly spaced, so a
+# bin is about 0.7 % of its score wide from 1e-4 to 1e8 (either sign) whatever the score's
+# scale (cosine distances are below 2, Mahalanobis differences in the hundreds); scores
+# beyond the last edges fall in the two open end bins.
+SCORE_BINS = 8192
+_SPAN = float(np.arcsinh(1e12))
+
+
+def bin_edges() -> np.ndarray:
+    """The ``SCORE_BINS - 1`` inner edges of the score bins, increasing."""
+    return 1e-4 * np.sinh(np.linspace(-_SPAN, _SPAN, SCORE_BINS - 1))
+
+
+def score_counts(scores: np.ndarray) -> np.ndarray:
+    """How many of ``scores`` fall in each bin (``int64``, ``SCORE_BINS``); bin ``i`` holds
+    the scores in ``(edge[i-1], edge[i]]``, so a score equal to an edge is under it."""
+    index = np.searchsorted(bin_edges(), np.asarray(scores, dtype=np.float64), side="left")
+    return np.bincount(index, minlength=SCORE_BINS).astype(np.int64)
+
+
+def threshold_of(counts: np.ndarray, quantile: float) -> float | None:
+    """The upper edge of the first bin by which ``quantile`` of the counted scores are
+    reached: at least that share of the training samples score at or under it, so are
+    kept. None when nothing was counted; ``inf`` when the quantile lies in the open top bin."""
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    if total == 0:
+        return None
+    # integer arithmetic: the federated and the centralized sums give the same bin exactly
+    need = int(np.ceil(quantile * total - 1e-9))
+    i = int(np.searchsorted(np.cumsum(counts), max(need, 1), side="left"))
+    edges = bin_edges()
+    return float(edges[i]) if i < len(edges) else float("inf")
 
 
 def _shrunk_precision(cov: np.ndarray, shrinkage: float) -> np.ndarray:

@@ -1,0 +1,113 @@
+"""The unknown-input threshold's exchange: the clients' binned training scores, summed."""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+
+from fedrecon import protocol as P
+from fedrecon.learning.heads import build_head
+from fedrecon.learning.prototype_merges import is_per_client, make_policy
+from fedrecon.model.unknown import SCORE_BINS, threshold_of, unknown_parameters
+from strategies.rounds import Outbox, RoundWork
+from strategies.setup import NodeSetup
+from strategies.state import ServerState
+from strategies.validation import PayloadError, decode_reply
+from strategies.wire import to_record
+
+QUERY = f"{MessageType.QUERY}.{P.UNKNOWN_SCORES}"
+
+
+def skipped_because(scenario) -> str | None:
+    """Why a run of ``scenario`` makes no threshold exchange (None: it makes one)."""
+    if scenario.unknown.quantile is None:
+        return "unknown.quantile is null"
+    if scenario.merge.method == "fedavg_finetune":
+        return "merge.method fedavg_finetune has no merged statistics to score with"
+    if is_per_client(make_policy(scenario.merge.prototypes)):
+        return f"merge.prototypes {scenario.merge.prototypes}: every client keeps its own head"
+    if scenario.privacy.dp is not None:
+        # the counts describe the clients' samples, and the budget accounts only for the statistics
+        return "privacy.dp: the clients' score counts would be a release outside the privacy budget"
+    if scenario.privacy.secure_aggregation:
+        # each client's counts would reach the server in the clear, where its statistics do not
+        return "privacy.secure_aggregation: the score counts are not summed securely yet"
+    if scenario.adapters.active and scenario.merge.adapters == "none":
+        return "merge.adapters none: the clients' features are their own adapters', the server's the frozen backbone's"
+    return None
+
+
+def counts_of(reply: Message, samples: int) -> np.ndarray:
+    """A reply's bin counts, checked: ``SCORE_BINS`` non-negative integers adding up to
+    the ``samples`` the client was asked to score (raises :class:`PayloadError`)."""
+    arrays = decode_reply(reply, 8 * SCORE_BINS + 1024, P.SCORE_COUNTS)
+    counts = arrays.get("counts")
+    if counts is None or counts.shape != (SCORE_BINS,) or counts.dtype != np.int64:
+        raise PayloadError(f"score counts must be {SCORE_BINS} int64 values")
+    if (counts < 0).any() or int(counts.sum()) != samples:
+        raise PayloadError(f"score counts add up to {int(counts.sum())}, not the {samples} samples asked for")
+    return counts
+
+
+class UnknownThreshold:
+    """After a round's statistics are merged (in rounds that are evaluated), every
+    client that learned something scores its accepted training samples under the merged
+    model's unknown-input score (:mod:`fedrecon.model.unknown`) and counts them in the
+    fixed bins; the server adds the counts and keeps the ``unknown.quantile`` edge as the
+    round's threshold (``state.unknown``), which an export of that round ships. A client
+    that does not answer leaves the round's threshold marked incomplete."""
+
+    def __init__(self, setup: NodeSetup):
+        self.setup = setup
+
+    def describe(self) -> str:
+        return "unknown-input threshold: the clients' binned training scores, summed"
+
+    def exchanges(self, state: ServerState, work: RoundWork) -> int:
+        s = state.scenario
+        due = state.active(work.number) and s.evaluation.due(work.number, state.plan.rounds)
+        return int(due and skipped_because(s) is None and len(state.stats) > 0 and bool(state.trained))
+
+    def build(self, state: ServerState, work: RoundWork, step: int) -> Outbox:
+        s = state.scenario
+        head = build_head(state.stats, s.merge, s.seed)
+        kind, arrays = unknown_parameters(state.stats, head, s.merge.shrinkage)
+        score = to_record(arrays)
+        adapters = state.adapters
+        adapter = {P.ADAPTER: to_record(adapters.payload())} if adapters is not None and adapters.merges else {}
+        outbox = Outbox("unknown-input threshold", [], extra={"samples": {}})
+        for client, pairs in sorted(state.trained.items()):
+            if client not in state.nodes.ids:
+                continue
+            node = state.nodes.node(client)
+            index, labels = np.array(pairs, dtype=np.int64).reshape(-1, 2).T
+            content = RecordDict({
+                P.UNKNOWN_CONFIG: ConfigRecord({"round": work.number, "kind": kind}),
+                P.UNKNOWN_ARRAYS: score,
+                P.EVAL_ARRAYS: to_record({"sample_index": index.copy(), "sample_labels": labels.copy()}),
+                **adapter,
+            })
+            self.setup.attach(content, state.nodes, client)
+            outbox.messages.append(Message(content, dst_node_id=node, message_type=QUERY))
+            outbox.to[node] = client
+            outbox.extra["samples"][client] = len(pairs)
+        return outbox
+
+    def absorb(self, state: ServerState, work: RoundWork, outbox: Outbox, replies: list[Message]) -> bool:
+        total, answered, problems = np.zeros(SCORE_BINS, dtype=np.int64), [], []
+        for node, reply in outbox.answers(replies).items():
+            client = outbox.to[node]
+            try:
+                counts = counts_of(reply, outbox.extra["samples"][client])
+            except PayloadError as exc:
+                problems.append(f"client {client}: {exc}")
+                continue
+            total += counts
+            answered.append(client)
+        quantile = state.scenario.unknown.quantile
+        expected = sum(len(p) for p in state.trained.values())
+        state.unknown[work.number] = {
+            "threshold": threshold_of(total, quantile), "quantile": quantile, "samples": int(total.sum()),
+            "clients": len(answered), "complete": int(total.sum()) == expected, "problems": problems,
+        }
+        return True

@@ -1,0 +1,138 @@
+"""The unknown-input threshold from the clients' binned training scores: the federated
+threshold, and every rejection, equal the ones a single site holding all the training
+samples chooses; bad counts are refused and leave the threshold incomplete, not wrong."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Message, RecordDict
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedrecon import protocol as P
+from fedrecon.learning.heads import build_head, head_spec
+from fedrecon.learning.stats import ClassStats
+from fedrecon.model.unknown import SCORE_BINS, UnknownScore, bin_edges, score_counts, threshold_of, unknown_parameters
+from fedrecon.scenario import load_scenario
+from server.checkpoint import load_run_state
+from server.prepare import prepare
+from strategies.unknown_threshold import UnknownThreshold
+from strategies.wire import from_record
+from tests.conftest import small_scenario
+from tests.test_run import STAGGERED, run
+from tests.test_strategy import DIM, identity, make_strategy, reply_with  # noqa: F401 (identity: autouse fixture)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-1e9, 1e9, allow_nan=False), min_size=1, max_size=200), st.integers(1, 5),
+       st.floats(0.01, 0.99))
+def test_counts_of_parts_add_up_to_the_counts_of_the_whole_and_the_threshold_keeps_its_quantile(scores, parts, q):
+    scores = np.array(scores)
+    split = np.array_split(scores, parts)
+    assert np.array_equal(sum(score_counts(p) for p in split), score_counts(scores))
+    t = threshold_of(score_counts(scores), q)
+    kept = (scores <= t).mean()
+    assert kept >= q - 1e-12
+    # the edge below would keep less than the quantile: the threshold is the smallest edge that does
+    below = bin_edges()[bin_edges() < t]
+    if len(below):
+        assert (scores <= below[-1]).mean() < q
+
+
+def feature_of(index: np.ndarray) -> np.ndarray:
+    """Each sample's fake features, the same wherever the sample is (a client, or one site)."""
+    return np.stack([np.random.default_rng(int(i)).normal(size=DIM) + (int(i) // 10 % 3) for i in index])
+
+
+def learned_reply(msg: Message, spec) -> Message:
+    arrays = from_record(msg.content[P.TASK_ARRAYS])
+    stats = ClassStats.from_features(arrays["sample_labels"], feature_of(arrays["sample_index"]), spec)
+    return reply_with(msg, stats.to_arrays())
+
+
+def counted_reply(msg: Message, counts: np.ndarray | None = None) -> Message:
+    """A client's answer to the threshold query: its samples' scores, binned."""
+    if counts is None:
+        kind = str(msg.content[P.UNKNOWN_CONFIG]["kind"])
+        index = from_record(msg.content[P.EVAL_ARRAYS])["sample_index"]
+        counts = score_counts(UnknownScore(kind, from_record(msg.content[P.UNKNOWN_ARRAYS])).scores(feature_of(index)))
+    return Message(RecordDict({P.SCORE_COUNTS: ArrayRecord({"counts": Array(counts)})}), reply_to=msg)
+
+
+def central_threshold(state, rounds: int, quantile: float):
+    """One site holding every training sample of the first ``rounds`` rounds: its head, score and threshold."""
+    arrivals = [a for a in state.plan.arrivals if a.round <= rounds]
+    index = np.concatenate([a.sample_index for a in arrivals])
+    labels = np.concatenate([a.sample_labels for a in arrivals])
+    s = state.scenario
+    stats = ClassStats.from_features(labels, feature_of(index), head_spec(s.merge, s.seed))
+    score = UnknownScore(*unknown_parameters(stats, build_head(stats, s.merge, s.seed), s.merge.shrinkage))
+    return threshold_of(score_counts(score.scores(feature_of(index))), quantile), score
+
+
+@pytest.mark.parametrize("head", ["ncm", "lda"])
+def test_the_federated_threshold_and_every_rejection_equal_one_sites(head):
+    s = make_strategy(merge={"head": head}, tasks={"arrival": {"kind": "staggered", "offset": 1}})
+    spec = head_spec(s.state.scenario.merge, s.state.scenario.seed)
+    for r in (1, 2):
+        s.replies(r, [learned_reply(m, spec) for m in s.tasks(r)])
+        messages = s.build(UnknownThreshold, r)
+        # only the clients that learned something are asked, each for exactly its own samples
+        asked = {m.metadata.dst_node_id - 100: from_record(m.content[P.EVAL_ARRAYS])["sample_index"] for m in messages}
+        assert {c: sorted(v.tolist()) for c, v in asked.items()} == {
+            c: sorted(np.concatenate([a.sample_index for a in s.state.plan.arrivals if a.client == c and a.round <= r]).tolist())
+            for c in s.state.trained}
+        s.absorb(UnknownThreshold, r, [counted_reply(m) for m in messages])
+        expected, central = central_threshold(s.state, r, 0.99)
+        got = s.state.unknown[r]
+        assert got["threshold"] == expected and got["complete"] and got["clients"] == len(messages)
+        assert got["samples"] == sum(len(a.sample_index) for a in s.state.plan.arrivals if a.round <= r)
+    # every rejection: the federated score of unseen inputs against its threshold equals one site's
+    s_ = s.state.scenario
+    federated = UnknownScore(*unknown_parameters(s.state.stats, build_head(s.state.stats, s_.merge, s_.seed), s_.merge.shrinkage))
+    inputs = feature_of(np.arange(1000, 1400)) * 1.5
+    np.testing.assert_allclose(federated.scores(inputs), central.scores(inputs), rtol=1e-9, atol=1e-9)
+    t = s.state.unknown[2]["threshold"]
+    assert np.array_equal(federated.scores(inputs) > t, central.scores(inputs) > t)
+    assert 0 < (central.scores(inputs) > t).sum() < len(inputs)  # the threshold cuts somewhere
+
+
+def test_bad_counts_are_refused_and_the_threshold_says_it_is_incomplete():
+    s = make_strategy(merge={"head": "lda"})
+    spec = head_spec(s.state.scenario.merge, s.state.scenario.seed)
+    s.replies(1, [learned_reply(m, spec) for m in s.tasks(1)])
+    messages = s.build(UnknownThreshold, 1)
+    inflated = score_counts(np.zeros(3)) * 100  # more samples than the client holds
+    wrong_size = np.zeros(SCORE_BINS - 1, np.int64)
+    s.absorb(UnknownThreshold, 1, [counted_reply(messages[0], inflated), counted_reply(messages[1], wrong_size),
+                                   counted_reply(messages[2])])
+    got = s.state.unknown[1]
+    assert got["clients"] == 1 and not got["complete"] and len(got["problems"]) == 2
+    assert "not the" in got["problems"][0] and f"{SCORE_BINS} int64" in got["problems"][1]
+    assert got["samples"] == len(from_record(messages[2].content[P.EVAL_ARRAYS])["sample_index"])
+
+
+def test_a_run_keeps_each_evaluated_rounds_threshold_equal_to_one_sites(write_scenario, tmp_path):
+    path = write_scenario(small_scenario(tasks=STAGGERED, merge={"head": "lda"}))
+    summary = run(path, tmp_path / "run")
+    assert summary["failures"] == 0
+    done, _, state = load_run_state(tmp_path / "run")
+    prep = prepare(load_scenario(path))
+    from fedrecon.backbones.embed import embed
+
+    s = prep.scenario
+    for r in range(1, done + 1):
+        arrivals = [a for a in prep.plan.arrivals if a.round <= r]
+        index = np.concatenate([a.sample_index for a in arrivals])
+        labels = np.concatenate([a.sample_labels for a in arrivals])
+        features = embed(prep.model, prep.dataset.inputs[index])
+        stats = ClassStats.from_features(labels, features, head_spec(s.merge, s.seed))
+        score = UnknownScore(*unknown_parameters(stats, build_head(stats, s.merge, s.seed), s.merge.shrinkage))
+        got = state["server"]["unknown"][str(r)]
+        assert got["complete"] and got["samples"] == len(index)
+        assert got["threshold"] == threshold_of(score_counts(score.scores(features)), s.unknown.quantile)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["unknown_threshold"] for r in rows] == [state["server"]["unknown"][str(r["round"])]["threshold"] for r in rows]
