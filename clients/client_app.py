@@ -203,6 +203,11 @@ def unknown_scores(msg: Message, context: Context) -> Message:
     adapter = _numpy(msg.content[P.ADAPTER]) if P.ADAPTER in msg.content else None
     counts = count_scores(setup, str(config["kind"]), _numpy(msg.content[P.UNKNOWN_ARRAYS]),
                           arrays["sample_index"], arrays["sample_labels"], int(config["round"]), adapter)
+    if P.SECAGG in msg.content:  # secure aggregation: only the masked counts leave
+        from clients import secure
+
+        masked = secure.masked_values(msg, context, counts.astype(np.float64))
+        return Message(RecordDict({P.MASKED: _record({"masked": masked})}), reply_to=msg)
     return Message(RecordDict({P.SCORE_COUNTS: _record({"counts": counts})}), reply_to=msg)
 
 

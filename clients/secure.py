@@ -51,14 +51,20 @@ def masked(msg: Message, context: Context, stats: ClassStats, factors: dict, wei
     as bytes; the shares the others sent this client are kept for the unmasking. ``noise``
     (privacy.dp: the std and the blocks' scales its own statistics were noised with) goes
     on the other classes' slots too (fedrecon.dp.noise_other_slots)."""
-    config = msg.content[P.SECAGG]
-    state = _load(context, int(config["round"]))
-    state.receive({int(k): bytes(v) for k, v in msg.content[P.SHARES].items()})
-    layout = Layout.from_json(str(config["layout"]))
+    layout = Layout.from_json(str(msg.content[P.SECAGG]["layout"]))
     vector = layout.vector(stats, factors, weight)
     if noise is not None:
         vector = vector + dp.noise_other_slots(layout, stats.ids, *noise)
-    out = state.mask(vector, [int(c) for c in config["survivors"]])
+    return masked_values(msg, context, vector)
+
+
+def masked_values(msg: Message, context: Context, values: np.ndarray) -> np.ndarray:
+    """``values`` masked for the sum the message is part of (its SECAGG round and
+    survivors), as bytes; the shares the others sent this client are kept for the unmasking."""
+    config = msg.content[P.SECAGG]
+    state = _load(context, int(config["round"]))
+    state.receive({int(k): bytes(v) for k, v in msg.content[P.SHARES].items()})
+    out = state.mask(values, [int(c) for c in config["survivors"]])
     _save(context, state)
     return np.frombuffer(out.to_bytes(), dtype=np.uint8)
 

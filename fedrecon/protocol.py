@@ -57,7 +57,9 @@ MERGED_STATS = "merged_stats"  # ArrayRecord: the merged statistics (ClassStats.
 
 # message type "query.unknown_scores" (the unknown-input threshold, unknown.quantile): UNKNOWN_CONFIG,
 # UNKNOWN_ARRAYS, EVAL_ARRAYS (the client's accepted training samples), ADAPTER (the merged one, if any);
-# reply SCORE_COUNTS: "counts", the samples' unknown-input scores counted in fedrecon.model.unknown's bins
+# reply SCORE_COUNTS: "counts", the samples' unknown-input scores counted in fedrecon.model.unknown's bins.
+# Under secure aggregation the counts are a second SecAgg+ sum of the round (its "round" -round):
+# keys, shares, this query with SECAGG {round, survivors} and SHARES added (reply MASKED), unmask
 UNKNOWN_SCORES = "unknown_scores"
 UNKNOWN_CONFIG = "unknown_config"  # ConfigRecord: round, kind (of the score)
 UNKNOWN_ARRAYS = "unknown_arrays"  # ArrayRecord: the score's arrays (fedrecon.model.unknown.unknown_parameters)

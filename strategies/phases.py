@@ -11,6 +11,7 @@ from strategies.nodes import Nodes
 from strategies.prototypes import Prototypes
 from strategies.rounds import Phase
 from strategies.secure import MaskedTasks, SecureKeys, SecureShares, Unmask
+from strategies.secure_counts import SecureCounts
 from strategies.setup import NodeSetup
 from strategies.state import ServerState
 from strategies.tasks import TaskMessages, Tasks
@@ -35,7 +36,8 @@ def round_phases(scenario: Scenario, setup: NodeSetup) -> list[Phase]:
     if scenario.evaluation.where == "clients":
         phases.append(ClientEvaluation(setup))
     if skipped_because(scenario) is None:
-        phases.append(UnknownThreshold(setup))
+        secure = SecureCounts(scenario.privacy.threshold) if scenario.privacy.secure_aggregation else None
+        phases.append(UnknownThreshold(setup, secure))
     return phases
 
 

@@ -39,12 +39,14 @@ class RoundWork:
     """What a round works on, dealt once when it starts: its tasks by client (the ones
     due and the failed ones waiting, merged: one message a client a round), and what
     its phases hand each other within the round (``secure``: the secure sum under way;
-    ``known``: the classes an adapter step's trainers separate their own from)."""
+    ``known``: the classes an adapter step's trainers separate their own from;
+    ``counts``: the threshold's secure count sum)."""
 
     number: int
     tasks: dict[int, tuple[Arrival, list[Waiting]]]
     secure: Any = None
     known: Any = None
+    counts: Any = None  # the unknown threshold's secure count sum under way
 
     def drop(self, state: ServerState, client: int, reason: str) -> None:
         """A client's task leaves the round; it waits for a later round."""

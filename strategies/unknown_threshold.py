@@ -10,6 +10,7 @@ from fedrecon.learning.heads import build_head
 from fedrecon.learning.prototype_merges import is_per_client, make_policy
 from fedrecon.model.unknown import SCORE_BINS, threshold_of, unknown_parameters
 from strategies.rounds import Outbox, RoundWork
+from strategies.secure_counts import SecureCounts
 from strategies.setup import NodeSetup
 from strategies.state import ServerState
 from strategies.validation import PayloadError, decode_reply
@@ -29,9 +30,6 @@ def skipped_because(scenario) -> str | None:
     if scenario.privacy.dp is not None:
         # the counts describe the clients' samples, and the budget accounts only for the statistics
         return "privacy.dp: the clients' score counts would be a release outside the privacy budget"
-    if scenario.privacy.secure_aggregation:
-        # each client's counts would reach the server in the clear, where its statistics do not
-        return "privacy.secure_aggregation: the score counts are not summed securely yet"
     if scenario.adapters.active and scenario.merge.adapters == "none":
         return "merge.adapters none: the clients' features are their own adapters', the server's the frozen backbone's"
     return None
@@ -55,59 +53,94 @@ class UnknownThreshold:
     model's unknown-input score (:mod:`fedrecon.model.unknown`) and counts them in the
     fixed bins; the server adds the counts and keeps the ``unknown.quantile`` edge as the
     round's threshold (``state.unknown``), which an export of that round ships. A client
-    that does not answer leaves the round's threshold marked incomplete."""
+    that does not answer leaves the round's threshold marked incomplete. Under secure
+    aggregation (``secure``, a :class:`strategies.secure_counts.SecureCounts`) the counts
+    are masked and only their sum is revealed, in four exchanges instead of one."""
 
-    def __init__(self, setup: NodeSetup):
-        self.setup = setup
+    def __init__(self, setup: NodeSetup, secure: SecureCounts | None = None):
+        self.setup, self.secure = setup, secure
 
     def describe(self) -> str:
-        return "unknown-input threshold: the clients' binned training scores, summed"
+        how = "securely summed" if self.secure is not None else "summed"
+        return f"unknown-input threshold: the clients' binned training scores, {how}"
 
     def exchanges(self, state: ServerState, work: RoundWork) -> int:
         s = state.scenario
         due = state.active(work.number) and s.evaluation.due(work.number, state.plan.rounds)
-        return int(due and skipped_because(s) is None and len(state.stats) > 0 and bool(state.trained))
+        if not (due and skipped_because(s) is None and len(state.stats) > 0 and bool(state.trained)):
+            return 0
+        return self.secure.exchanges if self.secure is not None else 1
+
+    def asked(self, state: ServerState) -> list[int]:
+        """The clients to count: those that learned something, connected now."""
+        return [c for c in sorted(state.trained) if c in state.nodes.ids]
 
     def build(self, state: ServerState, work: RoundWork, step: int) -> Outbox:
+        secure = self.secure
+        if secure is not None and step != secure.count_step:
+            outbox = secure.build(state, work, step, self.asked(state))
+        else:
+            outbox = self.count_query(state, work)
+        outbox.extra["step"] = step
+        return outbox
+
+    def count_query(self, state: ServerState, work: RoundWork) -> Outbox:
         s = state.scenario
         head = build_head(state.stats, s.merge, s.seed)
         kind, arrays = unknown_parameters(state.stats, head, s.merge.shrinkage)
         score = to_record(arrays)
         adapters = state.adapters
         adapter = {P.ADAPTER: to_record(adapters.payload())} if adapters is not None and adapters.merges else {}
-        outbox = Outbox("unknown-input threshold", [], extra={"samples": {}})
-        for client, pairs in sorted(state.trained.items()):
-            if client not in state.nodes.ids:
-                continue
+        clients = self.asked(state) if self.secure is None else list(work.counts.server.shared)
+        outbox = Outbox("unknown-input threshold", [])
+        for client in clients:
             node = state.nodes.node(client)
-            index, labels = np.array(pairs, dtype=np.int64).reshape(-1, 2).T
+            index, labels = np.array(state.trained[client], dtype=np.int64).reshape(-1, 2).T
             content = RecordDict({
                 P.UNKNOWN_CONFIG: ConfigRecord({"round": work.number, "kind": kind}),
                 P.UNKNOWN_ARRAYS: score,
                 P.EVAL_ARRAYS: to_record({"sample_index": index.copy(), "sample_labels": labels.copy()}),
                 **adapter,
+                **(self.secure.masking(work, client) if self.secure is not None else {}),
             })
             self.setup.attach(content, state.nodes, client)
             outbox.messages.append(Message(content, dst_node_id=node, message_type=QUERY))
             outbox.to[node] = client
-            outbox.extra["samples"][client] = len(pairs)
         return outbox
 
     def absorb(self, state: ServerState, work: RoundWork, outbox: Outbox, replies: list[Message]) -> bool:
+        if self.secure is not None:
+            summed = self.secure.absorb(state, work, outbox.extra["step"], outbox, replies)
+            if summed is not None:
+                total, survivors = summed
+                self.keep(state, work, total, survivors)
+            return self.secure.ready(work)  # an aborted sum makes no more exchanges
         total, answered, problems = np.zeros(SCORE_BINS, dtype=np.int64), [], []
         for node, reply in outbox.answers(replies).items():
             client = outbox.to[node]
             try:
-                counts = counts_of(reply, outbox.extra["samples"][client])
+                counts = counts_of(reply, len(state.trained[client]))
             except PayloadError as exc:
                 problems.append(f"client {client}: {exc}")
                 continue
             total += counts
             answered.append(client)
+        self.keep(state, work, total, answered, problems)
+        return True
+
+    def keep(self, state: ServerState, work: RoundWork, total: np.ndarray, clients: list[int],
+             problems: list[str] = ()) -> None:
+        """The round's threshold from the summed ``total`` of ``clients``' counts. A secure
+        sum is checked as a whole: whole non-negative counts adding up to the survivors' samples."""
+        total = np.asarray(total)
+        samples = sum(len(state.trained[c]) for c in clients)
+        counts = np.rint(total).astype(np.int64)
+        if (counts < 0).any() or not np.allclose(total, counts, rtol=0, atol=1e-6) or int(counts.sum()) != samples:
+            problems = [*problems, f"the summed counts of clients {clients} are not {samples} whole samples"]
+            counts, clients = np.zeros(SCORE_BINS, dtype=np.int64), []
         quantile = state.scenario.unknown.quantile
         expected = sum(len(p) for p in state.trained.values())
         state.unknown[work.number] = {
-            "threshold": threshold_of(total, quantile), "quantile": quantile, "samples": int(total.sum()),
-            "clients": len(answered), "complete": int(total.sum()) == expected, "problems": problems,
+            "threshold": threshold_of(counts, quantile), "quantile": quantile, "samples": int(counts.sum()),
+            "clients": len(clients), "complete": int(counts.sum()) == expected, "problems": list(problems),
         }
-        return True

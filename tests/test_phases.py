@@ -17,7 +17,7 @@ from tests.test_strategy_adapters import SHAPES
 SCENARIOS = {
     "plain": ({}, [Tasks, UnknownThreshold]),
     "finetune": ({"merge": {"method": "fedavg_finetune"}}, [Tasks]),
-    "secure": ({"privacy": {"secure_aggregation": True}}, [SecureKeys, SecureShares, MaskedTasks, Unmask]),
+    "secure": ({"privacy": {"secure_aggregation": True}}, [SecureKeys, SecureShares, MaskedTasks, Unmask, UnknownThreshold]),
     "adapter steps, evaluated on the clients": (
         {"merge": {"adapters": "ffa"}, "adapters": {"schedule": "first_task", "rank": 2, "steps": 2},
          "evaluation": {"where": "clients"}}, [AdapterSteps, Tasks, ClientEvaluation, UnknownThreshold]),

@@ -110,7 +110,9 @@ def test_the_server_never_receives_a_clients_statistics_in_the_clear(write_scena
     job.start()
     job.run()
     assert not any(P.STATS in r.content for r in seen if not r.has_error())
-    assert sum(P.MASKED in r.content for r in seen if not r.has_error()) == 6  # 3 clients, 2 rounds
+    assert not any(P.SCORE_COUNTS in r.content for r in seen if not r.has_error())
+    # 3 clients, 2 rounds, two sums a round: the statistics and the unknown threshold's counts
+    assert sum(P.MASKED in r.content for r in seen if not r.has_error()) == 12
 
 
 BASE = "name: t\nclients: {count: 3}\ntasks: {num_classes: 12, classes_per_task: 2, train_shots: 4, test_shots: 2}\n"

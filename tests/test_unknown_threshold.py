@@ -136,3 +136,13 @@ def test_a_run_keeps_each_evaluated_rounds_threshold_equal_to_one_sites(write_sc
         assert got["threshold"] == threshold_of(score_counts(score.scores(features)), s.unknown.quantile)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["unknown_threshold"] for r in rows] == [state["server"]["unknown"][str(r["round"])]["threshold"] for r in rows]
+
+
+def test_under_secure_aggregation_the_threshold_is_the_one_in_the_clear(write_scenario, tmp_path):
+    thresholds = {}
+    for name, privacy in (("clear", {}), ("secure", {"secure_aggregation": True})):
+        path = write_scenario(small_scenario(tasks=STAGGERED, merge={"head": "lda"}, privacy=privacy), name=f"{name}.yaml")
+        assert run(path, tmp_path / name)["failures"] == 0
+        _, _, state = load_run_state(tmp_path / name)
+        thresholds[name] = state["server"]["unknown"]
+    assert thresholds["secure"] == thresholds["clear"] and all(u["complete"] for u in thresholds["clear"].values())
