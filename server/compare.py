@@ -57,6 +57,18 @@ COLUMNS = (
     ("bytes down", lambda r: _bytes(r.summary.get("bytes_down"))),
     ("wall s", lambda r: f"{r.summary.get('wall_seconds', float('nan')):.1f}"),
 )
+# The unknown-input score's AUROCs (server.open_set), shown where a run measured them
+OPEN_SET_COLUMNS = (
+    ("open auroc", "open_auroc_mean", lambda r: _num(r.summary.get("open_auroc_mean"))),
+    ("oos auroc", "final_oos_auroc", lambda r: _num(r.summary.get("final_oos_auroc"))),
+)
+
+
+def columns(runs: list[Run]) -> list[tuple]:
+    """The result columns of ``runs``: every one of :data:`COLUMNS`, the AUROCs after the
+    accuracies where any run has them."""
+    shown = [(name, get) for name, key, get in OPEN_SET_COLUMNS if any(key in r.summary for r in runs)]
+    return [*COLUMNS[:3], *shown, *COLUMNS[3:]]
 
 
 def _num(v, spec: str = ".4f") -> str:
@@ -70,8 +82,9 @@ def _bytes(v) -> str:
 def table(runs: list[Run], keys: list[str] = (), same: dict[str, str] | None = None, markdown: bool = False) -> str:
     """The runs' table: the run, a column per differing key, the results; above it, the
     headline settings every run shares."""
-    header = ["run", *keys, *(name for name, _ in COLUMNS)]
-    body = [[r.name, *(show(r.settings[k]) if k in r.settings else "-" for k in keys), *(get(r) for _, get in COLUMNS)]
+    shown = columns(runs)
+    header = ["run", *keys, *(name for name, _ in shown)]
+    body = [[r.name, *(show(r.settings[k]) if k in r.settings else "-" for k in keys), *(get(r) for _, get in shown)]
             for r in runs]
     shared = ", ".join(f"{k} {v}" for k, v in (same or {}).items())
     above = [f"{'same in every run' if len(runs) > 1 else 'settings'}: {shared}", ""] if shared else []

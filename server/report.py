@@ -32,6 +32,32 @@ def privacy_lines(s: dict) -> list[tuple[str, str]]:
     return [("privacy epsilon spent", spent), ("noise std, each released value", noise)]
 
 
+def open_set_summary(rows: list[dict]) -> dict:
+    """The unknown-input score's AUROCs over the run (server.open_set): ``open_auroc_mean``
+    over the rounds that measured one, ``final_oos_auroc`` of the last round that did."""
+    out = {}
+    opened = [r["open_auroc"] for r in rows if r.get("open_auroc") is not None]
+    if any("open_auroc" in r for r in rows):
+        out["open_auroc_mean"] = float(np.mean(opened)) if opened else None
+        out["open_auroc_rounds"] = len(opened)
+    oos = [r["oos_auroc"] for r in rows if r.get("oos_auroc") is not None]
+    if any("oos_auroc" in r for r in rows):
+        out["final_oos_auroc"] = oos[-1] if oos else None
+    return out
+
+
+def open_set_lines(s: dict) -> list[tuple[str, str]]:
+    """The final table's lines on the unknown-input score's AUROCs."""
+    lines = []
+    if "open_auroc_mean" in s:
+        value = "-" if s["open_auroc_mean"] is None else f"{s['open_auroc_mean']:.4f}"
+        lines.append(("open-set AUROC, seen vs unlearned", f"{value} (mean of {s['open_auroc_rounds']} rounds; "
+                                                          "none once every class is learned)"))
+    if "final_oos_auroc" in s:
+        lines.append(("out-of-scope AUROC, last round", "-" if s["final_oos_auroc"] is None else f"{s['final_oos_auroc']:.4f}"))
+    return lines
+
+
 class RunRecorder:
     """Writes a run's metrics as they come and its summary at the end."""
 
@@ -60,10 +86,13 @@ class RunRecorder:
         with (self.out / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(row) + "\n")
         acc = "   -  " if row["accuracy"] is None else f"{row['accuracy']:.4f}"
+        # the unknown-input score's AUROCs ("-": not measured, as in the last round: no class left unlearned)
+        aurocs = "".join(f"  {name} {'  -   ' if row[key] is None else format(row[key], '.4f')}"
+                         for key, name in (("open_auroc", "open"), ("oos_auroc", "oos")) if key in row)
         spent = f"  epsilon {row['epsilon']:6.3f}" if "epsilon" in row else ""  # under privacy.dp
         self.echo(
             # rounds after the plan's last one only offer failed tasks again
-            f"round {row['round']:>3}/{self.rounds}{' (retries)' if row['round'] > self.rounds else ''}  classes {row['classes_seen']:>5}  accuracy {acc}"
+            f"round {row['round']:>3}/{self.rounds}{' (retries)' if row['round'] > self.rounds else ''}  classes {row['classes_seen']:>5}  accuracy {acc}{aurocs}"
             f"  up {human_bytes(row['bytes_up']):>9}  down {human_bytes(row['bytes_down']):>9}{spent}  {row['seconds']:6.2f} s"
         )
 
@@ -97,6 +126,7 @@ class RunRecorder:
             "bytes_up": up,
             "bytes_down": sum(r["bytes_down"] for r in self.rows),
             "bytes_up_per_class": up / learned if learned else None,
+            **open_set_summary(self.rows),
             "wall_seconds": round(time.time() - self.started, 2),
         }
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -119,6 +149,7 @@ class RunRecorder:
             *([(f"bytes edges to top ({s['edges']} edges)", human_bytes(s["bytes_up_top"]))] if "bytes_up_top" in s else []),
             ("failed or rejected replies", s.get("failures", 0)),
             ("tasks retried / lost", f"{s.get('retries', 0)} / {s.get('lost_tasks', 0)}"),
+            *open_set_lines(s),
             *privacy_lines(s),
             ("wall time", f"{s['wall_seconds']:.1f} s"),
             ("run folder", str(self.out)),

@@ -187,6 +187,9 @@ class Run:
         scoring = time.perf_counter()
         accuracy, per_class = self.scoring.score(server_round)
         self.log_server(server_round, "scoring", time.perf_counter() - scoring)
+        scoring = time.perf_counter()
+        open_set = self.scoring.open_set(server_round)  # open_auroc, oos_auroc: the unknown-input score's
+        self.log_server(server_round, "open set", time.perf_counter() - scoring)
         if per_class is not None:
             self.recorder.record_classes(server_round, *per_class)
         traffic = self.state.traffic.of(server_round)
@@ -195,6 +198,7 @@ class Run:
             "classes_seen": int(len(self.plan.classes_seen(server_round))),
             "classes_learned": self.state.classes_learned(),
             "accuracy": accuracy,
+            **open_set,
             "bytes_up": traffic["bytes_up"],
             "bytes_down": traffic["bytes_down"],
             "bytes_down_resent": traffic["bytes_down_resent"],

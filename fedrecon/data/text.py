@@ -59,7 +59,8 @@ def _clinc150(root: str) -> ClassDataset:
     try:
         classes = [intent for intents in domains.values() for intent in intents]
         groups = [domain for domain, intents in domains.items() for _ in intents]
-        # Official splits: train (100 per intent) and test (30); val and out-of-scope are not used.
+        # Official splits: train (100 per intent) and test (30); val is not used, out-of-scope only by
+        # clinc150_out_of_scope.
         train, test = [(str(t), str(lab)) for t, lab in data["train"]], [(str(t), str(lab)) for t, lab in data["test"]]
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{folder}: data_full.json (train, test: [text, intent] pairs) or domains.json "
@@ -70,6 +71,30 @@ def _clinc150(root: str) -> ClassDataset:
 def load_clinc150(data) -> ClassDataset:
     """CLINC150's 150 in-scope intents; an intent's group is its domain (10 of 15 intents)."""
     return _clinc150(str(data.root))
+
+
+@lru_cache(maxsize=2)
+def _clinc150_out_of_scope(root: str) -> ClassDataset:
+    folder = Path(root) / "clinc150" if (Path(root) / "clinc150").is_dir() else Path(root)
+    data = _read_json(_require(folder / "data_full.json", "CLINC150 data_full.json"))
+    try:
+        texts = [str(t) for t, _ in data["oos_test"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{folder}: data_full.json has no oos_test of [text, label] pairs "
+                        f"({type(exc).__name__}: {exc})") from None
+    inputs = np.empty(len(texts), dtype=object)
+    inputs[:] = texts
+    labels = np.zeros(len(texts), dtype=np.int64)
+    frozen(inputs, labels)
+    return ClassDataset(inputs, labels, ("oos",), ("oos",))
+
+
+def clinc150_out_of_scope(data) -> ClassDataset:
+    """CLINC150's out-of-scope test sentences (``oos_test``, 1,000), a dataset of their own
+    (one class ``oos``) for the unknown-input score's evaluation: :func:`load_clinc150`'s
+    classes and sample indices stay as they are, and these have an embedding-cache key of
+    their own (their fingerprint)."""
+    return _clinc150_out_of_scope(str(data.root))
 
 
 def _hwu_split(folder: Path, split: str) -> list[tuple[str, str]]:

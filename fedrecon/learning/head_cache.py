@@ -72,15 +72,23 @@ class HeadCache:
         """Forget every head and answer (the test features changed: a merged adapter)."""
         self._scored = {}
 
-    def answers(self, stats: ClassStats, features: dict[int, np.ndarray], classes, key: Hashable = None) -> list[np.ndarray]:
-        """The head's answers for the test samples of each class of ``classes`` (``features``
-        by class), built and answered only where the statistics or the classes are new."""
+    def _current(self, stats: ClassStats, key: Hashable) -> _Scored:
         scored = self._scored.get(key)
         if scored is None or not scored.built_from(stats):
             scored = _Scored(weakref.ref(stats), stats.ids.copy(), stats.counts.copy(), stats_digest(stats),
                              self.build(stats))
             self._scored[key] = scored
             self.builds += 1
+        return scored
+
+    def head(self, stats: ClassStats, key: Hashable = None) -> Head:
+        """The head built from ``stats`` (built only if they are new): the one the answers come from."""
+        return self._current(stats, key).head
+
+    def answers(self, stats: ClassStats, features: dict[int, np.ndarray], classes, key: Hashable = None) -> list[np.ndarray]:
+        """The head's answers for the test samples of each class of ``classes`` (``features``
+        by class), built and answered only where the statistics or the classes are new."""
+        scored = self._current(stats, key)
         for c in map(int, classes):
             if c not in scored.answers:
                 scored.answers[c] = scored.head.predict(features[c]) if len(features[c]) else np.zeros(0, np.int64)

@@ -179,12 +179,15 @@ class FinetuneConfig(Strict):
 
 
 class EvaluationConfig(Strict):
-    """When and where accuracy is measured."""
+    """When and where accuracy (and the open-set AUROC) is measured."""
 
     every: int = Field(1, ge=1, description="evaluate every N rounds (the last round always)")
     where: Literal["server", "clients"] = Field(
         "server", description="server: the server scores all test samples; clients: each client scores its share and the server adds up the counts"
     )
+    open_set: bool = Field(True, description="server: also measure the unknown-input score's AUROC each round (metrics.jsonl "
+                                             "open_auroc, oos_auroc), on the test samples of the classes not learned yet; "
+                                             "false: skip it (it embeds those samples too)")
 
     def due(self, server_round: int, last_round: int) -> bool:
         return server_round % self.every == 0 or server_round >= last_round
