@@ -59,8 +59,11 @@ def run(scenario: str | Path, overrides: Mapping[str, Any] | None = None, out: s
     return RunResult.read(run_folder(scenario, dict(overrides or {}), out))
 
 
-def export(run_dir: str | Path, out: str | Path, round: int | None = None, unknown_threshold: float | None = None) -> dict:
-    """Write the classifier of a run folder as a model folder (``fedrecon export``); return its manifest."""
+def export(run_dir: str | Path, out: str | Path, round: int | None = None, unknown_threshold: float | None = None,
+           format: str = "safetensors") -> dict:
+    """Write the classifier of a run folder as a model folder (``fedrecon export``); return its
+    manifest. ``format``: ``safetensors`` (runs in torch) or ``onnx`` (one graph for onnxruntime)."""
+    from fedrecon.model.onnx_export import export_as
     from server.api import export_run
 
-    return export_run(run_dir, out, round, unknown_threshold)
+    return export_as(format, lambda folder: export_run(run_dir, folder, round, unknown_threshold), out)

@@ -15,17 +15,20 @@ from fedrecon.model.folder import ModelError
 
 
 def cmd_export(args) -> int:
+    from fedrecon.model.onnx_export import export_as
     from server.model_export import export_run
 
     try:
-        manifest = export_run(args.run_dir, args.out, args.round, args.unknown_threshold)
+        manifest = export_as(args.format, lambda out: export_run(args.run_dir, out, args.round, args.unknown_threshold),
+                             args.out)
     except ModelError as exc:
         print(f"fedrecon export: {exc}", file=sys.stderr)
         return 2
     accuracy = manifest["accuracy"]
     shown = "not scored" if accuracy is None else f"{accuracy:.4f}"
     print(f"fedrecon export: {manifest['scenario']} round {manifest['round']}: {len(manifest['classes'])} classes, "
-          f"{manifest['head']['kind']} head on {manifest['backbone']['name']}, accuracy in the run {shown} -> {args.out}")
+          f"{manifest['head']['kind']} head on {manifest['backbone']['name']}, accuracy in the run {shown} -> {args.out}"
+          + (" (onnx)" if args.format == "onnx" else ""))
     return 0
 
 
@@ -90,6 +93,9 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--round", type=int, help="the round to export; a run folder keeps only its last (the default)")
     exp.add_argument("--unknown-threshold", type=float, metavar="T",
                      help="label unknown the inputs whose unknown-input score is above T (default: none, always a class)")
+    exp.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors",
+                     help="safetensors (the default; runs in torch) or onnx: one model.onnx graph that runs on "
+                     "onnxruntime alone (pip install 'fedrecon[onnx]')")
     exp.set_defaults(func=cmd_export)
 
     pre = sub.add_parser("predict", help="label sentences or images with an exported model")

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +66,25 @@ def seal(folder: Path, manifest: dict) -> dict:
     manifest["manifest_sha256"] = hashlib.sha256(_canonical(manifest)).hexdigest()
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+@contextmanager
+def replacing(out: Path) -> Iterator[Path]:
+    """A new folder beside ``out`` to write a model folder in; it replaces ``out`` (new, or an
+    earlier export) only once the block ends without error, so a failed export leaves no half
+    folder and an earlier one whole."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
+        raise ModelError(f"{out}: exists and is not a model folder; give a new folder or an earlier export's")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def open_folder(folder: str | Path) -> dict:

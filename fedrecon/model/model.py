@@ -1,8 +1,11 @@
-"""A model folder loaded: preprocessing, backbone, head and class names, and its predictions.
+"""A model folder loaded: preprocessing, class names, and its predictions.
 
-The head is the class the server scored with (:mod:`fedrecon.learning.heads`), restored
-from its exported parameters, so a prediction is the run's: the label is the argmax of
-the same scores over the same features (:meth:`Model.class_ids`).
+A safetensors folder's head is the class the server scored with
+(:mod:`fedrecon.learning.heads`), restored from its exported parameters, so a prediction
+is the run's: the label is the argmax of the same scores over the same features
+(:meth:`Model.class_ids`). An ONNX folder computes the same in one onnxruntime graph
+(:mod:`fedrecon.model.onnx_export`). Which of the two runs is a runtime object
+(:mod:`fedrecon.model.runtime`) the model holds, so ``predict`` is written once.
 """
 
 from __future__ import annotations
@@ -11,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fedrecon.learning.heads import HEADS
-from fedrecon.model.encoder import Encoder
-from fedrecon.model.folder import ModelError, open_folder, read_arrays
+from fedrecon.model.folder import ModelError, open_folder
 from fedrecon.model.inputs import prepare_inputs
-from fedrecon.model.unknown import UNKNOWN_FILE, UnknownScore
+from fedrecon.model.runtime import HEAD_FILE, OnnxRuntime, TorchRuntime
 
-HEAD_FILE = "head.safetensors"
+__all__ = ["HEAD_FILE", "Model", "load_model"]
+RUNTIMES = {"safetensors": TorchRuntime, "onnx": OnnxRuntime}
 
 
 class Model:
@@ -30,6 +32,9 @@ class Model:
         manifest's digest first.
     device : str
         Where the backbone runs (``cpu``, ``cuda``).
+    threads : int, optional
+        An ONNX folder's CPU threads within an operator (default: onnxruntime's, one per
+        core); torch's are ``torch.set_num_threads``'s.
 
     Attributes
     ----------
@@ -37,31 +42,31 @@ class Model:
         ``manifest.json``: scenario, run, round, accuracy, classes, backbone, head.
     names : list of str
         Class names, one per column of :meth:`scores`.
-    unknown : UnknownScore or None
-        The unknown-input score (:mod:`fedrecon.model.unknown`); None in a folder exported without it.
+    ids : np.ndarray
+        The dataset's class id of each column of :meth:`scores`.
+    head, encoder, unknown :
+        A safetensors folder's head, backbone and unknown-input score
+        (:mod:`fedrecon.model.unknown`; None in a folder exported without it); all None in
+        an ONNX folder, whose graph holds them.
     threshold : float or None
         The export's unknown threshold (None: every input gets a class).
     """
 
-    def __init__(self, folder: str | Path, device: str = "cpu"):
+    def __init__(self, folder: str | Path, device: str = "cpu", threads: int | None = None):
         self.folder = Path(folder)
         self.manifest = m = open_folder(self.folder)
         try:
-            head, classes, self.preprocessing, backbone = m["head"], m["classes"], m["preprocessing"], m["backbone"]
-            kind = head["kind"]
-            self.names = [c["name"] for c in classes]
+            self.names = [c["name"] for c in m["classes"]]
+            self.ids = np.array([c["id"] for c in m["classes"]], dtype=np.int64)
+            self.preprocessing, fmt = m["preprocessing"], m.get("model_format", "safetensors")
+            if fmt not in RUNTIMES:
+                raise ModelError(f"{self.folder / 'manifest.json'}: model_format {fmt!r} unknown here "
+                                 f"(known: {', '.join(RUNTIMES)})")
+            self.runtime = RUNTIMES[fmt](self.folder, m, device, threads)
         except (KeyError, TypeError) as exc:
             raise ModelError(f"{self.folder / 'manifest.json'}: incomplete, no {exc}") from None
-        if kind not in HEADS:
-            raise ModelError(f"{self.folder / 'manifest.json'}: head {kind!r} unknown here (known: {', '.join(HEADS)})")
-        arrays = read_arrays(self.folder / HEAD_FILE)
-        self.head = HEADS[kind].restore(arrays, {k: v for k, v in head.items() if k != "kind"})
-        if [c["id"] for c in classes] != self.head.ids.tolist():
-            raise ModelError(f"{self.folder}: the head's classes differ from the manifest's")
-        self.encoder = Encoder(backbone, self.folder, device, self.preprocessing.get("tokenizer"))
-        unknown = m.get("unknown") or {}
-        self.unknown = UnknownScore(unknown["kind"], read_arrays(self.folder / UNKNOWN_FILE)) if unknown else None
-        self.threshold = unknown.get("threshold")
+        self.head, self.encoder, self.unknown = self.runtime.head, self.runtime.encoder, self.runtime.unknown
+        self.threshold = (m.get("unknown") or {}).get("threshold")
 
     @property
     def modality(self) -> str:
@@ -69,24 +74,18 @@ class Model:
 
     def features(self, inputs) -> np.ndarray:
         """Backbone features ``(N, d)`` of raw inputs (see :meth:`predict`)."""
-        prepared, _ = prepare_inputs(inputs, self.preprocessing)
-        return self.encoder.features(prepared)
+        return self.runtime.outputs(prepare_inputs(inputs, self.preprocessing)[0]).features
 
     def scores(self, features: np.ndarray) -> np.ndarray:
         """The head's scores ``(N, classes)``, larger is better: ``ncm`` the negative
         squared distance to each class mean (cosine: the cosine), ``lda`` the linear
-        discriminant, ``ridge`` the ridge regression's output."""
-        return self._shown(self.head.scores(features), features)
-
-    def _shown(self, raw: np.ndarray, features: np.ndarray) -> np.ndarray:
-        if self.manifest["head"]["kind"] == "ncm" and self.manifest["head"]["metric"] == "euclidean":
-            # the head leaves out |f|^2, the same for every class; put back for a readable distance
-            return raw - (np.asarray(features, dtype=np.float64) ** 2).sum(1, keepdims=True)
-        return raw
+        discriminant, ``ridge`` the ridge regression's output. A safetensors folder only:
+        an ONNX graph scores inputs, not features."""
+        return self.runtime.scores(features)
 
     def class_ids(self, inputs) -> np.ndarray:
         """The dataset's class id of each input, chosen as the server's scoring chooses."""
-        return self.head.predict(self.features(inputs))
+        return self.ids[self.runtime.outputs(prepare_inputs(inputs, self.preprocessing)[0]).best]
 
     def predict(self, inputs, top: int = 5, unknown_threshold: float | None = None) -> list[dict]:
         """One prediction per input, in order.
@@ -111,24 +110,21 @@ class Model:
             exported without it).
         """
         prepared, names = prepare_inputs(inputs, self.preprocessing)
-        features = self.encoder.features(prepared)
-        raw = self.head.scores(features)
-        scores = self._shown(raw, features)
-        # the label is the head's own argmax (the first of equal scores), as in the run's scoring
-        best = raw.argmax(1) if len(features) else np.zeros(0, int)
-        unknown = self.unknown.scores(features) if self.unknown is not None else [None] * len(best)
+        _, scores, best, unknown = self.runtime.outputs(prepared)
+        if unknown is None:
+            unknown = [None] * len(best)
         threshold = self.threshold if unknown_threshold is None else unknown_threshold
         out = []
         for name, row, b, u in zip(names, scores, best, unknown):
             order = [int(b)] + [int(i) for i in np.argsort(-row, kind="stable") if i != b][: max(top, 1) - 1]
             rejected = threshold is not None and u is not None and u > threshold
             out.append({"input": name, "label": "unknown" if rejected else self.names[b],
-                        "class_id": None if rejected else int(self.head.ids[b]), "score": float(row[b]),
+                        "class_id": None if rejected else int(self.ids[b]), "score": float(row[b]),
                         "unknown_score": None if u is None else float(u),
                         "top": [{"label": self.names[i], "score": float(row[i])} for i in order]})
         return out
 
 
-def load_model(path: str | Path, device: str = "cpu") -> Model:
-    """The model of a folder written by ``fedrecon export``, checked file by file."""
-    return Model(path, device)
+def load_model(path: str | Path, device: str = "cpu", threads: int | None = None) -> Model:
+    """The model of a folder written by ``fedrecon export`` (either format), checked file by file."""
+    return Model(path, device, threads)
