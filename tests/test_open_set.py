@@ -64,6 +64,12 @@ def test_auroc_ranks_the_unknown_above_the_known():
     assert auroc(np.array([0.8, 0.9]), np.array([0.1, 0.2])) == 0.0  # swapped: the worst
     assert auroc(np.array([0.5, 0.1]), np.array([0.5, 0.9])) == pytest.approx(mann_whitney(np.array([0.5, 0.1]), np.array([0.5, 0.9])))
     assert auroc(np.array([0.1]), np.array([])) is None
+    sklearn = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    known, unknown = rng.integers(0, 20, 300) / 4, rng.integers(5, 25, 200) / 4  # many ties
+    truth = np.r_[np.zeros(300), np.ones(200)]
+    assert auroc(known, unknown) == pytest.approx(sklearn.roc_auc_score(truth, np.r_[known, unknown]), abs=1e-12)
+    assert auroc(known, unknown) == pytest.approx(mann_whitney(known, unknown), abs=1e-12)
 
 
 @pytest.mark.parametrize("head", ["ncm", "lda"])
@@ -121,6 +127,18 @@ def test_under_dp_the_score_reads_the_released_statistics(write_scenario, tmp_pa
                                          privacy={"dp": {"epsilon": 50.0, "clip": 20.0}}))
     row, seen, unseen = stopped_and_exported(path, tmp_path)
     assert row["open_auroc"] == pytest.approx(mann_whitney(seen, unseen), abs=1e-12)
+
+
+def test_unchanged_statistics_are_not_scored_again(write_scenario, tmp_path, monkeypatch):
+    from tests.inprocess import InProcessGrid
+    from tests.test_integrity import run_on
+
+    _, job = run_on(InProcessGrid(3), write_scenario(small_scenario(tasks=STAGGERED)), tmp_path / "run")
+    first = job.scoring.open.row(job.state.stats, 2)
+    scored, calls = UnknownScore.scores, []
+    monkeypatch.setattr(UnknownScore, "scores", lambda self, f: calls.append(len(f)) or scored(self, f))
+    assert job.scoring.open.row(job.state.stats, 2) == first and job.scoring.open.row(job.state.stats, 3)["open_auroc"] > 0.5
+    assert calls == []  # the same head: every sample's score kept
 
 
 def test_no_columns_where_nothing_is_measured(write_scenario, tmp_path):
