@@ -90,7 +90,7 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     exp = sub.add_parser("export", help="write a run's classifier as a model folder that loads without the run")
     exp.add_argument("run_dir", help="a run folder (fedrecon run --out)")
     exp.add_argument("--out", required=True, help="the model folder to write (replaced if an earlier export)")
-    exp.add_argument("--round", type=int, help="the round to export; a run folder keeps only its last (the default)")
+    exp.add_argument("--round", type=int, help="the round to export (default: the last); earlier ones as the scenario's checkpoints.keep kept them")
     exp.add_argument("--unknown-threshold", type=float, metavar="T",
                      help="label unknown the inputs whose unknown-input score is above T (default: none, always a class)")
     exp.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors",

@@ -2,8 +2,9 @@
 
 The run's backbone and data are prepared again from the folder's own scenario (the
 class names come from the dataset), the merged statistics and adapter are read from
-its checkpoint, as a resumed run reads them; :func:`fedrecon.model.export.write_model`
-writes the folder.
+the checkpoint of the round asked for (the last, or one the folder kept:
+:mod:`server.checkpoint`), as a resumed run reads them;
+:func:`fedrecon.model.export.write_model` writes the folder.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from fedrecon.learning.adapter_task import AdapterServer
 from fedrecon.model.export import refusal, write_model
 from fedrecon.model.folder import ModelError
 from fedrecon.scenario import load_scenario
-from server.checkpoint import CHECKPOINT, load_run_state
+from server.checkpoint import CHECKPOINT, CheckpointError, load_round
 
 
 def round_row(run_dir: Path, done: int) -> dict:
@@ -27,9 +28,10 @@ def round_row(run_dir: Path, done: int) -> dict:
 
 def export_run(run_dir: str | Path, out: str | Path, round: int | None = None,
                unknown_threshold: float | None = None) -> dict:
-    """Export the classifier of ``run_dir`` after its last checkpointed round (the only
-    one a run folder keeps) to the model folder ``out``; return the manifest. Inputs whose
-    unknown-input score is above ``unknown_threshold`` will be labelled ``unknown``."""
+    """Export the classifier of ``run_dir`` after ``round`` (None: its last checkpointed
+    round; an earlier one if the folder kept it, ``checkpoints.keep``) to the model folder
+    ``out``; return the manifest. Inputs whose unknown-input score is above
+    ``unknown_threshold`` will be labelled ``unknown``."""
     from server.prepare import prepare
 
     run_dir = Path(run_dir)
@@ -37,10 +39,10 @@ def export_run(run_dir: str | Path, out: str | Path, round: int | None = None,
         raise ModelError(f"{run_dir}: not a run folder (no scenario.json; fedrecon run writes one)")
     if not (run_dir / CHECKPOINT).is_file():
         raise ModelError(f"{run_dir}: no {CHECKPOINT}: the run finished no round")
-    done, stats, state = load_run_state(run_dir)
-    if round is not None and round != done:
-        raise ModelError(f"{run_dir}: round {round} is not kept; a run folder holds only its last checkpoint, "
-                         f"round {done}")
+    try:  # round N's statistics and adapter, as its checkpoint held them
+        done, stats, state = load_round(run_dir, round)
+    except CheckpointError as exc:
+        raise ModelError(str(exc)) from None
     scenario_text = (run_dir / "scenario.json").read_text()
     scenario = load_scenario(run_dir / "scenario.json")
     why = refusal(scenario)

@@ -212,7 +212,7 @@ class Run:
         self.recorder.record(row)
         save_run_state(self.recorder.out, server_round, self.state.stats,
                        {"server": self.state.state(), "rows": self.recorder.rows},
-                       self.state.own, self.state.model_arrays())
+                       self.state.own, self.state.model_arrays(), self.scenario.checkpoints.keep)
         self.done = server_round
         self.tracking.round(row)  # after the checkpoint: a round a killed run repeats is logged once
 

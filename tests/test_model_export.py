@@ -139,10 +139,56 @@ def test_input_an_image_model_cannot_read_is_refused_in_one_line(exported, tmp_p
     assert "what is my balance: no such image file or folder (this model reads images)" in err
 
 
-def test_a_round_the_run_folder_does_not_keep_is_refused_in_one_line(runs, tmp_path, capsys):
-    err = one_line_error(["export", str(runs["ncm"]), "--out", str(tmp_path / "m"), "--round", "1"], capsys)
-    assert "round 1 is not kept" in err and "round 2" in err
-    assert not (tmp_path / "m").exists()
+def metrics_row(run_dir, done: int) -> dict:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return next(row for row in rows if row["round"] == done)
+
+
+@pytest.mark.parametrize("kind", list(RUNS))
+def test_export_of_an_earlier_round_is_that_rounds_classifier(kind, runs, tmp_path):
+    # Prepare: the test samples of the classes seen after round 1 (of 2), and its line of metrics.jsonl
+    prep = prepare(load_scenario(runs[kind] / "scenario.json"))
+    seen = prep.plan.classes_seen(1)
+    index, labels = prep.plan.test_set(seen)
+    first = metrics_row(runs[kind], 1)
+    # Execute: a default run (checkpoints.keep: auto) kept round 1
+    assert main(["export", str(runs[kind]), "--out", str(tmp_path / "m"), "--round", "1"]) == 0
+    model = load_model(tmp_path / "m")
+    # Assert: round 1's classes only, scored as the run scored them in round 1
+    assert model.manifest["round"] == 1 and model.manifest["classes_seen"] == first["classes_seen"] == len(seen)
+    np.testing.assert_array_equal(model.head.ids, np.sort(seen))
+    assert len(seen) < metrics_row(runs[kind], 2)["classes_seen"]
+    assert (model.class_ids(prep.dataset.inputs[index]) == labels).mean() == first["accuracy"] == model.manifest["accuracy"]
+
+
+def test_a_round_not_run_not_kept_damaged_or_missing_is_refused_in_one_line(runs, tmp_path, capsys):
+    import shutil
+
+    # Prepare: a copy of the ncm run, and a run that keeps its last round only
+    folder = tmp_path / "ncm"
+    shutil.copytree(runs["ncm"], folder)
+    (tmp_path / "last.yaml").write_text(yaml.safe_dump(small_scenario(checkpoints={"keep": "last"})))
+    run(tmp_path / "last.yaml", tmp_path / "last")
+
+    def refused(run_dir, done: int) -> str:
+        err = one_line_error(["export", str(run_dir), "--out", str(tmp_path / "m"), "--round", str(done)], capsys)
+        assert not (tmp_path / "m").exists()
+        return err
+
+    # Execute and assert
+    assert refused(folder, 3).endswith("round 3 was not run (the run's rounds: 1-2)\n")
+    assert not (tmp_path / "last" / "rounds").exists()
+    assert refused(tmp_path / "last", 1).endswith(
+        "round 1 is not kept (checkpoints.keep is last; the folder holds only the last, 2); set checkpoints.keep: "
+        "every in the scenario to keep every round\n")
+    kept = folder / "rounds" / "round-001.npz"
+    blob = bytearray(kept.read_bytes())
+    blob[len(blob) // 2] ^= 1
+    kept.write_bytes(bytes(blob))
+    assert f"{kept}: not a whole checkpoint (BadZipFile: Bad CRC-32" in refused(folder, 1)
+    kept.unlink()
+    assert f"{kept}: missing (the run kept round 1's state there)" in refused(folder, 1)
+    assert main(["export", str(folder), "--out", str(tmp_path / "m"), "--round", "2"]) == 0
 
 
 def test_the_merged_adapter_is_folded_in_giving_the_features_the_run_scored(tmp_path):
@@ -173,6 +219,12 @@ def test_the_merged_adapter_is_folded_in_giving_the_features_the_run_scored(tmp_
     assert not np.array_equal(mine[:, :64], mine[:, 64:])  # the adapter changed the features
     assert (model.class_ids(prep.dataset.inputs[index]) == order).mean() == accuracy
     assert model.manifest["backbone"]["adapter"]["features"] == "both"
+    # round 1's export folds round 1's adapter: round 1's accuracy, other weights than the last round's
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "first"), "--round", "1"]) == 0
+    first = load_model(tmp_path / "first")
+    index, order = prep.plan.test_set(prep.plan.classes_seen(1))
+    assert (first.class_ids(prep.dataset.inputs[index]) == order).mean() == metrics_row(tmp_path / "run", 1)["accuracy"]
+    assert first.manifest["files"]["adapter.safetensors"] != model.manifest["files"]["adapter.safetensors"]
 
 
 def test_predict_takes_inputs_from_arguments_a_file_or_standard_input_alike(exported, tmp_path, capsys, monkeypatch):
@@ -195,31 +247,6 @@ def test_predict_takes_inputs_from_arguments_a_file_or_standard_input_alike(expo
     options_among_inputs = capsys.readouterr().out
     assert from_file == from_stdin == options_among_inputs
     assert [json.loads(line)["input"] for line in from_file.splitlines()] == [str(p) for p in paths]
-
-
-def test_a_text_model_carries_its_tokenizer_and_labels_sentences_as_the_run_did(tmp_path, capsys):
-    # Prepare: two clients learn a CLINC150 domain each on MiniLM; a cosine ncm head
-    scenario = {"name": "text", "seed": 0, "data": {"dataset": "clinc150", "root": str(DATA_ROOT)},
-                "model": {"backbone": "all-minilm-l6-v2", "device": "cpu"}, "clients": {"count": 2},
-                "tasks": {"train_shots": 5, "test_shots": 3, "split": {"kind": "group", "groups": 2}},
-                "merge": {"head": "ncm", "metric": "cosine"}}
-    (tmp_path / "scenario.yaml").write_text(yaml.safe_dump(scenario))
-    summary = run(tmp_path / "scenario.yaml", tmp_path / "run")
-    # Execute
-    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "model")]) == 0
-    capsys.readouterr()
-    model = load_model(tmp_path / "model")
-    prep = prepare(load_scenario(tmp_path / "run" / "scenario.json"))
-    index, labels = prep.plan.test_set(prep.plan.classes_seen(prep.plan.rounds))
-    sentences = [str(t) for t in prep.dataset.inputs[index[:4]]]
-    assert main(["predict", str(tmp_path / "model"), *sentences, "--json"]) == 0
-    # Assert: the run's accuracy; the CLI's labels are the dataset's; the folder's tokenizer is the one used
-    assert (model.class_ids(prep.dataset.inputs[index]) == labels).mean() == summary["final_accuracy"]
-    printed = [json.loads(line)["label"] for line in capsys.readouterr().out.splitlines()]
-    ids = list(model.head.ids)
-    assert printed == [model.names[ids.index(c)] for c in model.class_ids(prep.dataset.inputs[index[:4]])]
-    assert model.preprocessing == {"kind": "text", "tokenizer": "tokenizer.json"}
-    assert model.encoder.modules[0].tokenizer.to_str() == (tmp_path / "model" / "tokenizer.json").read_text()
 
 
 @pytest.mark.parametrize("head", ["ncm", "lda"])

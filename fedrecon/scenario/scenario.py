@@ -5,9 +5,9 @@ from __future__ import annotations
 from pydantic import Field, PrivateAttr
 
 from fedrecon.scenario.base import Strict
-from fedrecon.scenario.sections import (AdaptersConfig, ClientsConfig, DataConfig, EvaluationConfig, FaultsConfig,
-                                        FinetuneConfig, MergeConfig, ModelConfig, PrivacyConfig, SimulationConfig,
-                                        TrackingConfig)
+from fedrecon.scenario.sections import (AdaptersConfig, CheckpointsConfig, ClientsConfig, DataConfig,
+                                        EvaluationConfig, FaultsConfig, FinetuneConfig, MergeConfig, ModelConfig,
+                                        PrivacyConfig, SimulationConfig, TrackingConfig)
 from fedrecon.scenario.tasks import TasksConfig
 
 
@@ -25,6 +25,8 @@ class Scenario(Strict):
     adapters: AdaptersConfig = Field(default_factory=AdaptersConfig, description="LoRA adapters fine-tuned by the clients")
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="training of the fedavg_finetune baseline")
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="when accuracy is measured")
+    checkpoints: CheckpointsConfig = Field(default_factory=CheckpointsConfig,
+                                           description="which rounds' states the run folder keeps (for export --round)")
     simulation: SimulationConfig = Field(default_factory=SimulationConfig, description="Flower simulation resources")
     faults: FaultsConfig = Field(default_factory=FaultsConfig, description="retries of failed tasks and injected faults")
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig, description="secure aggregation of the statistics")

@@ -1,5 +1,5 @@
 """The sections of a scenario besides ``tasks``: data, model, clients, merge, adapters,
-the fine-tuning baseline, evaluation, simulation and faults."""
+the fine-tuning baseline, evaluation, checkpoints, simulation and faults."""
 
 from __future__ import annotations
 
@@ -191,6 +191,20 @@ class EvaluationConfig(Strict):
 
     def due(self, server_round: int, last_round: int) -> bool:
         return server_round % self.every == 0 or server_round >= last_round
+
+
+# what checkpoints.keep: auto lets the kept rounds of a run folder take, in all
+KEEP_AUTO_MB = 50
+
+
+class CheckpointsConfig(Strict):
+    """Which rounds' states a run folder keeps: the last always (``checkpoint.npz``, which
+    ``fedrecon run --resume`` reads), earlier ones for ``fedrecon export --round N``."""
+
+    keep: Literal["auto", "every", "last"] = Field(
+        "auto", description=f"auto: every round while the rounds kept take at most {KEEP_AUTO_MB} MB in all, then the "
+                            "last only (a ridge head's Gram alone is 64 MB at 4,000 random features); every: every "
+                            "round; last: the last only")
 
 
 class SimulationConfig(Strict):
