@@ -47,6 +47,9 @@ def _graph(model):
     if kind == "ridge":
         arrays = {**arrays, "projection": random_projection(settings["seed"], model.manifest["backbone"]["dim"],
                                                             settings["size"])}
+    if text and not (prep.get("tokenizer") and hasattr(model.encoder.modules[0], "tokenize")):
+        raise ModelError(f"backbone {model.manifest['backbone']['name']}: a text backbone without a tokenizers "
+                         "tokenizer (tokenizer.json) and tokenize(); export it as safetensors")
     for module in model.encoder.modules:
         if hasattr(module, "encode") and not (text or isinstance(module, EfficientNetLite0)):
             raise ModelError(f"backbone {model.manifest['backbone']['name']}: prepares its own inputs (encode), "
@@ -146,12 +149,12 @@ def write_onnx(model, out: str | Path) -> dict:
 
     if model.head is None:
         raise ModelError(f"{model.folder}: already an ONNX folder")
+    graph = _graph(model)  # refuses what it cannot describe, before anything is traced or written
     samples = _samples(model)
     example, inputs = _inputs(model, samples)
     axes = {name: {i: n for i, n in enumerate(spec["shape"]) if isinstance(n, str)} for name, spec in inputs.items()}
     axes.update({name: {0: "batch"} for name in OUTPUTS})
     with replacing(Path(out)) as tmp:  # out once whole and checked
-        graph = _graph(model)
         try:
             # the TorchScript exporter: it needs no onnxscript, and traces these backbones as they run.
             # Its tracer warns of shapes read as Python numbers (MiniLM's head size): constants here, and
