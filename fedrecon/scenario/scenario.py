@@ -9,6 +9,7 @@ from fedrecon.scenario.sections import (AdaptersConfig, CheckpointsConfig, Clien
                                         EvaluationConfig, FaultsConfig, FinetuneConfig, MergeConfig, ModelConfig,
                                         PrivacyConfig, SimulationConfig, TrackingConfig)
 from fedrecon.scenario.tasks import TasksConfig
+from fedrecon.scenario.unknown import UnknownConfig
 
 
 class Scenario(Strict):
@@ -25,6 +26,7 @@ class Scenario(Strict):
     adapters: AdaptersConfig = Field(default_factory=AdaptersConfig, description="LoRA adapters fine-tuned by the clients")
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="training of the fedavg_finetune baseline")
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="when accuracy is measured")
+    unknown: UnknownConfig = Field(default_factory=UnknownConfig, description="the exported model's threshold for unknown inputs")
     checkpoints: CheckpointsConfig = Field(default_factory=CheckpointsConfig,
                                            description="which rounds' states the run folder keeps (for export --round)")
     simulation: SimulationConfig = Field(default_factory=SimulationConfig, description="Flower simulation resources")
