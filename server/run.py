@@ -206,6 +206,7 @@ class Run:
             "messages_up": traffic["messages_up"],
             **({"bytes_up_top": traffic["bytes_up_top"]} if self.tiers else {}),
             "failures": sum(f["round"] == server_round for f in self.state.failures),
+            "unknown_threshold": self.state.unknown.get(server_round, {}).get("threshold"),
             **(self.state.budget.row() if self.state.budget is not None else {}),
             "seconds": round(time.time() - began, 3),
         }
