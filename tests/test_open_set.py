@@ -11,7 +11,7 @@ import pytest
 
 import fedrecon
 from fedrecon.backbones.cache import embed_samples
-from fedrecon.learning.heads import build_head
+from fedrecon.learning.heads import build_head, head_spec
 from fedrecon.learning.stats import ClassStats
 from fedrecon.model.unknown import UnknownScore, unknown_parameters
 from fedrecon.scenario import load_scenario
@@ -44,8 +44,6 @@ def direct_auroc(prep, features, round_: int) -> float:
     arrivals = [a for a in plan.arrivals if a.round <= round_]
     train = np.concatenate([a.sample_index for a in arrivals])
     labels = np.concatenate([a.sample_labels for a in arrivals])
-    from fedrecon.learning.heads import head_spec
-
     stats = ClassStats.from_features(labels, features(train), head_spec(s.merge, s.seed))
     head = build_head(stats, s.merge, s.seed)
     score = UnknownScore(*unknown_parameters(stats, head, s.merge.shrinkage))
