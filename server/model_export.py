@@ -60,6 +60,24 @@ def export_run(run_dir: str | Path, out: str | Path, round: int | None = None,
     row = round_row(run_dir, done)
     run = {"run": str(run_dir.resolve()), "round": done, "rounds": prep.plan.rounds,
            "accuracy": row.get("accuracy"), "classes_seen": row.get("classes_seen")}
+    threshold, chosen = shipped_threshold(scenario, state, done, unknown_threshold)
     return write_model(out, scenario=scenario, dataset=prep.dataset, stats=stats, model=prep.model,
                        adapted=prep.adapted, entry=prep.entry, dim=prep.dim, run=run, scenario_text=scenario_text,
-                       unknown_threshold=unknown_threshold)
+                       unknown_threshold=threshold, unknown_chosen=chosen)
+
+
+def shipped_threshold(scenario, state: dict, done: int, given: float | None) -> tuple[float | None, dict]:
+    """The unknown threshold an export of round ``done`` ships, and how it was chosen: the
+    user's (``given``), else the one the federation chose that round from the clients'
+    binned training scores (:mod:`strategies.unknown_threshold`), else none, with why."""
+    from strategies.unknown_threshold import skipped_because
+
+    if given is not None:
+        return given, {"chosen_by": "user"}
+    chosen = state.get("server", {}).get("unknown", {}).get(str(done))
+    if chosen and chosen.get("threshold") is not None:
+        return float(chosen["threshold"]), {"chosen_by": "federation", "quantile": chosen["quantile"],
+                                            "samples": chosen["samples"], "complete": chosen["complete"]}
+    why = skipped_because(scenario) or (f"round {done} made no threshold exchange (not evaluated, or no client "
+                                        f"answered)")
+    return None, {"chosen_by": None, "why": why}

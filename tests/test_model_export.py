@@ -95,9 +95,10 @@ def test_predict_reads_drawings_from_png_files_as_the_run_read_them(runs, export
     # Assert: in input order, the labels the dataset's own samples get
     model = load_model(exported["ncm"])
     expected = [model.names[list(model.head.ids).index(c)] for c in model.class_ids(prep.dataset.inputs[index])]
-    assert [p["label"] for p in lines] == expected
+    assert [p["top"][0]["label"] for p in lines] == expected  # the label: unknown above the run's threshold
+    assert [p["label"] for p in lines] == [("unknown" if p["unknown_score"] > model.threshold else e) for p, e in zip(lines, expected)]
     assert [p["input"] for p in lines] == [str(tmp_path / f"{k:03d}.png") for k in range(len(index))]
-    assert all(len(p["top"]) == 2 and p["top"][0]["label"] == p["label"] for p in lines)
+    assert all(len(p["top"]) == 2 for p in lines)
 
 
 def one_line_error(argv, capsys) -> str:

@@ -17,7 +17,9 @@ from fedrecon.learning.heads import build_head, head_spec
 from fedrecon.learning.stats import ClassStats
 from fedrecon.model.unknown import SCORE_BINS, UnknownScore, bin_edges, score_counts, threshold_of, unknown_parameters
 from fedrecon.scenario import load_scenario
+from fedrecon.model import load_model
 from server.checkpoint import load_run_state
+from server.model_export import export_run
 from server.prepare import prepare
 from strategies.unknown_threshold import UnknownThreshold
 from strategies.wire import from_record
@@ -136,6 +138,28 @@ def test_a_run_keeps_each_evaluated_rounds_threshold_equal_to_one_sites(write_sc
         assert got["threshold"] == threshold_of(score_counts(score.scores(features)), s.unknown.quantile)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["unknown_threshold"] for r in rows] == [state["server"]["unknown"][str(r["round"])]["threshold"] for r in rows]
+    # the export ships the last round's threshold, and says how it was chosen; a user's replaces it
+    manifest = export_run(tmp_path / "run", tmp_path / "model")
+    chosen = state["server"]["unknown"][str(done)]
+    assert manifest["unknown"] == {"kind": "relative_mahalanobis", "threshold": chosen["threshold"],
+                                   "chosen_by": "federation", "quantile": 0.99, "samples": chosen["samples"],
+                                   "complete": True}
+    model = load_model(tmp_path / "model")
+    test, _ = prep.plan.test_set(prep.plan.classes_seen(done))
+    inputs = np.concatenate([prep.dataset.inputs[test], prep.dataset.inputs[test][:, ::-1, ::-1] * 0 + 1.0])
+    predictions = model.predict(inputs)
+    rejected = np.array([p["label"] == "unknown" for p in predictions])
+    assert np.array_equal(rejected, np.array([p["unknown_score"] for p in predictions]) > chosen["threshold"])
+    assert rejected[len(test):].all()  # a blank image is unknown
+    assert export_run(tmp_path / "run", tmp_path / "mine", unknown_threshold=3.5)["unknown"]["chosen_by"] == "user"
+
+
+def test_under_differential_privacy_no_threshold_is_chosen_and_the_export_says_why(write_scenario, tmp_path):
+    dp = {"dp": {"epsilon": 8.0, "delta": 1e-5, "clip": 1.0}}
+    path = write_scenario(small_scenario(tasks=STAGGERED, merge={"head": "ncm"}, privacy=dp))
+    run(path, tmp_path / "run")
+    manifest = export_run(tmp_path / "run", tmp_path / "model")
+    assert manifest["unknown"]["threshold"] is None and "privacy.dp" in manifest["unknown"]["why"]
 
 
 def test_under_secure_aggregation_the_threshold_is_the_one_in_the_clear(write_scenario, tmp_path):

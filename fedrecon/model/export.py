@@ -42,7 +42,8 @@ def _readable(folder: Path) -> None:
 
 
 def write_model(out: str | Path, *, scenario, dataset, stats: ClassStats, model, adapted, entry, dim: int,
-                run: dict, scenario_text: str, unknown_threshold: float | None = None) -> dict:
+                run: dict, scenario_text: str, unknown_threshold: float | None = None,
+                unknown_chosen: dict | None = None) -> dict:
     """Write the model folder ``out`` and return its manifest.
 
     Parameters
@@ -65,6 +66,9 @@ def write_model(out: str | Path, *, scenario, dataset, stats: ClassStats, model,
     unknown_threshold : float, optional
         Inputs whose unknown-input score (:mod:`fedrecon.model.unknown`) is above it are
         labelled ``unknown``; None: every input gets a class.
+    unknown_chosen : dict, optional
+        How the threshold was chosen (by the federation: its quantile and samples counted),
+        kept in the manifest beside it.
     """
     why = refusal(scenario)
     if why:
@@ -100,7 +104,7 @@ def write_model(out: str | Path, *, scenario, dataset, stats: ClassStats, model,
         manifest = seal(tmp, {
             "scenario": scenario.name, **run, "classes": classes,
             "head": {"kind": scenario.merge.head, **settings},
-            "unknown": {"kind": unknown, "threshold": unknown_threshold},
+            "unknown": {"kind": unknown, "threshold": unknown_threshold, **(unknown_chosen or {})},
             "backbone": backbone,
             "preprocessing": preprocessing,
         })
