@@ -110,6 +110,8 @@ class UnknownScore:
         if self.kind == "cosine":
             unit = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
             return 1.0 - (unit @ a["directions"].T).max(1)
-        nearest = np.einsum("nd,de,ne->n", f, a["precision"], f) - 2 * (f @ a["weights"] + a["bias"]).max(1)
+        # quadratic forms as a matrix product and a row sum: BLAS, where einsum's three
+        # operands ran one core at a time (25 s of an 80 s CLINC150 run scored with it)
+        nearest = ((f @ a["precision"]) * f).sum(1) - 2 * (f @ a["weights"] + a["bias"]).max(1)
         g = f - a["global_mean"]
-        return nearest - np.einsum("nd,de,ne->n", g, a["global_precision"], g)
+        return nearest - ((g @ a["global_precision"]) * g).sum(1)
