@@ -202,7 +202,8 @@ def unknown_scores(msg: Message, context: Context) -> Message:
     config, arrays = dict(msg.content[P.UNKNOWN_CONFIG]), _numpy(msg.content[P.EVAL_ARRAYS])
     adapter = _numpy(msg.content[P.ADAPTER]) if P.ADAPTER in msg.content else None
     counts = count_scores(setup, str(config["kind"]), _numpy(msg.content[P.UNKNOWN_ARRAYS]),
-                          arrays["sample_index"], arrays["sample_labels"], int(config["round"]), adapter)
+                          _numpy(msg.content[P.UNKNOWN_CLASSES]), arrays["sample_index"], arrays["sample_labels"],
+                          int(config["round"]), adapter)
     if P.SECAGG in msg.content:  # secure aggregation: only the masked counts leave
         from clients import secure
 

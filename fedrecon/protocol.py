@@ -56,13 +56,14 @@ MERGED_STATS = "merged_stats"  # ArrayRecord: the merged statistics (ClassStats.
 # reply: METRICS with correct, samples
 
 # message type "query.unknown_scores" (the unknown-input threshold, unknown.quantile): UNKNOWN_CONFIG,
-# UNKNOWN_ARRAYS, EVAL_ARRAYS (the client's accepted training samples), ADAPTER (the merged one, if any);
+# UNKNOWN_ARRAYS, UNKNOWN_CLASSES, EVAL_ARRAYS (the client's accepted training samples), ADAPTER (the merged one, if any);
 # reply SCORE_COUNTS: "counts", the samples' unknown-input scores counted in fedrecon.model.unknown's bins.
 # Under secure aggregation the counts are a second SecAgg+ sum of the round (its "round" -round):
 # keys, shares, this query with SECAGG {round, survivors} and SHARES added (reply MASKED), unmask
 UNKNOWN_SCORES = "unknown_scores"
 UNKNOWN_CONFIG = "unknown_config"  # ConfigRecord: round, kind (of the score)
 UNKNOWN_ARRAYS = "unknown_arrays"  # ArrayRecord: the score's arrays (fedrecon.model.unknown.unknown_parameters)
+UNKNOWN_CLASSES = "unknown_classes"  # ArrayRecord: the merged ids, counts (and means, for cosine): leave-one-out
 SCORE_COUNTS = "score_counts"
 
 # Secure aggregation (privacy.secure_aggregation), one round's exchange (fedrecon.secagg.protocol):

@@ -50,8 +50,8 @@ def counts_of(reply: Message, samples: int) -> np.ndarray:
 class UnknownThreshold:
     """After a round's statistics are merged (in rounds that are evaluated), every
     client that learned something scores its accepted training samples under the merged
-    model's unknown-input score (:mod:`fedrecon.model.unknown`) and counts them in the
-    fixed bins; the server adds the counts and keeps the ``unknown.quantile`` edge as the
+    model's unknown-input score (:mod:`fedrecon.model.unknown`; each sample left out of its
+    class mean) and counts them in the fixed bins; the server adds the counts and keeps the ``unknown.quantile`` edge as the
     round's threshold (``state.unknown``), which an export of that round ships. A client
     that does not answer leaves the round's threshold marked incomplete. Under secure
     aggregation (``secure``, a :class:`strategies.secure_counts.SecureCounts`) the counts
@@ -89,6 +89,9 @@ class UnknownThreshold:
         head = build_head(state.stats, s.merge, s.seed)
         kind, arrays = unknown_parameters(state.stats, head, s.merge.shrinkage)
         score = to_record(arrays)
+        # each client leaves every sample out of its class mean (UnknownScore.training_scores)
+        classes = {"ids": state.stats.ids, "counts": state.stats.counts}
+        classes = to_record({**classes, "means": state.stats.means()} if kind == "cosine" else classes)
         adapters = state.adapters
         adapter = {P.ADAPTER: to_record(adapters.payload())} if adapters is not None and adapters.merges else {}
         clients = self.asked(state) if self.secure is None else list(work.counts.server.shared)
@@ -99,6 +102,7 @@ class UnknownThreshold:
             content = RecordDict({
                 P.UNKNOWN_CONFIG: ConfigRecord({"round": work.number, "kind": kind}),
                 P.UNKNOWN_ARRAYS: score,
+                P.UNKNOWN_CLASSES: classes,
                 P.EVAL_ARRAYS: to_record({"sample_index": index.copy(), "sample_labels": labels.copy()}),
                 **adapter,
                 **(self.secure.masking(work, client) if self.secure is not None else {}),

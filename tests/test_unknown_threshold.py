@@ -59,8 +59,10 @@ def counted_reply(msg: Message, counts: np.ndarray | None = None) -> Message:
     """A client's answer to the threshold query: its samples' scores, binned."""
     if counts is None:
         kind = str(msg.content[P.UNKNOWN_CONFIG]["kind"])
-        index = from_record(msg.content[P.EVAL_ARRAYS])["sample_index"]
-        counts = score_counts(UnknownScore(kind, from_record(msg.content[P.UNKNOWN_ARRAYS])).scores(feature_of(index)))
+        samples = from_record(msg.content[P.EVAL_ARRAYS])
+        score = UnknownScore(kind, from_record(msg.content[P.UNKNOWN_ARRAYS]))
+        counts = score_counts(score.training_scores(feature_of(samples["sample_index"]), samples["sample_labels"],
+                                                    from_record(msg.content[P.UNKNOWN_CLASSES])))
     return Message(RecordDict({P.SCORE_COUNTS: ArrayRecord({"counts": Array(counts)})}), reply_to=msg)
 
 
@@ -72,7 +74,12 @@ def central_threshold(state, rounds: int, quantile: float):
     s = state.scenario
     stats = ClassStats.from_features(labels, feature_of(index), head_spec(s.merge, s.seed))
     score = UnknownScore(*unknown_parameters(stats, build_head(stats, s.merge, s.seed), s.merge.shrinkage))
-    return threshold_of(score_counts(score.scores(feature_of(index))), quantile), score
+    left_out = score.training_scores(feature_of(index), labels, left_out_classes(stats))
+    return threshold_of(score_counts(left_out), quantile), score
+
+
+def left_out_classes(stats: ClassStats) -> dict:
+    return {"ids": stats.ids, "counts": stats.counts, "means": stats.means()}
 
 
 @pytest.mark.parametrize("head", ["ncm", "lda"])
@@ -135,7 +142,8 @@ def test_a_run_keeps_each_evaluated_rounds_threshold_equal_to_one_sites(write_sc
         score = UnknownScore(*unknown_parameters(stats, build_head(stats, s.merge, s.seed), s.merge.shrinkage))
         got = state["server"]["unknown"][str(r)]
         assert got["complete"] and got["samples"] == len(index)
-        assert got["threshold"] == threshold_of(score_counts(score.scores(features)), s.unknown.quantile)
+        left_out = score.training_scores(features, labels, left_out_classes(stats))
+        assert got["threshold"] == threshold_of(score_counts(left_out), s.unknown.quantile)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["unknown_threshold"] for r in rows] == [state["server"]["unknown"][str(r["round"])]["threshold"] for r in rows]
     # the export ships the last round's threshold, and says how it was chosen; a user's replaces it
@@ -170,3 +178,28 @@ def test_under_secure_aggregation_the_threshold_is_the_one_in_the_clear(write_sc
         _, _, state = load_run_state(tmp_path / name)
         thresholds[name] = state["server"]["unknown"]
     assert thresholds["secure"] == thresholds["clear"] and all(u["complete"] for u in thresholds["clear"].values())
+
+
+@pytest.mark.parametrize("head", ["ncm", "lda"])
+def test_a_training_samples_score_leaves_it_out_of_its_class_mean(head):
+    s = make_strategy(merge={"head": head}).state.scenario
+    rng = np.random.default_rng(0)
+    labels = np.array([3, 3, 3, 5, 5, 8, 8, 8, 8, 9])  # class 9: one sample, nothing to leave it with
+    features = rng.normal(size=(len(labels), DIM)) + labels[:, None] % 3
+    stats = ClassStats.from_features(labels, features, head_spec(s.merge, s.seed))
+    score = UnknownScore(*unknown_parameters(stats, build_head(stats, s.merge, s.seed), s.merge.shrinkage))
+    got = score.training_scores(features, labels, left_out_classes(stats))
+    for i, (x, y) in enumerate(zip(features, labels)):
+        # by hand: the score's arrays with the sample's own class mean recomputed without it
+        others = [c for c in stats.ids if c != y]
+        means = {c: features[labels == c].mean(0) for c in others}
+        if (labels == y).sum() > 1:
+            means[y] = np.delete(features, i, 0)[np.delete(labels, i) == y].mean(0)
+        if score.kind == "cosine":
+            unit = x / np.linalg.norm(x)
+            expected = 1 - max(unit @ m / np.linalg.norm(m) for m in means.values())
+        else:
+            p, g = score.arrays["precision"], x - score.arrays["global_mean"]
+            expected = min((x - m) @ p @ (x - m) for m in means.values()) - g @ score.arrays["global_precision"] @ g
+        assert got[i] == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    assert (got >= score.scores(features) - 1e-9).all()  # never closer than with itself in its mean

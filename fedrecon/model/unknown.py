@@ -16,7 +16,8 @@ do), higher meaning more likely unknown:
 
 The threshold that turns a score into "unknown" is chosen from the clients' own training
 samples by one more additive exchange (:mod:`strategies.unknown_threshold`): each client
-counts its training samples' scores in fixed bins (:func:`score_counts`), the server adds
+counts its training samples' scores, each with its own class mean taken without it
+(:meth:`UnknownScore.training_scores`), in fixed bins (:func:`score_counts`), the server adds
 the counts and takes the bin edge at the scenario's quantile (:func:`threshold_of`). The
 bins are the same everywhere and known in advance, so the summed counts, and the
 threshold, are those of one site holding every training sample; no score leaves a client.
@@ -115,3 +116,35 @@ class UnknownScore:
         nearest = ((f @ a["precision"]) * f).sum(1) - 2 * (f @ a["weights"] + a["bias"]).max(1)
         g = f - a["global_mean"]
         return nearest - ((g @ a["global_precision"]) * g).sum(1)
+
+    def training_scores(self, features: np.ndarray, labels: np.ndarray, classes: dict[str, np.ndarray]) -> np.ndarray:
+        """The scores of training samples with each sample's own class mean taken without
+        it (leave one out), so that the threshold's quantile holds for new inputs: a
+        training sample pulled its class mean towards itself, and its plain score is
+        lower than a new sample's (on Omniglot's 15 drawings a class, a threshold at the
+        99th percentile of plain scores rejected 2.4 % of the test drawings with cosine
+        and 4.2 % with relative Mahalanobis; left out, 1.2 % and 1.0 %). ``classes``:
+        the merged ``ids`` and ``counts`` (and ``means``, for cosine). The shared
+        covariance is kept as it is: one sample moves it by about 1/N. A class of one
+        sample leaves nothing to compare with; its sample scores against the other classes."""
+        f = np.asarray(features, dtype=np.float64)
+        ids, counts = classes["ids"], np.asarray(classes["counts"], dtype=np.float64)
+        col = np.searchsorted(ids, labels)
+        if len(f) and ((col >= len(ids)).any() or (ids[np.minimum(col, len(ids) - 1)] != labels).any()):
+            raise ValueError("a training sample's class is not among the merged classes")
+        n = counts[col]
+        rows = np.arange(len(f))
+        alone = n <= 1
+        if self.kind == "cosine":
+            unit = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+            cos = unit @ self.arrays["directions"].T
+            own = (n[:, None] * classes["means"][col] - f) / np.maximum(n - 1, 1)[:, None]
+            cos[rows, col] = np.where(alone, -np.inf, (unit * own).sum(1) / np.maximum(np.linalg.norm(own, axis=1), 1e-12))
+            return 1.0 - cos.max(1)
+        a = self.arrays
+        # squared distances to every class mean; the own class's, to the mean without the
+        # sample, is (n / (n - 1))^2 times its distance to the mean with it
+        dist = ((f @ a["precision"]) * f).sum(1)[:, None] - 2 * (f @ a["weights"] + a["bias"])
+        dist[rows, col] = np.where(alone, np.inf, dist[rows, col] * (n / np.maximum(n - 1, 1)) ** 2)
+        g = f - a["global_mean"]
+        return dist.min(1) - ((g @ a["global_precision"]) * g).sum(1)
