@@ -1,6 +1,6 @@
 """Predicting with an exported model: export time and size, predictions a second, torch and onnxruntime.
 
-    .venv/bin/python bench/predict.py [--no-doc]
+    .venv/bin/python bench/predict.py [--no-doc] [--keep DIR]
 
 For each backbone (conv4 on the Omniglot quickstart, all-MiniLM-L6-v2 on CLINC150,
 EfficientNet-Lite0 on Omniglot, frozen), one small `fedrecon run`, then `fedrecon.export`
@@ -81,9 +81,9 @@ def clinc150_check(torch_model, onnx_model, root: Path) -> dict:
             "unknown": float(np.abs(mine.unknown - theirs.unknown).max())}
 
 
-def measure(name: str, path: str, overrides: list[str], work: Path) -> dict:
+def measure(name: str, path: str, overrides: list[str], work: Path, reuse: bool) -> dict:
     run_dir, model_dir, onnx_dir = work / f"run-{name}", work / f"model-{name}", work / f"onnx-{name}"
-    summary, _ = fedrecon_run(path, overrides, run_dir)
+    summary, _ = fedrecon_run(path, overrides, run_dir, reuse=reuse)
     export_s = {"safetensors": timed_export(run_dir, model_dir, "safetensors"), "onnx": timed_export(run_dir, onnx_dir, "onnx")}
     scenario = load_scenario(REPO / path, overrides)
     inputs = load_dataset(scenario.data).inputs[:SAMPLES]
@@ -125,11 +125,14 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-doc", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument("--keep", metavar="DIR", help="keep the runs and models in DIR, and reuse the runs a "
+                        "previous --keep DIR finished (a rerun measures again without running again)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fedrecon-predict-") as tmp:
+        work = Path(args.keep or tmp)
         rows = []
         for name, (path, overrides) in MODELS.items():
-            rows.append(measure(name, path, overrides, Path(tmp)))
+            rows.append(measure(name, path, overrides, work, reuse=bool(args.keep)))
             print(json.dumps({**rows[-1], "rates": {f"{t}x{b}": v for (t, b), v in rows[-1]["rates"].items()}}), flush=True)
     text = ("## Predicting with an exported model\n\nCommand: `.venv/bin/python bench/predict.py` (one small `fedrecon "
             "run` a backbone: the Omniglot quickstart with 20 characters on conv4, CLINC150's ten domains on MiniLM, 20 "
