@@ -27,9 +27,20 @@ def cmd_export(args) -> int:
     accuracy = manifest["accuracy"]
     shown = "not scored" if accuracy is None else f"{accuracy:.4f}"
     print(f"fedrecon export: {manifest['scenario']} round {manifest['round']}: {len(manifest['classes'])} classes, "
-          f"{manifest['head']['kind']} head on {manifest['backbone']['name']}, accuracy in the run {shown} -> {args.out}"
-          + (" (onnx)" if args.format == "onnx" else ""))
+          f"{manifest['head']['kind']} head on {manifest['backbone']['name']}, accuracy in the run {shown}, "
+          f"{_threshold(manifest['unknown'])} -> {args.out}" + (" (onnx)" if args.format == "onnx" else ""))
     return 0
+
+
+def _threshold(unknown: dict) -> str:
+    """The shipped unknown threshold in words."""
+    threshold = unknown.get("threshold")
+    if threshold is None:
+        return f"no unknown threshold ({unknown['why']})" if unknown.get("why") else "no unknown threshold"
+    if unknown.get("chosen_by") == "federation":
+        partial = "" if unknown.get("complete", True) else ", not every client counted"
+        return f"unknown above {threshold:.4g} (the federation's, {unknown['quantile']:.0%} of training samples kept{partial})"
+    return f"unknown above {threshold:.4g}"
 
 
 def _inputs(args, modality: str) -> list[str]:
@@ -92,7 +103,8 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--out", required=True, help="the model folder to write (replaced if an earlier export)")
     exp.add_argument("--round", type=int, help="the round to export (default: the last); earlier ones as the scenario's checkpoints.keep kept them")
     exp.add_argument("--unknown-threshold", type=float, metavar="T",
-                     help="label unknown the inputs whose unknown-input score is above T (default: none, always a class)")
+                     help="label unknown the inputs whose unknown-input score is above T (default: the threshold the "
+                     "run chose from the clients' training scores, unknown.quantile)")
     exp.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors",
                      help="safetensors (the default; runs in torch) or onnx: one model.onnx graph that runs on "
                      "onnxruntime alone (pip install 'fedrecon[onnx]')")
