@@ -130,6 +130,9 @@ def test_an_adapted_backbone_both_features_labels_as_torch(tmp_path):
 @pytest.fixture(scope="module")
 def text_models(tmp_path_factory):
     """Two clients learn a CLINC150 domain each on MiniLM (lda head: relative Mahalanobis); both formats."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1  # before the autouse identity, as runs does
     root = tmp_path_factory.mktemp("text")
     scenario = {"name": "text", "seed": 0, "data": {"dataset": "clinc150", "root": str(DATA_ROOT)},
                 "model": {"backbone": "all-minilm-l6-v2", "device": "cpu"}, "clients": {"count": 2},
@@ -170,7 +173,9 @@ feeds = {"input_ids": np.array([e.ids for e in encoded], dtype=np.int64),
          "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64)}
 session = onnxruntime.InferenceSession(f"{folder}/model.onnx")
 scores, label, unknown = session.run(["scores", "label", "unknown_score"], feeds)
-print(json.dumps([manifest["classes"][i]["name"] for i in label]))
+threshold = manifest["unknown"]["threshold"]
+print(json.dumps([manifest["classes"][i]["name"] if threshold is None or u <= threshold else "unknown"
+                  for i, u in zip(label, unknown)]))
 import fedrecon
 print(json.dumps([p["label"] for p in fedrecon.load_model(folder).predict(sentences)]))
 """
