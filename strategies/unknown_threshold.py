@@ -48,7 +48,7 @@ def counts_of(reply: Message, samples: int) -> np.ndarray:
 
 
 class UnknownThreshold:
-    """After a round's statistics are merged (in rounds that are evaluated), every
+    """After a round's statistics are merged (in the rounds ``unknown.rounds`` names), every
     client that learned something scores its accepted training samples under the merged
     model's unknown-input score (:mod:`fedrecon.model.unknown`; each sample left out of its
     class mean) and counts them in the fixed bins; the server adds the counts and keeps the ``unknown.quantile`` edge as the
@@ -66,7 +66,9 @@ class UnknownThreshold:
 
     def exchanges(self, state: ServerState, work: RoundWork) -> int:
         s = state.scenario
-        due = state.active(work.number) and s.evaluation.due(work.number, state.plan.rounds)
+        evaluated = s.evaluation.due(work.number, state.plan.rounds)
+        due = state.active(work.number) and s.unknown.due(work.number, state.plan.rounds, evaluated,
+                                                          state.adapters is not None)
         if not (due and skipped_because(s) is None and len(state.stats) > 0 and bool(state.trained)):
             return 0
         return self.secure.exchanges if self.secure is not None else 1

@@ -203,3 +203,19 @@ def test_a_training_samples_score_leaves_it_out_of_its_class_mean(head):
             expected = min((x - m) @ p @ (x - m) for m in means.values()) - g @ score.arrays["global_precision"] @ g
         assert got[i] == pytest.approx(expected, rel=1e-9, abs=1e-9)
     assert (got >= score.scores(features) - 1e-9).all()  # never closer than with itself in its mean
+
+
+def test_under_adapters_only_the_last_round_chooses_a_threshold_unless_told_otherwise():
+    from tests.test_strategy_adapters import SHAPES
+
+    adapters = {"merge": {"adapters": "ffa"}, "adapters": {"schedule": "first_task", "rank": 2}}
+    for rounds, expected in (("auto", [0, 1]), ("evaluated", [1, 1]), ("last", [0, 1])):
+        s = make_strategy(adapter_shapes=SHAPES, unknown={"rounds": rounds}, **adapters)
+        last = s.state.plan.rounds
+        for r in range(1, last + 1):
+            s.replies(r, [learned_reply(m, head_spec(s.state.scenario.merge, 0)) for m in s.tasks(r)])
+        phase = s.phase(UnknownThreshold)
+        assert [phase.exchanges(s.state, s.work(r)) for r in (last - 1, last)] == expected, rounds
+    plain = make_strategy()
+    plain.replies(1, [learned_reply(m, None) for m in plain.tasks(1)])
+    assert plain.phase(UnknownThreshold).exchanges(plain.state, plain.work(1)) == 1  # frozen: every evaluated round
