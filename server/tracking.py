@@ -20,7 +20,8 @@ from fedrecon.scenario.scenario import Scenario
 
 # Flower-free numbers of a row that are metrics (the round is the step)
 ROW_METRICS = ("accuracy", "classes_seen", "classes_learned", "bytes_up", "bytes_down", "bytes_down_resent",
-               "messages_down", "messages_up", "bytes_up_top", "failures", "seconds")
+               "messages_down", "messages_up", "bytes_up_top", "failures", "open_auroc", "oos_auroc",
+               "unknown_threshold", "seconds")
 INSTALL = {"mlflow": "pip install 'fedrecon[mlflow]' (or: pip install mlflow)",
            "tensorboard": "pip install 'fedrecon[tensorboard]' (or: pip install tensorboard)"}
 
@@ -41,7 +42,7 @@ def _numbers(row: dict, keys) -> dict[str, float]:
     out = {}
     for k in keys:
         v = row.get(k)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and not (isinstance(v, float) and math.isnan(v)):
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
             out[k] = float(v)
     return out
 
