@@ -78,4 +78,6 @@ def test_the_readme_in_python_run_export_predict(tmp_path):
     drawings = np.zeros((2, 1, 28, 28), np.float32)
     drawings[:, :, 10:18, 12:16] = 1.0  # two strokes, as the dataset holds drawings (ink = 1)
     predictions = model.predict(drawings, top=3)
-    assert [len(p["top"]) for p in predictions] == [3, 3] and predictions[0]["label"] in model.names
+    assert [len(p["top"]) for p in predictions] == [3, 3] and predictions[0]["top"][0]["label"] in model.names
+    # a block of ink is no character: above the threshold the run chose, unknown
+    assert predictions[0]["label"] == "unknown" and predictions[0]["unknown_score"] > model.threshold
