@@ -9,8 +9,6 @@ written as the parameters its ``scores`` reads; nothing is refitted.
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 from fedrecon.dp import released
@@ -18,7 +16,7 @@ from fedrecon.learning.heads import build_head
 from fedrecon.learning.prototype_merges import is_per_client, make_policy
 from fedrecon.learning.stats import ClassStats
 from fedrecon.model.encoder import TOKENIZER_FILE, backbone_files, tokenizer_text
-from fedrecon.model.folder import MANIFEST, ModelError, seal, write_arrays
+from fedrecon.model.folder import ModelError, replacing, seal, write_arrays
 from fedrecon.model.inputs import preprocessing_of
 from fedrecon.model.model import HEAD_FILE
 from fedrecon.model.unknown import UNKNOWN_FILE, unknown_parameters
@@ -83,13 +81,7 @@ def write_model(out: str | Path, *, scenario, dataset, stats: ClassStats, model,
     installed = entry.weights == "installed" and scenario.model.checkpoint is None
     backbone, weight_files = backbone_files(scenario.model.backbone, entry, model, adapted, installed, dim)
     classes = [{"id": int(c), "name": dataset.class_names[int(c)], "group": dataset.groups[int(c)]} for c in head.ids]
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
-        raise ModelError(f"{out}: exists and is not a model folder; give a new folder or an earlier export's")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"  # renamed to out once whole
-    tmp.mkdir()
-    try:
+    with replacing(Path(out)) as tmp:  # renamed to out once whole
         write_arrays(tmp / HEAD_FILE, arrays)
         write_arrays(tmp / UNKNOWN_FILE, unknown_arrays)
         for name, weights in weight_files.items():
@@ -108,9 +100,4 @@ def write_model(out: str | Path, *, scenario, dataset, stats: ClassStats, model,
             "backbone": backbone,
             "preprocessing": preprocessing,
         })
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return manifest
