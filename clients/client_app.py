@@ -209,7 +209,9 @@ def unknown_scores(msg: Message, context: Context) -> Message:
 
         masked = secure.masked_values(msg, context, counts.astype(np.float64))
         return Message(RecordDict({P.MASKED: _record({"masked": masked})}), reply_to=msg)
-    return Message(RecordDict({P.SCORE_COUNTS: _record({"counts": counts})}), reply_to=msg)
+    # in the clear, only the bins that hold a sample: a client's few samples fill few of the 8,192
+    bins = np.flatnonzero(counts).astype(np.int32)
+    return Message(RecordDict({P.SCORE_COUNTS: _record({"bins": bins, "counts": counts[bins]})}), reply_to=msg)
 
 
 @app.query(P.SECAGG_KEYS)

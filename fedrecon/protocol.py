@@ -57,7 +57,8 @@ MERGED_STATS = "merged_stats"  # ArrayRecord: the merged statistics (ClassStats.
 
 # message type "query.unknown_scores" (the unknown-input threshold, unknown.quantile): UNKNOWN_CONFIG,
 # UNKNOWN_ARRAYS, UNKNOWN_CLASSES, EVAL_ARRAYS (the client's accepted training samples), ADAPTER (the merged one, if any);
-# reply SCORE_COUNTS: "counts", the samples' unknown-input scores counted in fedrecon.model.unknown's bins.
+# reply SCORE_COUNTS: "bins" (int32, the bins holding a sample) and their "counts" (int64): the samples'
+# unknown-input scores counted in fedrecon.model.unknown's bins.
 # Under secure aggregation the counts are a second SecAgg+ sum of the round (its "round" -round):
 # keys, shares, this query with SECAGG {round, survivors} and SHARES added (reply MASKED), unmask
 UNKNOWN_SCORES = "unknown_scores"

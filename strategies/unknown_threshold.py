@@ -36,15 +36,21 @@ def skipped_because(scenario) -> str | None:
 
 
 def counts_of(reply: Message, samples: int) -> np.ndarray:
-    """A reply's bin counts, checked: ``SCORE_BINS`` non-negative integers adding up to
-    the ``samples`` the client was asked to score (raises :class:`PayloadError`)."""
-    arrays = decode_reply(reply, 8 * SCORE_BINS + 1024, P.SCORE_COUNTS)
-    counts = arrays.get("counts")
-    if counts is None or counts.shape != (SCORE_BINS,) or counts.dtype != np.int64:
-        raise PayloadError(f"score counts must be {SCORE_BINS} int64 values")
-    if (counts < 0).any() or int(counts.sum()) != samples:
+    """A reply's bin counts (sent as the bins that hold a sample, ``bins`` int32, and their
+    ``counts`` int64), checked: increasing bins among the ``SCORE_BINS``, positive counts
+    adding up to the ``samples`` the client was asked to score (raises :class:`PayloadError`)."""
+    arrays = decode_reply(reply, 12 * min(samples, SCORE_BINS) + 1024, P.SCORE_COUNTS)
+    bins, counts = arrays.get("bins"), arrays.get("counts")
+    if (bins is None or counts is None or bins.dtype != np.int32 or counts.dtype != np.int64
+            or bins.ndim != 1 or bins.shape != counts.shape):
+        raise PayloadError("score counts must be bins (int32) and counts (int64) of one length")
+    if len(bins) and (bins[0] < 0 or bins[-1] >= SCORE_BINS or (np.diff(bins) <= 0).any()):
+        raise PayloadError(f"score bins must increase within 0..{SCORE_BINS - 1}")
+    if (counts <= 0).any() or int(counts.sum()) != samples:
         raise PayloadError(f"score counts add up to {int(counts.sum())}, not the {samples} samples asked for")
-    return counts
+    dense = np.zeros(SCORE_BINS, dtype=np.int64)
+    dense[bins] = counts
+    return dense
 
 
 class UnknownThreshold:

@@ -63,7 +63,9 @@ def counted_reply(msg: Message, counts: np.ndarray | None = None) -> Message:
         score = UnknownScore(kind, from_record(msg.content[P.UNKNOWN_ARRAYS]))
         counts = score_counts(score.training_scores(feature_of(samples["sample_index"]), samples["sample_labels"],
                                                     from_record(msg.content[P.UNKNOWN_CLASSES])))
-    return Message(RecordDict({P.SCORE_COUNTS: ArrayRecord({"counts": Array(counts)})}), reply_to=msg)
+    bins = np.flatnonzero(counts).astype(np.int32)
+    record = {"bins": Array(bins), "counts": Array(counts[bins])} if len(counts) == SCORE_BINS else {"counts": Array(counts)}
+    return Message(RecordDict({P.SCORE_COUNTS: ArrayRecord(record)}), reply_to=msg)
 
 
 def central_threshold(state, rounds: int, quantile: float):
@@ -120,7 +122,8 @@ def test_bad_counts_are_refused_and_the_threshold_says_it_is_incomplete():
                                    counted_reply(messages[2])])
     got = s.state.unknown[1]
     assert got["clients"] == 1 and not got["complete"] and len(got["problems"]) == 2
-    assert "not the" in got["problems"][0] and f"{SCORE_BINS} int64" in got["problems"][1]
+    # a dense reply of every bin is refused unread: larger than the most the samples can fill
+    assert "not the" in got["problems"][0] and "bytes of arrays, more than" in got["problems"][1]
     assert got["samples"] == len(from_record(messages[2].content[P.EVAL_ARRAYS])["sample_index"])
 
 
