@@ -27,6 +27,9 @@ def skipped_because(scenario) -> str | None:
         return "merge.method fedavg_finetune has no merged statistics to score with"
     if is_per_client(make_policy(scenario.merge.prototypes)):
         return f"merge.prototypes {scenario.merge.prototypes}: every client keeps its own head"
+    if scenario.clients.edge is not None:
+        # the edge's merged model is a part: fedrecon merge adds the edges' statistics, with no clients to count
+        return "clients.edge: an edge's run is one part of the federation (give the merged model's at export)"
     if scenario.privacy.dp is not None:
         # the counts describe the clients' samples, and the budget accounts only for the statistics
         return "privacy.dp: the clients' score counts would be a release outside the privacy budget"

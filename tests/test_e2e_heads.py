@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from fedrecon.backbones.cache import embed_samples
+from fedrecon.backbones.cache import EmbeddingCache, embed_samples
 from fedrecon.learning.heads import fit_head, head_spec
 from fedrecon.scenario import load_scenario
 from fedrecon.learning.stats import ClassStats
@@ -47,7 +47,8 @@ def test_ridge_head_on_minilm_equals_the_centralized_one(write_scenario, tmp_pat
     merged = ClassStats.from_arrays(dict(np.load(out / "stats.npz")))
     pooled = ClassStats.from_features(labels, embed_samples(prep.model, prep.dataset, train, "cpu"), head_spec(scenario.merge, scenario.seed))
     np.testing.assert_allclose(merged.shared["gram"], pooled.shared["gram"], rtol=1e-9)
-    # Clients filled the disk cache: every training sentence is there once.
-    shards = list((tmp_path / "cache").rglob("*.npz"))
+    # Clients filled the disk cache: every training sentence is there once (in the dataset's
+    # own folder of it; the server's out-of-scope sentences have theirs)
+    shards = list(EmbeddingCache(prep.digest, prep.dataset.fingerprint, tmp_path / "cache").folder.glob("*.npz"))
     cached = np.concatenate([np.load(s)["index"] for s in shards])
     assert set(train.tolist()) <= set(cached.tolist()) and len(cached) == len(set(cached.tolist()))
