@@ -86,6 +86,45 @@ def abort(state: ServerState, work: RoundWork, reason: str) -> None:
     work.secure = None
 
 
+# What a SecAgg+ sum's messages carry, read and written the same for every sum of a round
+# (the statistics' here, the unknown threshold's counts in strategies/secure_counts.py).
+
+def public_keys(reply: Message) -> tuple[bytes, bytes] | None:
+    """A key advertisement's two 32-byte public keys (None: malformed)."""
+    keys = reply.content[P.SECAGG]
+    c, s = bytes(keys["c"]), bytes(keys["s"])
+    return (c, s) if len(c) == 32 and len(s) == 32 else None
+
+
+def peers_record(server: ServerRound) -> ConfigRecord:
+    """Every advertised client's two public keys, for the share exchange."""
+    return ConfigRecord({str(c): k[0] + k[1] for c, k in server.keys.items()})
+
+
+def sent_shares(reply: Message) -> dict[int, bytes]:
+    """A client's encrypted shares, by holder."""
+    return {int(k): bytes(v) for k, v in reply.content[P.SHARES].items()}
+
+
+def unmask_config(server: ServerRound) -> dict:
+    """Who survived (sent a masked input) and who dropped after sharing."""
+    survivors = sorted(server.masked)
+    return {"survivors": survivors, "dropped": [c for c in server.shared if c not in server.masked]}
+
+
+def revealed_shares(reply: Message) -> dict[str, dict[int, int]]:
+    """An unmasking answer's shares: ``b`` of the survivors' self-mask seeds, ``s`` of the dropped clients' keys."""
+    shares = reply.content[P.SHARES]
+    return {part: {int(k.split(":")[1]): int.from_bytes(bytes(v), "big") for k, v in shares.items()
+                   if k.startswith(part + ":")} for part in ("b", "s")}
+
+
+def masked_bytes(reply: Message) -> bytes:
+    """A reply's masked vector as bytes (empty: none), 16 a value."""
+    record = reply.content[P.MASKED] if P.MASKED in reply.content else None
+    return record["masked"].numpy().tobytes() if record is not None and "masked" in record else b""
+
+
 class SecureKeys:
     """Every client with a task this round advertises two public keys."""
 
@@ -105,10 +144,9 @@ class SecureKeys:
         n = len(outbox.to)
         work.secure = SecureSum(ServerRound(work.number, round_threshold(self.threshold, n)))
         for client, reply in answers(state, work, outbox, replies, "key advertisement").items():
-            keys = reply.content[P.SECAGG]
-            c, s = bytes(keys["c"]), bytes(keys["s"])
-            if len(c) == 32 and len(s) == 32:
-                work.secure.server.keys[client] = (c, s)
+            keys = public_keys(reply)
+            if keys is not None:
+                work.secure.server.keys[client] = keys
             else:
                 leave(state, work, client, "secure aggregation: malformed public keys")
         try:
@@ -128,14 +166,12 @@ class SecureShares:
         return 1 if work.secure is not None else 0
 
     def build(self, state: ServerState, work: RoundWork, step: int) -> Outbox:
-        keys = work.secure.server.keys
-        peers = ConfigRecord({str(c): k[0] + k[1] for c, k in keys.items()})
-        return ask(state, work, "secure sum: shares", sorted(keys), SHARES, {P.PEERS: peers},
+        server = work.secure.server
+        return ask(state, work, "secure sum: shares", sorted(server.keys), SHARES, {P.PEERS: peers_record(server)},
                    {"threshold": work.secure.server.threshold})
 
     def absorb(self, state: ServerState, work: RoundWork, outbox: Outbox, replies: list[Message]) -> bool:
-        sent = {c: {int(k): bytes(v) for k, v in r.content[P.SHARES].items()}
-                for c, r in answers(state, work, outbox, replies, "share exchange").items()}
+        sent = {c: sent_shares(r) for c, r in answers(state, work, outbox, replies, "share exchange").items()}
         try:
             work.secure.relayed = work.secure.server.relay(sent)
         except NotEnough as exc:
@@ -187,8 +223,7 @@ class MaskedTasks:
             if reply.has_error():
                 leave(state, work, arrival.client, f"client error {reply.error.code}: {reply.error.reason}")
                 continue
-            record = reply.content[P.MASKED] if P.MASKED in reply.content else None
-            data = record["masked"].numpy().tobytes() if record is not None and "masked" in record else b""
+            data = masked_bytes(reply)
             if len(data) != size:
                 leave(state, work, arrival.client, f"masked statistics of {len(data)} bytes, not the layout's {size}")
                 continue
@@ -210,18 +245,14 @@ class Unmask:
         return 1 if work.secure is not None and work.secure.server.masked else 0
 
     def build(self, state: ServerState, work: RoundWork, step: int) -> Outbox:
-        server = work.secure.server
-        survivors = sorted(server.masked)
-        dropped = [c for c in server.shared if c not in server.masked]
-        return ask(state, work, "secure sum: unmask", survivors, UNMASK, {}, {"survivors": survivors, "dropped": dropped})
+        config = unmask_config(work.secure.server)
+        return ask(state, work, "secure sum: unmask", config["survivors"], UNMASK, {}, config)
 
     def absorb(self, state: ServerState, work: RoundWork, outbox: Outbox, replies: list[Message]) -> bool:
         secure = work.secure
         reveals = {}
         for client, reply in answers(state, work, outbox, replies, "unmasking", drop=False).items():
-            shares = reply.content[P.SHARES]
-            reveals[client] = {part: {int(k.split(":")[1]): int.from_bytes(bytes(v), "big") for k, v in shares.items()
-                                      if k.startswith(part + ":")} for part in ("b", "s")}
+            reveals[client] = revealed_shares(reply)
         survivors = sorted(secure.server.masked)
         try:
             total = decode(secure.server.unmask(reveals, secure.layout.size()))

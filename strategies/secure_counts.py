@@ -14,7 +14,8 @@ from fedrecon.model.unknown import SCORE_BINS
 from fedrecon.secagg.protocol import NotEnough, ServerRound
 from fedrecon.secagg.ring import Ring128, decode
 from strategies.rounds import Outbox, RoundWork
-from strategies.secure import KEYS, SHARES, UNMASK, ask, round_threshold
+from strategies.secure import (KEYS, SHARES, UNMASK, ask, masked_bytes, peers_record, public_keys, revealed_shares,
+                               round_threshold, sent_shares, unmask_config)
 from strategies.state import ServerState
 
 # The count sum runs after the round's statistics are unmasked, with fresh keys: its
@@ -51,13 +52,11 @@ class SecureCounts:
             return ask(state, work, "threshold sum: keys", clients, KEYS, {}, {"round": sum_id(work.number)})
         server = work.counts.server
         if step == 1:
-            peers = ConfigRecord({str(c): k[0] + k[1] for c, k in server.keys.items()})
-            return ask(state, work, "threshold sum: shares", sorted(server.keys), SHARES, {P.PEERS: peers},
+            return ask(state, work, "threshold sum: shares", sorted(server.keys), SHARES, {P.PEERS: peers_record(server)},
                        {"round": sum_id(work.number), "threshold": server.threshold})
-        survivors = sorted(server.masked)
-        dropped = [c for c in server.shared if c not in server.masked]
-        return ask(state, work, "threshold sum: unmask", survivors, UNMASK, {},
-                   {"round": sum_id(work.number), "survivors": survivors, "dropped": dropped})
+        config = unmask_config(server)
+        return ask(state, work, "threshold sum: unmask", config["survivors"], UNMASK, {},
+                   {"round": sum_id(work.number), **config})
 
     def masking(self, work: RoundWork, client: int) -> dict:
         """The records that turn a count query into a masked one for ``client``."""
@@ -79,24 +78,20 @@ class SecureCounts:
             if step == 0:
                 work.counts = CountSum(ServerRound(sum_id(work.number), round_threshold(self.threshold, len(outbox.to))))
                 for client, reply in got.items():
-                    keys = reply.content[P.SECAGG]
-                    c, s = bytes(keys["c"]), bytes(keys["s"])
-                    if len(c) == 32 and len(s) == 32:
-                        work.counts.server.keys[client] = (c, s)
+                    keys = public_keys(reply)
+                    if keys is not None:
+                        work.counts.server.keys[client] = keys
                 work.counts.server.require(len(work.counts.server.keys), "advertised keys")
             elif step == 1:
-                sent = {c: {int(k): bytes(v) for k, v in r.content[P.SHARES].items()} for c, r in got.items()}
+                sent = {c: sent_shares(r) for c, r in got.items()}
                 work.counts.relayed = work.counts.server.relay(sent)
             elif step == self.count_step:
                 for client, reply in got.items():
-                    record = reply.content[P.MASKED] if P.MASKED in reply.content else None
-                    data = record["masked"].numpy().tobytes() if record is not None and "masked" in record else b""
+                    data = masked_bytes(reply)
                     if len(data) == 16 * SCORE_BINS:
                         work.counts.server.masked[client] = Ring128.from_bytes(data)
             else:
-                reveals = {c: {part: {int(k.split(":")[1]): int.from_bytes(bytes(v), "big")
-                                      for k, v in r.content[P.SHARES].items() if k.startswith(part + ":")}
-                               for part in ("b", "s")} for c, r in got.items()}
+                reveals = {c: revealed_shares(r) for c, r in got.items()}
                 survivors = sorted(work.counts.server.masked)
                 total = decode(work.counts.server.unmask(reveals, SCORE_BINS))
                 work.counts = None
