@@ -37,7 +37,8 @@ class Scoring:
         # under adapters, features move with the merged adapter: no embedding cache
         cache = None if self.adapted else EmbeddingCache(prep.digest, prep.dataset.fingerprint, s.model.embedding_cache)
         model = self.adapted.model if self.adapted else prep.model
-        self.evaluator = Evaluator(prep.dataset, model, prep.plan, s, self.device, cache, noisy=state.budget is not None)
+        self.evaluator = Evaluator(prep.dataset, model, prep.plan, s, self.device, cache, noisy=state.budget is not None,
+                                   heads=state.heads)
         self.scored_version = -1
         # the unknown-input score reads merged statistics, scored on the server
         measured = s.evaluation.where == "server" and s.evaluation.open_set and state.own is None and not self.finetuning

@@ -10,6 +10,7 @@ from flwr.common.logger import log
 
 from fedrecon import protocol as P
 from fedrecon.learning.adapter_task import AdapterServer
+from fedrecon.learning.evaluate import scored_heads
 from fedrecon.learning.finetune_model import IDS
 from fedrecon.learning.heads import head_spec
 from fedrecon.learning.stats import ClassStats
@@ -61,6 +62,9 @@ class ServerState:
         self.adapters = AdapterServer(adapter_shapes, scenario) if active else None
         self.model = dict(model) if model is not None else None
         self.budget = PrivacyBudget(scenario, plan) if scenario.privacy.dp is not None else None
+        # the head of the merged statistics, built once a round for every reader: the
+        # threshold phase and the server's scoring (which passes it to its Evaluator)
+        self.heads = scored_heads(scenario, noisy=self.budget is not None)
         self.traffic = Traffic()
         self.book = RetryBook(scenario.faults.retries)
         self.failures: list[dict] = []

@@ -6,7 +6,6 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 from fedrecon import protocol as P
-from fedrecon.learning.heads import build_head
 from fedrecon.learning.prototype_merges import is_per_client, make_policy
 from fedrecon.model.unknown import SCORE_BINS, threshold_of, unknown_parameters
 from strategies.rounds import Outbox, RoundWork
@@ -97,7 +96,7 @@ class UnknownThreshold:
 
     def count_query(self, state: ServerState, work: RoundWork) -> Outbox:
         s = state.scenario
-        head = build_head(state.stats, s.merge, s.seed)
+        head = state.heads.head(state.stats)  # the one the server's scoring then reuses
         kind, arrays = unknown_parameters(state.stats, head, s.merge.shrinkage)
         score = to_record(arrays)
         # each client leaves every sample out of its class mean (UnknownScore.training_scores)

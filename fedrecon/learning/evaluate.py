@@ -15,13 +15,20 @@ from fedrecon.plan.records import Plan
 from fedrecon.scenario.scenario import Scenario
 
 
+def scored_heads(scenario: Scenario, noisy: bool = False) -> HeadCache:
+    """The heads the scenario's scoring builds, cached by the statistics they are built from.
+    Noisy statistics (privacy.dp) are post-processed before a head is built (free under DP):
+    the cache knows them by what the clients sent, so an unchanged round does neither again."""
+    return HeadCache(lambda stats: build_head(released(stats) if noisy else stats, scenario.merge, scenario.seed))
+
+
 class Evaluator:
     """Embeds each test sample once per run (the backbone is frozen) and scores heads,
     building a head and answering a sample again only when the statistics changed
     (:class:`HeadCache`: a round that learns nothing costs its new test samples only)."""
 
     def __init__(self, dataset: ClassDataset, model: nn.Module, plan: Plan, scenario: Scenario, device,
-                 cache: EmbeddingCache | None = None, noisy: bool = False):
+                 cache: EmbeddingCache | None = None, noisy: bool = False, heads: HeadCache | None = None):
         self.dataset = dataset
         self.model = model
         self.plan = plan
@@ -29,10 +36,8 @@ class Evaluator:
         self.device = device
         self.cache = cache
         self._features: dict[int, np.ndarray] = {}
-        # noisy statistics (privacy.dp) are post-processed before a head is built (free under DP):
-        # the cache knows them by what the clients sent, so an unchanged round does neither again
-        self.heads = HeadCache(lambda stats: build_head(released(stats) if noisy else stats, scenario.merge,
-                                                        scenario.seed))
+        # ``heads``: the server's own (ServerState.heads), shared with the round's phases
+        self.heads = heads if heads is not None else scored_heads(scenario, noisy)
 
     def reset(self) -> None:
         """Forget the test features and the answers (the model changed: a merged adapter)."""
