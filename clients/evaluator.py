@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clients.learner import adapted_features, task_features
+from clients.learner import scored_features
 from clients.setup import Setup
 from fedrecon.learning.evaluate import count_correct
 from fedrecon.learning.stats import ClassStats
@@ -15,9 +15,6 @@ def score_share(setup: Setup, merged: dict[str, np.ndarray], sample_index: np.nd
     """(correct, samples) of the head on the merged statistics (``merged``, their arrays)
     on this client's test samples; under adapters, embedded with ``adapter`` (the factors
     the client scores with)."""
-    if adapter is None:
-        features = task_features(setup, sample_index, sample_labels)
-    else:
-        features = adapted_features(setup, sample_index, sample_labels, adapter, round)
+    features = scored_features(setup, sample_index, sample_labels, round, adapter)
     stats = ClassStats.from_arrays(merged)
     return count_correct(stats, setup.scenario, features, sample_labels), len(sample_labels)

@@ -158,6 +158,15 @@ def adapted_features(setup: Setup, sample_index: np.ndarray, sample_labels: np.n
     return embed_adapted(adapted.model, inputs, pick_device(s.model.device), s.adapters.mixed_precision)
 
 
+def scored_features(setup: Setup, sample_index: np.ndarray, sample_labels: np.ndarray, round: int,
+                    adapter: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """Features of the named samples as the merged model sees them: the frozen backbone's
+    (cached), or under ``adapter`` (:func:`adapted_features`)."""
+    if adapter is None:
+        return task_features(setup, sample_index, sample_labels)
+    return adapted_features(setup, sample_index, sample_labels, adapter, round)
+
+
 def learn_task_finetune(setup: Setup, sample_index: np.ndarray, sample_labels: np.ndarray, model: dict[str, np.ndarray],
                         round: int) -> tuple[dict[str, np.ndarray], dict]:
     """A ``fedavg_finetune`` task: fine-tune the global model on the task's samples."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clients.learner import adapted_features, task_features
+from clients.learner import scored_features
 from clients.setup import Setup
 from fedrecon.model.unknown import UnknownScore, score_counts
 
@@ -16,8 +16,5 @@ def count_scores(setup: Setup, kind: str, arrays: dict[str, np.ndarray], classes
     (``kind``, ``arrays``), each sample left out of its class mean (``classes``: the
     merged ids, counts, means); under adapters, embedded with ``adapter``, the merged one.
     Only the counts leave the client, never a score."""
-    if adapter is None:
-        features = task_features(setup, sample_index, sample_labels)
-    else:
-        features = adapted_features(setup, sample_index, sample_labels, adapter, round)
+    features = scored_features(setup, sample_index, sample_labels, round, adapter)
     return score_counts(UnknownScore(kind, arrays).training_scores(features, sample_labels, classes))
