@@ -76,6 +76,10 @@ def train(msg: Message, context: Context) -> Message:
     timings = {"load_s": LOADED_AT, "process_s": process_age()}
     start = time.perf_counter()
     setup = node.setup(msg, context)
+    if setup.scenario.sites is not None:  # a site learns what its own folder holds
+        from clients.site_app import site_train
+
+        return site_train(msg, context, setup, timings)
     task, arrays = _task(msg)
     faults.before_task(task)
     factors, extra = {}, {}
@@ -212,6 +216,22 @@ def unknown_scores(msg: Message, context: Context) -> Message:
     # in the clear, only the bins that hold a sample: a client's few samples fill few of the 8,192
     bins = np.flatnonzero(counts).astype(np.int32)
     return Message(RecordDict({P.SCORE_COUNTS: _record({"bins": bins, "counts": counts[bins]})}), reply_to=msg)
+
+
+@app.query(P.SITE_MODEL)
+def site_model(msg: Message, context: Context) -> Message:
+    """A site keeps the merged model's update (and counts its test samples it names right)."""
+    from clients.site_app import site_model as keep
+
+    return keep(msg, context, node.setup(msg, context))
+
+
+@app.query(P.SITE_COUNTS)
+def site_counts(msg: Message, context: Context) -> Message:
+    """A site's test counts, masked for the secure sum."""
+    from clients.site_app import site_counts as counts
+
+    return counts(msg, context, node.setup(msg, context))
 
 
 @app.query(P.SECAGG_KEYS)

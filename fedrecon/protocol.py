@@ -78,6 +78,22 @@ SHARES = "shares"  # ConfigRecord: encrypted shares, or revealed ones
 MASKED = "masked"  # ArrayRecord: "masked", the masked vector as bytes (16 a value)
 SECAGG_KEYS, SECAGG_SHARES, SECAGG_UNMASK = "secagg_keys", "secagg_shares", "secagg_unmask"
 
+# Sites (a scenario's sites section): each client learns what its own folder holds.
+# A task message ("train") carries SITE_CONFIG {run (the run's token), accepted (this site's task ids the
+# server merged, every one so far)} and no sample indices; the reply STATS (ids: positions in "names"),
+# SITE_TASK {task (the offer's id, "": nothing new), names (the classes of STATS, in order), samples}.
+# Under secure aggregation the reply is MASKED in the vocabulary's layout, and SITE_TASK {task} only.
+# Then "query.site_model": SITE_MODEL_CONFIG {round, base, version, names (of the delta's ids), evaluate},
+# SITE_MODEL (the merged statistics' rows and shared arrays changed since base: fedrecon.learning.stats_delta)
+# -> reply METRICS {version (held after it), correct, samples (on the site's test part, when evaluate)}.
+# Under secure aggregation the counts are a second SecAgg+ sum (round -round): keys, shares,
+# "query.site_counts" with SECAGG and SHARES (reply MASKED: correct, samples), unmask.
+SITE_CONFIG = "site_config"  # ConfigRecord: run, accepted
+SITE_TASK = "site_task"  # ConfigRecord: task, names, samples
+SITE_MODEL = "site_model"  # message "query.site_model"; ArrayRecord: the delta
+SITE_MODEL_CONFIG = "site_model_config"  # ConfigRecord: round, base, version, names, evaluate
+SITE_COUNTS = "site_counts"  # message "query.site_counts": the evaluation counts, masked
+
 # Keys of an injected fault in TASK_CONFIG (faults.inject).
 FAULT_KIND = "fault"
 FAULT_SECONDS = "fault_seconds"

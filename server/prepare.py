@@ -196,6 +196,8 @@ def check(scenario: Scenario, build: bool = False) -> Prepared:
     machine's packages, the data or the backbone."""
     policy = _policy(scenario)
     _tracking(scenario)
+    if scenario.sites is not None:  # the server reads no data: a blank sample checks the backbone
+        return _site_check(scenario, policy, build)
     dataset, problems = _paths(scenario)
     if problems:
         raise ScenarioError(problems)
@@ -217,6 +219,23 @@ def check(scenario: Scenario, build: bool = False) -> Prepared:
 
         plan = replace(plan, warnings=(*plan.warnings, *drowning_warnings(scenario, plan, dim)))
     return Prepared(scenario, dataset, plan, entry, model, adapted, dim=dim)
+
+
+def _site_check(scenario: Scenario, policy, build: bool) -> Prepared:
+    """:func:`check` for sites: the checkpoint, the backbone on a blank sample of the
+    sites' kind, and a plan of rounds. Prepared's ``dataset`` is that sample."""
+    from server.site_prepare import probe_dataset, site_plan
+
+    checkpoint = scenario.model.checkpoint
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise ScenarioError([source_of(scenario).error(("model", "checkpoint"), missing_checkpoint(checkpoint))])
+    probe = probe_dataset(scenario)
+    entry, model, _ = _backbone(scenario, probe, build)
+    if entry.modality and entry.modality != scenario.sites.modality:
+        raise _fail(scenario, ("sites", "read"), f"{scenario.sites.read} samples, but backbone {scenario.model.backbone} "
+                                                 f"reads {entry.modality}")
+    dim = _feature_size(scenario, probe, model) if model is not None else 0
+    return Prepared(scenario, probe, site_plan(scenario, is_one_site(policy)), entry, model, None, dim=dim)
 
 
 def _feature_size(scenario: Scenario, dataset: ClassDataset, model) -> int:

@@ -32,6 +32,7 @@ from server.tracking import Tracking
 from strategies.phases import round_phases, server_state
 from strategies.rounds import Outbox, deal, run_phases
 from strategies.setup import NodeSetup
+from strategies.sites import deal_sites
 from strategies.state import ServerState
 
 # Seconds to wait for every client's node to connect, and for identify answers.
@@ -176,7 +177,7 @@ class Run:
         """Identify the nodes, deal the round's tasks, run its phases, then score, record and checkpoint."""
         began = time.time()
         self.identify()
-        work = deal(self.state, server_round)
+        work = deal_sites(self.state, server_round) if self.state.sites is not None else deal(self.state, server_round)
         run_phases(self.state, self.phases, work, self.exchange)
         self.after_round(server_round, began)
 
@@ -195,7 +196,9 @@ class Run:
         traffic = self.state.traffic.of(server_round)
         row = {
             "round": server_round,
-            "classes_seen": int(len(self.plan.classes_seen(server_round))),
+            # sites: the classes the federation knows are those it was sent
+            "classes_seen": int(len(self.plan.classes_seen(server_round))) if self.state.sites is None
+            else len(self.state.stats),
             "classes_learned": self.state.classes_learned(),
             "accuracy": accuracy,
             **open_set,
@@ -205,6 +208,7 @@ class Run:
             "messages_down": traffic["messages_down"],
             "messages_up": traffic["messages_up"],
             **({"bytes_up_top": traffic["bytes_up_top"]} if self.tiers else {}),
+            **({"bytes_model": traffic.get("bytes_model", 0)} if self.state.sites is not None else {}),
             "failures": sum(f["round"] == server_round for f in self.state.failures),
             "unknown_threshold": self.state.unknown.get(server_round, {}).get("threshold"),
             **(self.state.budget.row() if self.state.budget is not None else {}),
@@ -224,9 +228,12 @@ class Run:
         failed tasks again, at most ``faults.retries`` of them, while any wait."""
         self.summary()
         last = self.plan.rounds + self.scenario.faults.retries
+        began = None
         for server_round in range(self.done + 1, last + 1):
             if server_round > self.plan.rounds and not self.state.book:
                 break
+            pace(self.scenario, began)  # sites.every_s: data arrives between rounds
+            began = time.monotonic()
             self.round(server_round)
         return self.finish()
 
@@ -273,6 +280,13 @@ class Run:
         })
         self.tracking.finish(summary)
         return summary
+
+
+def pace(scenario, began: float | None) -> None:
+    """Wait until ``sites.every_s`` seconds have passed since the previous round began."""
+    every = scenario.sites.every_s if scenario.sites is not None else 0.0
+    if began is not None and every > 0:
+        time.sleep(max(0.0, began + every - time.monotonic()))
 
 
 def run_scenario(grid, prep: Prepared, out_dir: str | Path, echo=print, resume: bool = False,

@@ -27,6 +27,9 @@ class Finetune:
     def describe(self) -> str:
         return "fedavg_finetune: the whole model sent with every task and averaged"
 
+    def client_records(self, state: ServerState, client: int) -> dict:
+        return {}
+
     def round_records(self, state: ServerState) -> tuple[dict, dict, dict]:
         return {P.MODEL: to_record(state.model)}, {}, {}
 

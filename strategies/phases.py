@@ -13,6 +13,8 @@ from strategies.rounds import Phase
 from strategies.secure import MaskedTasks, SecureKeys, SecureShares, Unmask
 from strategies.secure_counts import SecureCounts
 from strategies.setup import NodeSetup
+from strategies.site_model import SiteModel
+from strategies.sites import SiteLearning
 from strategies.state import ServerState
 from strategies.tasks import TaskMessages, Tasks
 from strategies.unknown_threshold import UnknownThreshold, skipped_because
@@ -24,6 +26,8 @@ def round_phases(scenario: Scenario, setup: NodeSetup) -> list[Phase]:
     under ``fedavg_finetune``), the unmasking, evaluation on the clients, the unknown-input
     threshold's exchange (where the scenario allows it). The scenario
     check refuses adapter steps with secure aggregation, and both with fine-tuning."""
+    if scenario.sites is not None:
+        return site_phases(scenario, setup)
     learning = Finetune() if scenario.merge.method == "fedavg_finetune" else Prototypes()
     tasks = TaskMessages(scenario, learning, setup)
     phases: list[Phase] = []
@@ -39,6 +43,17 @@ def round_phases(scenario: Scenario, setup: NodeSetup) -> list[Phase]:
         secure = SecureCounts(scenario.privacy.threshold) if scenario.privacy.secure_aggregation else None
         phases.append(UnknownThreshold(setup, secure))
     return phases
+
+
+def site_phases(scenario: Scenario, setup: NodeSetup) -> list[Phase]:
+    """A site round: the site tasks (in the clear, or as a secure sum), then the merged
+    model's changes to every site and their test counts (summed, or securely summed)."""
+    tasks = TaskMessages(scenario, SiteLearning(), setup)
+    secure = scenario.privacy.secure_aggregation
+    phases: list[Phase] = [SecureKeys(scenario.privacy.threshold), SecureShares(), MaskedTasks(tasks), Unmask()] \
+        if secure else [Tasks(tasks)]
+    counts = SecureCounts(scenario.privacy.threshold, 2, "test-count sum") if secure else None
+    return [*phases, SiteModel(setup, counts)]
 
 
 def server_state(plan: Plan, scenario: Scenario, setup: dict[str, str], dim: int, adapter_shapes: dict | None = None,

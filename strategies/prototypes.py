@@ -34,6 +34,9 @@ class Prototypes:
     def describe(self) -> str:
         return "prototypes: class statistics merged by a policy"
 
+    def client_records(self, state: ServerState, client: int) -> dict:
+        return {}
+
     def round_records(self, state: ServerState) -> tuple[dict, dict, dict]:
         adapters = state.adapters
         if adapters is None:

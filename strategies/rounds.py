@@ -46,7 +46,8 @@ class RoundWork:
     tasks: dict[int, tuple[Arrival, list[Waiting]]]
     secure: Any = None
     known: Any = None
-    counts: Any = None  # the unknown threshold's secure count sum under way
+    counts: Any = None  # the unknown threshold's (or the sites' test counts') secure count sum under way
+    stale: list[int] = field(default_factory=list)  # sites holding another model version than the server thought
 
     def drop(self, state: ServerState, client: int, reason: str) -> None:
         """A client's task leaves the round; it waits for a later round."""

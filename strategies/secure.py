@@ -16,6 +16,7 @@ from fedrecon.secagg.layout import Layout
 from fedrecon.secagg.protocol import NotEnough, ServerRound
 from fedrecon.secagg.ring import Ring128, decode
 from strategies.rounds import Outbox, RoundWork
+from strategies.sites import checked_site_sum, fold_site_sum, site_classes
 from strategies.state import ServerState
 from strategies.tasks import TaskMessages
 from strategies.validation import PayloadError, check_update
@@ -47,6 +48,7 @@ class SecureSum:
     server: ServerRound
     layout: Layout | None = None
     relayed: dict[int, dict[int, bytes]] = field(default_factory=dict)
+    offers: dict[int, str] = field(default_factory=dict)  # sites: each survivor's task id ("" nothing new)
 
 
 def ask(state: ServerState, work: RoundWork, label: str, clients: list[int], message_type: str, records: dict,
@@ -180,7 +182,8 @@ class SecureShares:
         for client in list(work.tasks):
             if client not in work.secure.server.shared:
                 leave(state, work, client, "secure aggregation: shares missing or incomplete")
-        classes = sorted({c for arrival, _ in work.tasks.values() for c in arrival.classes})
+        classes = site_classes(state) if state.sites is not None else \
+            sorted({c for arrival, _ in work.tasks.values() for c in arrival.classes})
         factors = ()
         adapters = state.adapters
         if adapters is not None and adapters.merges:
@@ -228,6 +231,9 @@ class MaskedTasks:
                 leave(state, work, arrival.client, f"masked statistics of {len(data)} bytes, not the layout's {size}")
                 continue
             masked[arrival.client] = Ring128.from_bytes(data)
+            if state.sites is not None:
+                work.secure.offers[arrival.client] = str(reply.content[P.SITE_TASK]["task"]) \
+                    if P.SITE_TASK in reply.content else ""
         for arrival, _ in list(outbox.to.values()):
             if arrival.client not in masked:
                 leave(state, work, arrival.client, "no masked statistics before the timeout")
@@ -256,16 +262,23 @@ class Unmask:
         survivors = sorted(secure.server.masked)
         try:
             total = decode(secure.server.unmask(reveals, secure.layout.size()))
-            union = merge_arrivals([work.tasks[c][0] for c in survivors], work.number)
-            arrays, factor_sums, weight = secure.layout.read(total, union.classes)
-            update = check_update(arrays, union, state.dim, state.spec, noisy=state.budget is not None)
+            if state.sites is not None:  # the classes the sum holds, as the vocabulary numbers them
+                arrays, factor_sums, weight = secure.layout.read(total)
+                update = checked_site_sum(state, arrays)
+            else:
+                union = merge_arrivals([work.tasks[c][0] for c in survivors], work.number)
+                arrays, factor_sums, weight = secure.layout.read(total, union.classes)
+                update = check_update(arrays, union, state.dim, state.spec, noisy=state.budget is not None)
         except (NotEnough, PayloadError, ValueError) as exc:
             abort(state, work, f"the round's sum is not revealed: {exc}" if isinstance(exc, NotEnough)
                   else f"the round's secure sum fails its checks: {exc}")
             return True
         if state.adapters is not None and weight > 0:
             state.adapters.merge([{k: (v / weight).astype(np.float32) for k, v in factor_sums.items()}], [1.0])
-        state.stats = state.policy.merge(state.stats, [update])
+        if state.sites is not None:
+            fold_site_sum(state, work.number, update, {c: secure.offers.get(c, "") for c in survivors})
+        else:
+            state.stats = state.policy.merge(state.stats, [update])
         for client in survivors:
             state.accepted(client, work.tasks[client][0])
         work.secure = None

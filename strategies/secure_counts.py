@@ -44,18 +44,18 @@ class SecureCounts:
     exchanges = 4
     count_step = 2
 
-    def __init__(self, threshold: float):
-        self.threshold = threshold
+    def __init__(self, threshold: float, size: int = SCORE_BINS, label: str = "threshold sum"):
+        self.threshold, self.size, self.label = threshold, size, label
 
     def build(self, state: ServerState, work: RoundWork, step: int, clients: list[int]) -> Outbox:
         if step == 0:
-            return ask(state, work, "threshold sum: keys", clients, KEYS, {}, {"round": sum_id(work.number)})
+            return ask(state, work, f"{self.label}: keys", clients, KEYS, {}, {"round": sum_id(work.number)})
         server = work.counts.server
         if step == 1:
-            return ask(state, work, "threshold sum: shares", sorted(server.keys), SHARES, {P.PEERS: peers_record(server)},
+            return ask(state, work, f"{self.label}: shares", sorted(server.keys), SHARES, {P.PEERS: peers_record(server)},
                        {"round": sum_id(work.number), "threshold": server.threshold})
         config = unmask_config(server)
-        return ask(state, work, "threshold sum: unmask", config["survivors"], UNMASK, {},
+        return ask(state, work, f"{self.label}: unmask", config["survivors"], UNMASK, {},
                    {"round": sum_id(work.number), **config})
 
     def masking(self, work: RoundWork, client: int) -> dict:
@@ -88,15 +88,15 @@ class SecureCounts:
             elif step == self.count_step:
                 for client, reply in got.items():
                     data = masked_bytes(reply)
-                    if len(data) == 16 * SCORE_BINS:
+                    if len(data) == 16 * self.size:
                         work.counts.server.masked[client] = Ring128.from_bytes(data)
             else:
                 reveals = {c: revealed_shares(r) for c, r in got.items()}
                 survivors = sorted(work.counts.server.masked)
-                total = decode(work.counts.server.unmask(reveals, SCORE_BINS))
+                total = decode(work.counts.server.unmask(reveals, self.size))
                 work.counts = None
                 return total, survivors
         except (NotEnough, KeyError, ValueError) as exc:
-            log(WARNING, "round %d: the threshold's secure sum is not revealed: %s", work.number, exc)
+            log(WARNING, "round %d: the %s is not revealed: %s", work.number, self.label, exc)
             work.counts = None
         return None

@@ -19,6 +19,7 @@ from fedrecon.scenario import Scenario
 from strategies.budget import PrivacyBudget
 from strategies.faults import RetryBook, Waiting
 from strategies.nodes import Nodes
+from strategies.site_book import SiteBook
 from fedrecon.learning.prototype_merges import is_per_client, make_policy, policy_state, restore_policy
 from strategies.traffic import Traffic
 
@@ -75,6 +76,8 @@ class ServerState:
         self.unknown: dict[int, dict] = {}  # round -> threshold, quantile, samples, clients, complete
         self.client_eval: dict[int, dict] = {}  # round -> correct, samples, clients, failures
         self.adapter_log: list[dict] = []  # one entry an adapter step: round, step, trainers, loss, failed
+        # sites: the run's token, class names, each site's accepted tasks and model version
+        self.sites = SiteBook(scenario.sites.classes) if scenario.sites is not None else None
 
     # --- what happens to a task ---------------------------------------------------------------
 
@@ -141,6 +144,7 @@ class ServerState:
             "adapter_version": self.adapters.version if self.adapters is not None else 0,
             "adapter_log": self.adapter_log,
             "releases": self.budget.releases if self.budget is not None else 0,
+            **({"sites": self.sites.state()} if self.sites is not None else {}),
         }
 
     def model_arrays(self) -> dict[str, np.ndarray]:
@@ -165,6 +169,8 @@ class ServerState:
         self.adapter_log = list(state.get("adapter_log", []))
         if self.budget is not None:
             self.budget.releases = int(state["releases"])
+        if self.sites is not None:
+            self.sites.restore(state["sites"])
         if self.model is not None and model:
             self.model = dict(model)
         elif self.adapters is not None and model:

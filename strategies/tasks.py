@@ -29,6 +29,9 @@ class Learning(Protocol):
         """Records every task message of the round carries, arrays added to its task
         arrays, and what :meth:`check` needs to know of them."""
 
+    def client_records(self, state: ServerState, client: int) -> dict:
+        """Records the task message of ``client`` carries besides (none but a site's)."""
+
     def check(self, state: ServerState, reply: Message, arrival: Arrival, sent: dict) -> Any:
         """The reply, every part checked (raises :class:`PayloadError` or ``KeyError``)."""
 
@@ -62,6 +65,7 @@ class TaskMessages:
                 P.TASK_ARRAYS: to_record({"sample_index": arrival.sample_index, "sample_labels": arrival.sample_labels,
                                           **task_arrays}),
                 **records,
+                **self.learning.client_records(state, client),
                 **client_records(client),
             })
             self.setup.attach(content, state.nodes, client)

@@ -41,6 +41,10 @@ class Traffic:
     def to_top(self, server_round: int, size: int) -> None:
         self.of(server_round)["bytes_up_top"] += size
 
+    def model(self, server_round: int, size: int) -> None:
+        """Bytes of the model updates sent to the sites (a part of bytes_down)."""
+        self.of(server_round)["bytes_model"] = self.of(server_round).get("bytes_model", 0) + size
+
     def resent(self, server_round: int, size: int) -> None:
         self.of(server_round)["bytes_down_resent"] += size
 

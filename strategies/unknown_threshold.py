@@ -22,6 +22,8 @@ def skipped_because(scenario) -> str | None:
     """Why a run of ``scenario`` makes no threshold exchange (None: it makes one)."""
     if scenario.unknown.quantile is None:
         return "unknown.quantile is null"
+    if scenario.sites is not None:
+        return "sites: the sites' training scores are not counted yet (give --unknown-threshold)"
     if scenario.merge.method == "fedavg_finetune":
         return "merge.method fedavg_finetune has no merged statistics to score with"
     if is_per_client(make_policy(scenario.merge.prototypes)):

@@ -12,7 +12,9 @@ from fedrecon.scenario import ScenarioError, key_table, load_scenario, parse_sce
 from server.cli import main
 
 from tests.conftest import REPO
-GALLERY = sorted((REPO / "scenarios").glob("omniglot-*.yaml"))  # text scenarios: tests/test_text.py
+# text scenarios: tests/test_text.py; site scenarios (no plan, the sites' data is theirs) below
+GALLERY = sorted(p for p in (REPO / "scenarios").glob("omniglot-*.yaml") if not p.stem.endswith("-sites"))
+SITE_GALLERY = sorted((REPO / "scenarios").glob("*-sites.yaml"))
 SMALL = """name: small
 clients: {count: 3}
 tasks: {num_classes: 12, classes_per_task: 2, train_shots: 5, test_shots: 5}
@@ -40,6 +42,18 @@ def test_gallery_scenario_is_valid_and_plans(path: Path, omniglot):
     assert plan.arrivals and not [w for w in plan.warnings if "never gets data" in w]
     assert len(plan.test_samples) <= 600 if "fedrecon" in path.stem else len(plan.test_samples) <= 200
     assert path.stem in timeline(plan, path.stem)
+
+
+@pytest.mark.parametrize("path", SITE_GALLERY, ids=[p.stem for p in SITE_GALLERY])
+def test_site_scenario_is_valid_without_its_folders(path: Path):
+    """A site scenario is checked on the server without any site's data: its folders live on the nodes."""
+    from server.prepare import check
+
+    assert path.read_text().splitlines()[0] == "# yaml-language-server: $schema=../docs/scenario.schema.json"
+    scenario = load_scenario(path)
+    prep = check(scenario)
+    assert scenario.sites is not None and scenario.tasks is None
+    assert prep.plan.rounds == scenario.rounds and not prep.plan.arrivals and prep.dim > 0
 
 
 def test_committed_schema_is_the_commands_output(capsys):

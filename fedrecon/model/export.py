@@ -87,7 +87,9 @@ def write_model(out: str | Path, *, scenario, dataset, stats: ClassStats, model,
         for name, weights in weight_files.items():
             write_arrays(tmp / name, weights)
         (tmp / "scenario.json").write_text(scenario_text.rstrip("\n") + "\n")
-        preprocessing = preprocessing_of(scenario.data, entry.modality)
+        # a site's samples are read as its scenario's sites section says, a dataset's as its loader does
+        preprocessing = scenario.sites.preprocessing() if scenario.sites is not None else \
+            preprocessing_of(scenario.data, entry.modality)
         tokenizer = tokenizer_text(model)
         if tokenizer is not None:
             (tmp / TOKENIZER_FILE).write_text(tokenizer, encoding="utf-8")

@@ -16,10 +16,14 @@ from fedrecon.scenario.errors import SourceMap
 from fedrecon.scenario.method_checks import HEAD_KEYS, adapter_checks, method_checks
 from fedrecon.scenario.scenario import Scenario
 from fedrecon.scenario.sections import MergeConfig
+from fedrecon.scenario.site_checks import site_checks
 
 def cross_checks(s: Scenario, source: SourceMap) -> list[str]:
     # a built-in policy's members are known from its class; a plug-in's once it is imported (server.prepare)
     builtin = PROTOTYPE_POLICIES.get(s.merge.prototypes)
+    sites = site_checks(s, source)
+    if s.sites is not None or s.tasks is None:  # no plan: the checks of a plan's keys and data do not apply
+        return [*sites, *adapter_checks(s, source), *method_checks(s, source), *_fault_checks(s, source)]
     return [*_task_checks(s, source), *_client_checks(s, source), *_split_checks(s, source), *_event_checks(s, source),
             *adapter_checks(s, source), *method_checks(s, source), *_fault_checks(s, source), *_data_checks(s, source),
             *_revisit_checks(s, source), *_privacy_checks(s, source), *_edge_checks(s, source),

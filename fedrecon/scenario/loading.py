@@ -266,6 +266,9 @@ def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     update = {section: getattr(scenario, section).model_copy(update={k: resolve_path(base, getattr(getattr(scenario, section), k))
                                                                    for k in keys})
               for section, keys in PATH_KEYS.items()}
+    if scenario.sites is not None:  # each client's site folder, as the data's paths
+        folders = [resolve_path(base, f) for f in scenario.sites.folders]
+        update["sites"] = scenario.sites.model_copy(update={"folders": folders})
     if "root" not in scenario.data.model_fields_set:
         update["data"] = update["data"].model_copy(update={"root": default_data_root()})
     loaded = scenario.model_copy(update=update)

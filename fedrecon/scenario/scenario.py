@@ -9,6 +9,7 @@ from fedrecon.scenario.sections import (AdaptersConfig, CheckpointsConfig, Clien
                                         EvaluationConfig, FaultsConfig, FinetuneConfig, MergeConfig, ModelConfig,
                                         PrivacyConfig, SimulationConfig, TrackingConfig)
 from fedrecon.scenario.tasks import TasksConfig
+from fedrecon.scenario.sites import SitesConfig
 from fedrecon.scenario.unknown import UnknownConfig
 
 
@@ -20,7 +21,10 @@ class Scenario(Strict):
     data: DataConfig = Field(default_factory=DataConfig, description="where the samples come from")
     model: ModelConfig = Field(default_factory=ModelConfig, description="the shared feature extractor")
     clients: ClientsConfig = Field(description="who takes part, and when")
-    tasks: TasksConfig = Field(description="classes, tasks, split, arrival and revisits")
+    tasks: TasksConfig | None = Field(None, description="classes, tasks, split, arrival and revisits (required "
+                                                        "unless sites: each site's tasks are the data it gets)")
+    sites: SitesConfig | None = Field(None, description="each client is a site with data of its own (null: the "
+                                                        "plan deals the dataset's samples to the clients)")
     rounds: int | None = Field(None, ge=1, description="rounds to run; null: until the last arrival")
     merge: MergeConfig = Field(default_factory=MergeConfig, description="how the server merges")
     adapters: AdaptersConfig = Field(default_factory=AdaptersConfig, description="LoRA adapters fine-tuned by the clients")

@@ -1,0 +1,149 @@
+"""What a site does: learn what its folder holds and it has not learned, keep the merged
+model it is sent, and count its test samples that model names right.
+
+A site's folder is the node config's ``site-folder`` (a deployed SuperNode), else the
+scenario's ``sites.folders`` entry of this client (simulation); under a one-site policy
+(``centralized``) client 0 reads every site's folder. What the node keeps (its ledger, the
+merged statistics, the model folder) is in the node config's ``node-folder``, else in
+``.fedrecon`` inside its (first) site folder.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clients.ledger import Ledger
+from clients.learner import frozen_backbone
+from clients.node_model import ClassNames, NodeModel
+from clients.setup import Setup
+from fedrecon.backbones.embed import embed, pick_device
+from fedrecon.backbones.registry import backbone_entry
+from fedrecon.data.sites import SiteData, SiteSample
+from fedrecon.learning.heads import build_head, head_spec
+from fedrecon.learning.prototype_merges import is_one_site, make_policy
+from fedrecon.learning.stats import ClassStats
+
+NODE_FOLDER = ".fedrecon"
+
+
+@dataclass
+class Offer:
+    """A site task's reply: the statistics (ids: positions in ``names``, or the
+    vocabulary's under secure aggregation), its id ("" nothing new) and its samples."""
+
+    stats: ClassStats
+    names: list[str]
+    task: str
+    samples: int
+
+
+def site_folders(setup: Setup, node_config) -> list[Path]:
+    sites = setup.scenario.sites
+    given = node_config.get("site-folder")
+    if given:
+        return [Path(str(given))]
+    if is_one_site(make_policy(setup.scenario.merge.prototypes)):
+        return [Path(f) for f in sites.folders]
+    if not sites.folders:
+        raise ValueError("this node names no site folder: start its SuperNode with --node-config "
+                         "\"site-folder='/path/to/site'\" (the scenario's sites.folders is empty)")
+    return [Path(sites.folders[setup.client])]
+
+
+def node_folder(setup: Setup, node_config) -> Path:
+    given = node_config.get("node-folder")
+    if given:
+        return Path(str(given))
+    folders = site_folders(setup, node_config)
+    return folders[0] / (NODE_FOLDER if len(folders) == 1 else NODE_FOLDER + "-one-site")
+
+
+def _sites(setup: Setup, node_config) -> list[SiteData]:
+    s = setup.scenario.sites
+    return [SiteData(f, s.read, s.image_size, s.text_column, s.label_column) for f in site_folders(setup, node_config)]
+
+
+def _features(setup: Setup, parts: list[tuple[SiteData, list[SiteSample]]]) -> np.ndarray:
+    """The backbone's features of the samples, site by site, in order."""
+    model = frozen_backbone(setup)
+    device = pick_device(setup.scenario.model.device)
+    blocks = [embed(model, site.inputs(samples), device) for site, samples in parts if samples]
+    return np.concatenate(blocks) if blocks else np.zeros((0, 0))
+
+
+def learn_offer(setup: Setup, node_config, run: str, accepted: list[str], secure: bool,
+                timings: dict | None = None) -> Offer:
+    """Settle the ledger with the server's accepted tasks, then learn what is new."""
+    clock = time.perf_counter()
+    s = setup.scenario
+    ledger = Ledger(node_folder(setup, node_config), run)
+    ledger.settle(accepted)
+    sites = _sites(setup, node_config)
+    parts = [(site, ledger.new(site.samples("train", s.sites.classes))) for site in sites]
+    new = [x for _, samples in parts for x in samples]
+    if timings is not None:
+        timings["data_s"] = round(time.perf_counter() - clock, 4)
+    spec = head_spec(s.merge, s.seed)
+    if not new:
+        return Offer(ClassStats.empty(0), [], "", 0)
+    features = _features(setup, parts)
+    if timings is not None:
+        timings["embed_s"] = round(time.perf_counter() - clock, 4)
+    names = list(s.sites.classes) if secure else sorted({x.label for x in new})
+    index = {n: i for i, n in enumerate(names)}
+    labels = np.array([index[x.label] for x in new], dtype=np.int64)
+    stats = ClassStats.from_features(labels, features, spec)
+    task = ledger.offer([x.key for x in new])  # kept before the reply leaves
+    if not secure:
+        names = [names[int(i)] for i in stats.ids]
+        stats = stats.replace(ids=np.arange(len(names), dtype=np.int64))
+    return Offer(stats, names, task, len(new))
+
+
+def model_writer(setup: Setup, run: dict):
+    """Writes a node's model folder (:func:`fedrecon.model.export.write_model`) from the merged statistics."""
+    from fedrecon.model.export import write_model
+    from fedrecon.scenario.loading import scenario_json
+
+    s = setup.scenario
+    model = frozen_backbone(setup)
+    entry = backbone_entry(s.model.backbone)
+
+    def write(folder: Path, stats: ClassStats, names: dict[int, str]) -> None:
+        write_model(folder, scenario=s, dataset=ClassNames(names), stats=stats, model=model, adapted=None, entry=entry,
+                    dim=stats.dim, run=run, scenario_text=scenario_json(s))
+
+    return write
+
+
+def keep_model(setup: Setup, node_config, run: str, delta: dict, names: list[str], base: int, version: int,
+               dim: int) -> int:
+    """Apply the server's update; the version this node then holds (another than
+    ``version``: the update started from a version it does not hold)."""
+    held = NodeModel(node_folder(setup, node_config), dim=dim, run=run)
+    ids = [int(i) for i in delta["ids"]]
+    if held.version == base:
+        info = {"run": run, "round": version}
+        held.update(delta, dict(zip(ids, names)), base, version, model_writer(setup, info))
+    return held.version
+
+
+def test_counts(setup: Setup, node_config, run: str, dim: int) -> tuple[int, int]:
+    """(correct, samples) of the kept model on this site's test part, over the classes it knows."""
+    held = NodeModel(node_folder(setup, node_config), dim=dim, run=run)
+    if held.stats is None or not len(held.stats):
+        return 0, 0
+    s = setup.scenario
+    index = {name: c for c, name in held.names.items()}
+    parts = [(site, [x for x in site.samples("test", s.sites.classes) if x.label in index]) for site in
+             _sites(setup, node_config)]
+    samples = [x for _, part in parts for x in part]
+    if not samples:
+        return 0, 0
+    labels = np.array([index[x.label] for x in samples], dtype=np.int64)
+    predicted = build_head(held.stats, s.merge, s.seed).predict(_features(setup, parts))
+    return int((predicted == labels).sum()), len(samples)
