@@ -33,22 +33,6 @@ MERGED, MODEL = "merged", "model"
 STATS_FILE, STATE_FILE = "stats.npz", "state.json"
 
 
-class ClassNames:
-    """``class_names`` and ``groups`` indexed by class id, as
-    :func:`fedrecon.model.export.write_model` reads them from a run's dataset.
-
-    A site node has no dataset of every class: it has the names the server sent, for the
-    classes the merged model holds. Its groups are all ``group`` ("site"), since the
-    server sends no groups. Ids without a name hold ``""`` (write_model reads only the
-    head's ids, every one of which :meth:`NodeModel.update` checks has a name).
-    """
-
-    def __init__(self, names: Mapping[int, str], group: str = "site"):
-        size = max(names, default=-1) + 1
-        self.class_names = tuple(names.get(i, "") for i in range(size))
-        self.groups = (group,) * size
-
-
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:

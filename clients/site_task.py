@@ -18,7 +18,8 @@ import numpy as np
 
 from clients.ledger import Ledger
 from clients.learner import frozen_backbone
-from clients.node_model import ClassNames, NodeModel
+from clients.node_model import NodeModel
+from fedrecon.model.export import ClassNames
 from clients.setup import Setup
 from fedrecon.backbones.embed import embed, pick_device
 from fedrecon.backbones.registry import backbone_entry

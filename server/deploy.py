@@ -58,6 +58,9 @@ class LocalDeployment:
         More node config of every SuperNode (e.g. ``cache-dir``; ``none`` turns the node's
         disk cache off). By default the SuperNodes of this machine share one cache folder,
         ``workdir/node-cache``, so that a dataset is decoded once, not once a node.
+    node_configs : dict of int to dict
+        More node config of one SuperNode, by partition id, over ``node_config`` (e.g. each
+        site's ``site-folder``).
     task_poll : float
         ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``: how often a SuperExec looks for a new
         app process to start (Flower's default 1 s).
@@ -73,6 +76,7 @@ class LocalDeployment:
     auth: bool = False
     data_root: str | None = None
     node_config: dict = field(default_factory=dict)
+    node_configs: dict[int, dict] = field(default_factory=dict)
     task_poll: float = 0.1
     gpus: tuple[str, ...] = ()
     port: int = field(default_factory=free_port)
@@ -156,7 +160,8 @@ class LocalDeployment:
         config = f"partition-id={partition} num-partitions={self.clients}"
         if self.data_root:
             config += f' data-root="{self.data_root}"'
-        config += "".join(f" {k}={json.dumps(v)}" for k, v in self.node_config.items())
+        extra = {**self.node_config, **self.node_configs.get(partition, {})}
+        config += "".join(f" {k}={json.dumps(v)}" for k, v in extra.items())
         args = ["flower-supernode", *self.tls_args("supernode"), "--superlink", f"127.0.0.1:{self.port}",
                 "--port", str(free_port()), "--node-config", config]
         if self.auth:

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from fedrecon.learning.adapter_task import AdapterServer
-from fedrecon.model.export import refusal, write_model
+from fedrecon.model.export import ClassNames, refusal, write_model
 from fedrecon.model.folder import ModelError
 from fedrecon.scenario import load_scenario
 from server.checkpoint import CHECKPOINT, CheckpointError, load_round
@@ -61,7 +61,10 @@ def export_run(run_dir: str | Path, out: str | Path, round: int | None = None,
     run = {"run": str(run_dir.resolve()), "round": done, "rounds": prep.plan.rounds,
            "accuracy": row.get("accuracy"), "classes_seen": row.get("classes_seen")}
     threshold, chosen = shipped_threshold(scenario, state, done, unknown_threshold)
-    return write_model(out, scenario=scenario, dataset=prep.dataset, stats=stats, model=prep.model,
+    # a site run's class names are those the sites sent (the server holds no dataset)
+    dataset = prep.dataset if scenario.sites is None else \
+        ClassNames(dict(enumerate(state.get("server", {}).get("sites", {}).get("names", []))))
+    return write_model(out, scenario=scenario, dataset=dataset, stats=stats, model=prep.model,
                        adapted=prep.adapted, entry=prep.entry, dim=prep.dim, run=run, scenario_text=scenario_text,
                        unknown_threshold=threshold, unknown_chosen=chosen)
 

@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from clients.node_model import MERGED, MODEL, STATE_FILE, STATS_FILE, ClassNames, NodeModel
+from clients.node_model import MERGED, MODEL, STATE_FILE, STATS_FILE, NodeModel
+from fedrecon.model.export import ClassNames
 from fedrecon.learning.heads import build_head, head_spec
 from fedrecon.learning.stats import ClassStats, add_stats
 from fedrecon.learning.stats_delta import Versions

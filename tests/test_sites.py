@@ -216,3 +216,10 @@ def test_the_node_keeps_the_servers_model(site_folders, tmp_path):
     kept = ClassStats.from_arrays(dict(np.load(folder / "site-1" / ".fedrecon" / "merged" / "stats.npz")))
     for key, value in run.state.stats.to_arrays().items():
         np.testing.assert_array_equal(kept.to_arrays()[key], value)
+    # the server's export of the run is the same model, class names from the sites
+    from server.model_export import export_run
+
+    exported = load_model(export_run(tmp_path / "run", tmp_path / "exported") and tmp_path / "exported")
+    drawings = [str(p) for p in sorted((folder / "site-0" / "test").rglob("*.png"))]
+    assert exported.names == model.names
+    assert [p["score"] for p in exported.predict(drawings)] == [p["score"] for p in model.predict(drawings)]

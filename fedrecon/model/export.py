@@ -9,6 +9,7 @@ written as the parameters its ``scores`` reads; nothing is refitted.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from fedrecon.dp import released
@@ -20,6 +21,22 @@ from fedrecon.model.folder import ModelError, replacing, seal, write_arrays
 from fedrecon.model.inputs import preprocessing_of
 from fedrecon.model.model import HEAD_FILE
 from fedrecon.model.unknown import UNKNOWN_FILE, unknown_parameters
+
+
+class ClassNames:
+    """``class_names`` and ``groups`` indexed by class id, as
+    :func:`fedrecon.model.export.write_model` reads them from a run's dataset.
+
+    A site node, and the server of a site run, has no dataset of every class: it has the
+    class names the sites sent, for the classes the merged model holds. Its groups are all
+    ``group`` ("site"): sites send no groups. Ids without a name hold ``""`` (write_model reads only the
+    head's ids, every one of which :meth:`NodeModel.update` checks has a name).
+    """
+
+    def __init__(self, names: Mapping[int, str], group: str = "site"):
+        size = max(names, default=-1) + 1
+        self.class_names = tuple(names.get(i, "") for i in range(size))
+        self.groups = (group,) * size
 
 
 def refusal(scenario) -> str | None:
