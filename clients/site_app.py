@@ -9,6 +9,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 
 from clients import faults
 from fedrecon import protocol as P
+from fedrecon.data.dataset import DataError
+
+
+def one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 def _record(arrays: dict) -> ArrayRecord:
@@ -25,8 +30,11 @@ def site_train(msg: Message, context: Context, setup, timings: dict) -> Message:
     faults.before_task(task)
     config = msg.content[P.SITE_CONFIG]
     secure = P.SECAGG in msg.content
-    offer = learn_offer(setup, context.node_config, str(config["run"]), [str(t) for t in config["accepted"]], secure,
-                        timings)
+    try:
+        offer = learn_offer(setup, context.node_config, str(config["run"]), [str(t) for t in config["accepted"]],
+                            secure, timings)
+    except DataError as exc:  # the site's own data: one line naming its file, and the task is not merged
+        return Message(RecordDict({P.SITE_TASK: ConfigRecord({"task": "", "error": one_line(exc)})}), reply_to=msg)
     metrics = MetricRecord({"task": int(task["task"]), "samples": offer.samples,
                             "seconds": time.perf_counter() - start, **timings})
     if secure:  # only the masked statistics and the offer's id leave (its names are the vocabulary's)
@@ -60,10 +68,14 @@ def site_model(msg: Message, context: Context, setup) -> Message:
     run, version = str(config["run"]), int(config["version"])
     held = keep_model(setup, context.node_config, run, delta, [str(n) for n in config["names"]], int(config["base"]),
                       version, int(config["dim"]))
-    metrics = {"version": held}
+    metrics, reply = {"version": held}, RecordDict()
     if bool(config["evaluate"]) and held == version:
-        metrics["correct"], metrics["samples"] = test_counts(setup, context.node_config, run, int(config["dim"]))
-    return Message(RecordDict({P.METRICS: MetricRecord(metrics)}), reply_to=msg)
+        try:
+            metrics["correct"], metrics["samples"] = test_counts(setup, context.node_config, run, int(config["dim"]))
+        except DataError as exc:  # a broken test file: this site is not counted, and says why
+            reply[P.SITE_TASK] = ConfigRecord({"error": one_line(exc)})
+    reply[P.METRICS] = MetricRecord(metrics)
+    return Message(reply, reply_to=msg)
 
 
 def site_counts(msg: Message, context: Context, setup) -> Message:
@@ -72,6 +84,9 @@ def site_counts(msg: Message, context: Context, setup) -> Message:
     from clients.site_task import test_counts
 
     config = msg.content[P.SITE_MODEL_CONFIG]
-    correct, samples = test_counts(setup, context.node_config, str(config["run"]), int(config["dim"]))
+    try:
+        correct, samples = test_counts(setup, context.node_config, str(config["run"]), int(config["dim"]))
+    except DataError:  # counted as no test sample (the update's reply said why, this round)
+        correct, samples = 0, 0
     masked = secagg.masked_values(msg, context, np.array([float(correct), float(samples)]))
     return Message(RecordDict({P.MASKED: _record({"masked": masked})}), reply_to=msg)

@@ -23,6 +23,7 @@ from fedrecon.model.export import ClassNames
 from clients.setup import Setup
 from fedrecon.backbones.embed import embed, pick_device
 from fedrecon.backbones.registry import backbone_entry
+from fedrecon.data.dataset import DataError
 from fedrecon.data.sites import SiteData, SiteSample
 from fedrecon.learning.heads import build_head, head_spec
 from fedrecon.learning.prototype_merges import is_one_site, make_policy
@@ -50,7 +51,7 @@ def site_folders(setup: Setup, node_config) -> list[Path]:
     if is_one_site(make_policy(setup.scenario.merge.prototypes)):
         return [Path(f) for f in sites.folders]
     if not sites.folders:
-        raise ValueError("this node names no site folder: start its SuperNode with --node-config "
+        raise DataError("this node names no site folder: start its SuperNode with --node-config "
                          "\"site-folder='/path/to/site'\" (the scenario's sites.folders is empty)")
     return [Path(sites.folders[setup.client])]
 

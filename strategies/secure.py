@@ -227,6 +227,9 @@ class MaskedTasks:
                 leave(state, work, arrival.client, f"client error {reply.error.code}: {reply.error.reason}")
                 continue
             data = masked_bytes(reply)
+            if not data and P.SITE_TASK in reply.content and "error" in reply.content[P.SITE_TASK]:
+                leave(state, work, arrival.client, f"site data: {reply.content[P.SITE_TASK]['error']}")
+                continue
             if len(data) != size:
                 leave(state, work, arrival.client, f"masked statistics of {len(data)} bytes, not the layout's {size}")
                 continue

@@ -109,6 +109,9 @@ class SiteModel:
             if reply.has_error() or P.METRICS not in reply.content:
                 continue
             m = reply.content[P.METRICS]
+            if P.SITE_TASK in reply.content and "error" in reply.content[P.SITE_TASK]:
+                state.failures.append({"round": work.number, "client": client, "task": -1,
+                                       "reason": f"site test data: {reply.content[P.SITE_TASK]['error']}"})
             held = int(m.get("version", -1))
             if held == work.number:
                 book.held[client] = held

@@ -39,6 +39,8 @@ def site_task(reply: Message) -> tuple[str, list[str], int]:
     if P.SITE_TASK not in reply.content:
         raise PayloadError(f"no ConfigRecord {P.SITE_TASK!r} in the reply")
     config = reply.content[P.SITE_TASK]
+    if "error" in config:  # the site's data: its own one line, naming the file
+        raise PayloadError(f"site data: {str(config['error'])[:1000]}")
     task, names, samples = config.get("task"), config.get("names", []), config.get("samples", 0)
     if not isinstance(task, str) or len(task) > 64 or not isinstance(samples, int) or samples < 0:
         raise PayloadError("site_task must hold task (a string of up to 64 characters) and samples (a whole number)")

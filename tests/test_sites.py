@@ -201,8 +201,9 @@ def test_a_class_outside_the_vocabulary_is_refused_with_its_file(site_folders, t
     names = sorted(p.name for k in (0, 1) for p in (folder / f"site-{k}" / "train").iterdir())
     run = Rounds(scenario(folder, tmp_path, sites={"classes": names}), tmp_path / "run")
     run.round(1)
-    (failure,) = run.state.failures
+    failure, test_failure = run.state.failures  # its task, then its test part
     assert failure["client"] == 2 and "site-2" in failure["reason"] and "not one of" in failure["reason"]
+    assert test_failure["client"] == 2 and test_failure["reason"].startswith("site test data: ")
     assert len(run.by_name()) == 2 * CLASSES
 
 
@@ -223,3 +224,37 @@ def test_the_node_keeps_the_servers_model(site_folders, tmp_path):
     drawings = [str(p) for p in sorted((folder / "site-0" / "test").rglob("*.png"))]
     assert exported.names == model.names
     assert [p["score"] for p in exported.predict(drawings)] == [p["score"] for p in model.predict(drawings)]
+
+
+def test_a_site_with_bad_data_leaves_the_secure_sum_and_the_others_are_merged(site_folders, tmp_path):
+    folder = copy_sites(site_folders, tmp_path / "a")
+    names = sorted(p.name for k in range(3) for p in (folder / f"site-{k}" / "train").iterdir())
+    first = sorted((folder / "site-1" / "train").iterdir())[0]
+    (first / "broken.png").write_bytes(b"no png")
+    run = Rounds(scenario(folder, tmp_path, privacy={"secure_aggregation": True}, sites={"classes": names}),
+                 tmp_path / "run")
+    run.round(1)
+    (failure,) = [f for f in run.state.failures if f["client"] == 1]
+    assert "broken.png" in failure["reason"] and "not a readable image" in failure["reason"]
+    assert len(run.by_name()) == 2 * CLASSES
+    (first / "broken.png").unlink()
+    run.round(2)
+    assert len(run.by_name()) == 3 * CLASSES and all(c == 5 for c, _ in run.by_name().values())
+
+
+def test_a_resumed_site_run_keeps_its_token_and_learns_nothing_twice(site_folders, tmp_path):
+    plain = Rounds(scenario(copy_sites(site_folders, tmp_path / "a"), tmp_path), tmp_path / "run-a")
+    plain.all()
+    folder = copy_sites(site_folders, tmp_path / "b")
+    path = scenario(folder, tmp_path)
+    first = Rounds(path, tmp_path / "run-b")
+    first.round(1)  # and its checkpoint: then the server stops
+    prep = prepare(load_scenario(tmp_path / "run-b" / "scenario.json"))
+    again = Run(InProcessGrid(3), prep, tmp_path / "run-b", echo=lambda *a: None, poll_interval=0)
+    again.resume()
+    assert again.state.sites.run == first.state.sites.run and again.done == 1
+    again.run()
+    resumed = Rounds.__new__(Rounds)
+    resumed.run = again
+    same_stats(plain.by_name(), resumed.by_name())
+    assert len(list((folder / "site-0" / ".fedrecon").glob("ledger-*.json"))) == 1
