@@ -203,11 +203,16 @@ def unknown_scores(msg: Message, context: Context) -> Message:
     from clients.unknown_scores import count_scores
 
     setup = node.setup(msg, context)
-    config, arrays = dict(msg.content[P.UNKNOWN_CONFIG]), _numpy(msg.content[P.EVAL_ARRAYS])
-    adapter = _numpy(msg.content[P.ADAPTER]) if P.ADAPTER in msg.content else None
-    counts = count_scores(setup, str(config["kind"]), _numpy(msg.content[P.UNKNOWN_ARRAYS]),
-                          _numpy(msg.content[P.UNKNOWN_CLASSES]), arrays["sample_index"], arrays["sample_labels"],
-                          int(config["round"]), adapter)
+    if setup.scenario.sites is not None:  # a site scores the samples of its own the federation merged
+        from clients.site_app import site_scores
+
+        counts = site_scores(msg, context, setup)
+    else:
+        config, arrays = dict(msg.content[P.UNKNOWN_CONFIG]), _numpy(msg.content[P.EVAL_ARRAYS])
+        adapter = _numpy(msg.content[P.ADAPTER]) if P.ADAPTER in msg.content else None
+        counts = count_scores(setup, str(config["kind"]), _numpy(msg.content[P.UNKNOWN_ARRAYS]),
+                              _numpy(msg.content[P.UNKNOWN_CLASSES]), arrays["sample_index"], arrays["sample_labels"],
+                              int(config["round"]), adapter)
     if P.SECAGG in msg.content:  # secure aggregation: only the masked counts leave
         from clients import secure
 

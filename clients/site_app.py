@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -66,8 +67,9 @@ def site_model(msg: Message, context: Context, setup) -> Message:
     config = msg.content[P.SITE_MODEL_CONFIG]
     delta = {k: v.numpy() for k, v in msg.content[P.SITE_MODEL].items()}
     run, version = str(config["run"]), int(config["version"])
+    unknown = json.loads(str(config["unknown"])) if "unknown" in config else None
     held = keep_model(setup, context.node_config, run, delta, [str(n) for n in config["names"]], int(config["base"]),
-                      version, int(config["dim"]))
+                      version, int(config["dim"]), unknown)
     metrics, reply = {"version": held}, RecordDict()
     if bool(config["evaluate"]) and held == version:
         try:
@@ -90,3 +92,16 @@ def site_counts(msg: Message, context: Context, setup) -> Message:
         correct, samples = 0, 0
     masked = secagg.masked_values(msg, context, np.array([float(correct), float(samples)]))
     return Message(RecordDict({P.MASKED: _record({"masked": masked})}), reply_to=msg)
+
+
+def site_scores(msg: Message, context: Context, setup) -> np.ndarray:
+    """The unknown-input threshold's bin counts of the samples this site merged, under the merged model's score."""
+    from clients.site_task import score_counts_of
+    from fedrecon.model.unknown import UnknownScore
+
+    config, site = msg.content[P.UNKNOWN_CONFIG], msg.content[P.SITE_CONFIG]
+    arrays = {k: v.numpy() for k, v in msg.content[P.UNKNOWN_ARRAYS].items()}
+    classes = {k: v.numpy() for k, v in msg.content[P.UNKNOWN_CLASSES].items()}
+    names = {str(n): int(i) for n, i in zip(site["names"], classes["ids"])}
+    return score_counts_of(setup, context.node_config, str(site["run"]), [str(t) for t in site["accepted"]],
+                           UnknownScore(str(config["kind"]), arrays), names, classes)

@@ -21,6 +21,7 @@ from clients.learner import frozen_backbone
 from clients.node_model import NodeModel
 from fedrecon.model.export import ClassNames
 from clients.setup import Setup
+from clients.site_features import SiteFeatures
 from fedrecon.backbones.embed import embed, pick_device
 from fedrecon.backbones.registry import backbone_entry
 from fedrecon.data.dataset import DataError
@@ -69,12 +70,40 @@ def _sites(setup: Setup, node_config) -> list[SiteData]:
     return [SiteData(f, s.read, s.image_size, s.text_column, s.label_column) for f in site_folders(setup, node_config)]
 
 
-def _features(setup: Setup, parts: list[tuple[SiteData, list[SiteSample]]]) -> np.ndarray:
-    """The backbone's features of the samples, site by site, in order."""
+def _features(setup: Setup, parts: list[tuple[SiteData, list[SiteSample]]], node_config=None) -> np.ndarray:
+    """The backbone's features of the samples, site by site, in order; with
+    ``node_config``, kept by key in the node folder (:mod:`clients.site_features`)."""
     model = frozen_backbone(setup)
     device = pick_device(setup.scenario.model.device)
-    blocks = [embed(model, site.inputs(samples), device) for site, samples in parts if samples]
+    if node_config is not None:
+        kept = SiteFeatures(node_folder(setup, node_config), setup.backbone_digest, model, device)
+        blocks = [kept.features(site, samples) for site, samples in parts if samples]
+    else:
+        blocks = [embed(model, site.inputs(samples), device) for site, samples in parts if samples]
     return np.concatenate(blocks) if blocks else np.zeros((0, 0))
+
+
+def learned_samples(setup: Setup, node_config, run: str, accepted: list[str]) -> list[tuple[SiteData, list[SiteSample]]]:
+    """The samples of this site the federation merged (its ledger's learned keys still in
+    its folder, after settling the ``accepted`` task ids), by site."""
+    ledger = Ledger(node_folder(setup, node_config), run)
+    ledger.settle(accepted)
+    s = setup.scenario.sites
+    return [(site, [x for x in site.samples("train", s.classes) if x.key in ledger.learned])
+            for site in _sites(setup, node_config)]
+
+
+def score_counts_of(setup: Setup, node_config, run: str, accepted: list[str], score, names: dict[str, int],
+                    classes: dict[str, np.ndarray]) -> np.ndarray:
+    """The unknown-input threshold's bin counts of this site's learned samples under the
+    merged model's ``score`` (an :class:`fedrecon.model.unknown.UnknownScore`), each left
+    out of its class mean; ``names``: the merged classes' ids by name."""
+    from fedrecon.model.unknown import score_counts
+
+    parts = [(site, [x for x in samples if x.label in names]) for site, samples in learned_samples(setup, node_config, run, accepted)]
+    samples = [x for _, part in parts for x in part]
+    labels = np.array([names[x.label] for x in samples], dtype=np.int64)
+    return score_counts(score.training_scores(_features(setup, parts, node_config), labels, classes))
 
 
 def learn_offer(setup: Setup, node_config, run: str, accepted: list[str], secure: bool,
@@ -106,8 +135,9 @@ def learn_offer(setup: Setup, node_config, run: str, accepted: list[str], secure
     return Offer(stats, names, task, len(new))
 
 
-def model_writer(setup: Setup, run: dict):
-    """Writes a node's model folder (:func:`fedrecon.model.export.write_model`) from the merged statistics."""
+def model_writer(setup: Setup, run: dict, threshold: float | None = None, chosen: dict | None = None):
+    """Writes a node's model folder (:func:`fedrecon.model.export.write_model`) from the
+    merged statistics, with the federation's unknown threshold (``chosen``: how)."""
     from fedrecon.model.export import write_model
     from fedrecon.scenario.loading import scenario_json
 
@@ -117,20 +147,23 @@ def model_writer(setup: Setup, run: dict):
 
     def write(folder: Path, stats: ClassStats, names: dict[int, str]) -> None:
         write_model(folder, scenario=s, dataset=ClassNames(names), stats=stats, model=model, adapted=None, entry=entry,
-                    dim=stats.dim, run=run, scenario_text=scenario_json(s))
+                    dim=stats.dim, run=run, scenario_text=scenario_json(s), unknown_threshold=threshold,
+                    unknown_chosen=chosen)
 
     return write
 
 
 def keep_model(setup: Setup, node_config, run: str, delta: dict, names: list[str], base: int, version: int,
-               dim: int) -> int:
+               dim: int, unknown: dict | None = None) -> int:
     """Apply the server's update; the version this node then holds (another than
     ``version``: the update started from a version it does not hold)."""
     held = NodeModel(node_folder(setup, node_config), dim=dim, run=run)
     ids = [int(i) for i in delta["ids"]]
     if held.version == base:
         info = {"run": run, "round": version}
-        held.update(delta, dict(zip(ids, names)), base, version, model_writer(setup, info))
+        unknown = dict(unknown or {})
+        threshold = unknown.pop("threshold", None)
+        held.update(delta, dict(zip(ids, names)), base, version, model_writer(setup, info, threshold, unknown))
     return held.version
 
 
@@ -147,5 +180,5 @@ def test_counts(setup: Setup, node_config, run: str, dim: int) -> tuple[int, int
     if not samples:
         return 0, 0
     labels = np.array([index[x.label] for x in samples], dtype=np.int64)
-    predicted = build_head(held.stats, s.merge, s.seed).predict(_features(setup, parts))
+    predicted = build_head(held.stats, s.merge, s.seed).predict(_features(setup, parts, node_config))
     return int((predicted == labels).sum()), len(samples)

@@ -45,6 +45,9 @@ def round_phases(scenario: Scenario, setup: NodeSetup) -> list[Phase]:
     return phases
 
 
+TEST_COUNTS_OFFSET = 1 << 30  # rounds never reach it
+
+
 def site_phases(scenario: Scenario, setup: NodeSetup) -> list[Phase]:
     """A site round: the site tasks (in the clear, or as a secure sum), then the merged
     model's changes to every site and their test counts (summed, or securely summed)."""
@@ -52,7 +55,10 @@ def site_phases(scenario: Scenario, setup: NodeSetup) -> list[Phase]:
     secure = scenario.privacy.secure_aggregation
     phases: list[Phase] = [SecureKeys(scenario.privacy.threshold), SecureShares(), MaskedTasks(tasks), Unmask()] \
         if secure else [Tasks(tasks)]
-    counts = SecureCounts(scenario.privacy.threshold, 2, "test-count sum") if secure else None
+    if skipped_because(scenario) is None:  # sites score what they merged: the threshold goes with the model
+        phases.append(UnknownThreshold(setup, SecureCounts(scenario.privacy.threshold) if secure else None))
+    # the test counts' secure sum: its SecAgg+ ids clear of the threshold's (-round)
+    counts = SecureCounts(scenario.privacy.threshold, 2, "test-count sum", TEST_COUNTS_OFFSET) if secure else None
     return [*phases, SiteModel(setup, counts)]
 
 

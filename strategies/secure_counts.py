@@ -44,24 +44,28 @@ class SecureCounts:
     exchanges = 4
     count_step = 2
 
-    def __init__(self, threshold: float, size: int = SCORE_BINS, label: str = "threshold sum"):
-        self.threshold, self.size, self.label = threshold, size, label
+    def __init__(self, threshold: float, size: int = SCORE_BINS, label: str = "threshold sum", offset: int = 0):
+        # offset: a second count sum of the round (the sites' test counts) takes ids -round - offset
+        self.threshold, self.size, self.label, self.offset = threshold, size, label, offset
+
+    def sum_id(self, server_round: int) -> int:
+        return sum_id(server_round) - self.offset
 
     def build(self, state: ServerState, work: RoundWork, step: int, clients: list[int]) -> Outbox:
         if step == 0:
-            return ask(state, work, f"{self.label}: keys", clients, KEYS, {}, {"round": sum_id(work.number)})
+            return ask(state, work, f"{self.label}: keys", clients, KEYS, {}, {"round": self.sum_id(work.number)})
         server = work.counts.server
         if step == 1:
             return ask(state, work, f"{self.label}: shares", sorted(server.keys), SHARES, {P.PEERS: peers_record(server)},
-                       {"round": sum_id(work.number), "threshold": server.threshold})
+                       {"round": self.sum_id(work.number), "threshold": server.threshold})
         config = unmask_config(server)
         return ask(state, work, f"{self.label}: unmask", config["survivors"], UNMASK, {},
-                   {"round": sum_id(work.number), **config})
+                   {"round": self.sum_id(work.number), **config})
 
     def masking(self, work: RoundWork, client: int) -> dict:
         """The records that turn a count query into a masked one for ``client``."""
         counts = work.counts
-        config = {"round": sum_id(work.number), "survivors": list(counts.server.shared)}
+        config = {"round": self.sum_id(work.number), "survivors": list(counts.server.shared)}
         shares = {str(u): ct for u, ct in counts.relayed.get(client, {}).items()}
         return {P.SECAGG: ConfigRecord(config), P.SHARES: ConfigRecord(shares)}
 
@@ -76,7 +80,7 @@ class SecureCounts:
         got = {outbox.to[n]: r for n, r in outbox.answers(replies).items() if not r.has_error()}
         try:
             if step == 0:
-                work.counts = CountSum(ServerRound(sum_id(work.number), round_threshold(self.threshold, len(outbox.to))))
+                work.counts = CountSum(ServerRound(self.sum_id(work.number), round_threshold(self.threshold, len(outbox.to))))
                 for client, reply in got.items():
                     keys = public_keys(reply)
                     if keys is not None:

@@ -27,6 +27,7 @@ class SiteBook:
         self.names: list[str] = list(vocabulary or [])
         self.accepted: dict[int, list[str]] = {}
         self.held: dict[int, int] = {}
+        self.samples: dict[int, int] = {}  # samples merged a site (known in the clear only)
         self.versions = Versions()
 
     def ids_of(self, names: list[str]) -> list[int]:
@@ -43,8 +44,10 @@ class SiteBook:
     def known(self, client: int, task: str) -> bool:
         return task in self.accepted.get(client, [])
 
-    def accept(self, client: int, task: str) -> None:
+    def accept(self, client: int, task: str, samples: int | None = None) -> None:
         self.accepted.setdefault(client, []).append(task)
+        if samples is not None:
+            self.samples[client] = self.samples.get(client, 0) + samples
 
     def merged(self, before: ClassStats, after: ClassStats, server_round: int) -> None:
         """The merged statistics changed in ``server_round``: mark what changed."""
@@ -52,7 +55,8 @@ class SiteBook:
 
     def state(self) -> dict:
         return {"run": self.run, "names": self.names, "accepted": {str(c): t for c, t in self.accepted.items()},
-                "held": {str(c): v for c, v in self.held.items()}, "versions": self.versions.state()}
+                "held": {str(c): v for c, v in self.held.items()}, "versions": self.versions.state(),
+                "samples": {str(c): n for c, n in self.samples.items()}}
 
     def restore(self, state: dict) -> None:
         self.run = str(state["run"])
@@ -60,3 +64,4 @@ class SiteBook:
         self.accepted = {int(c): [str(t) for t in ts] for c, ts in state["accepted"].items()}
         self.held = {int(c): int(v) for c, v in state["held"].items()}
         self.versions = Versions.from_state(state["versions"])
+        self.samples = {int(c): int(n) for c, n in state.get("samples", {}).items()}

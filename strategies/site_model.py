@@ -3,6 +3,8 @@ it as its current model, and scores it on its own test part; the server adds the
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
@@ -16,6 +18,17 @@ from strategies.wire import to_record
 UPDATE = f"{MessageType.QUERY}.{P.SITE_MODEL}"
 COUNTS = f"{MessageType.QUERY}.{P.SITE_COUNTS}"
 UPDATES = 2  # the updates, then again from its own version for a site that held another than the server thought
+
+
+def latest_threshold(state: ServerState, server_round: int) -> dict:
+    """The unknown threshold the federation chose last (this round or an earlier one), as a
+    model update carries it (``unknown``: JSON), so a site's model labels unknown inputs."""
+    chosen = [r for r, u in state.unknown.items() if r <= server_round and u.get("threshold") is not None]
+    if not chosen:
+        return {}
+    u = state.unknown[max(chosen)]
+    return {"unknown": json.dumps({"threshold": u["threshold"], "chosen_by": "federation", "round": max(chosen),
+                                   "quantile": u["quantile"], "samples": u["samples"], "complete": u["complete"]})}
 
 
 class SiteModel:
@@ -62,6 +75,7 @@ class SiteModel:
         clients = sorted(state.nodes.ids) if step == 0 else work.stale
         outbox = Outbox("sites: model updates" if step == 0 else "sites: model updates again", [])
         deltas: dict[int, dict] = {}  # one delta a base version, for every site that holds it
+        unknown = latest_threshold(state, work.number)
         for client in clients:
             base = book.held.get(client, 0)
             if base not in deltas:
@@ -72,7 +86,7 @@ class SiteModel:
             content = RecordDict({
                 P.SITE_MODEL_CONFIG: ConfigRecord({"round": work.number, "base": base, "version": work.number,
                                                    "names": names, "evaluate": evaluate, "run": book.run,
-                                                   "dim": state.dim}),
+                                                   "dim": state.dim, **unknown}),
                 P.SITE_MODEL: to_record(delta),
             })
             self.setup.attach(content, state.nodes, client)

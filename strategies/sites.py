@@ -111,7 +111,7 @@ class SiteLearning:
             order = np.argsort(ids)
             updates.append(ClassStats(ids[order], stats.counts[order], stats.sums[order],
                                       {k: v[order] for k, v in stats.extra.items()}, stats.shared))
-            book.accept(arrival.client, task)
+            book.accept(arrival.client, task, int(round(float(stats.counts.sum()))))
         if updates:
             before = state.stats
             state.stats = state.policy.merge(state.stats, updates)

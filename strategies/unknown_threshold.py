@@ -22,8 +22,6 @@ def skipped_because(scenario) -> str | None:
     """Why a run of ``scenario`` makes no threshold exchange (None: it makes one)."""
     if scenario.unknown.quantile is None:
         return "unknown.quantile is null"
-    if scenario.sites is not None:
-        return "sites: the sites' training scores are not counted yet (give --unknown-threshold)"
     if scenario.merge.method == "fedavg_finetune":
         return "merge.method fedavg_finetune has no merged statistics to score with"
     if is_per_client(make_policy(scenario.merge.prototypes)):
@@ -80,13 +78,36 @@ class UnknownThreshold:
         due = state.active(work.number) and s.unknown.due(work.number, state.plan.rounds, evaluated,
                                                           state.adapters is not None)
         # (a scenario skipped_because names has no such phase: round_phases leaves it out)
-        if not (due and len(state.stats) > 0 and bool(state.trained)):
+        learned = state.sites.accepted if state.sites is not None else state.trained
+        if not (due and len(state.stats) > 0 and bool(learned)):
             return 0
         return self.secure.exchanges if self.secure is not None else 1
 
     def asked(self, state: ServerState) -> list[int]:
         """The clients to count: those that learned something, connected now."""
-        return [c for c in sorted(state.trained) if c in state.nodes.ids]
+        learned = state.sites.accepted if state.sites is not None else state.trained
+        return [c for c in sorted(learned) if c in state.nodes.ids]
+
+    @staticmethod
+    def samples(state: ServerState, clients: list[int]) -> int | None:
+        """How many samples ``clients`` learned (None: sites under secure aggregation, whose counts are sums)."""
+        if state.sites is None:
+            return sum(len(state.trained[c]) for c in clients)
+        if state.scenario.privacy.secure_aggregation:
+            return None
+        return sum(state.sites.samples.get(c, 0) for c in clients)
+
+    @staticmethod
+    def samples_of(state: ServerState, client: int) -> dict:
+        """What tells a client which samples to score: a planned client's (index, label)
+        pairs; a site scores those of its own the federation merged (names: of the classes' ids)."""
+        if state.sites is not None:
+            names = [state.sites.names[int(c)] for c in state.stats.ids]
+            # its offers merged this round are settled first (its ledger learns them at the next task otherwise)
+            accepted = list(state.sites.accepted.get(client, []))
+            return {P.SITE_CONFIG: ConfigRecord({"run": state.sites.run, "names": names, "accepted": accepted})}
+        index, labels = np.array(state.trained[client], dtype=np.int64).reshape(-1, 2).T
+        return {P.EVAL_ARRAYS: to_record({"sample_index": index.copy(), "sample_labels": labels.copy()})}
 
     def build(self, state: ServerState, work: RoundWork, step: int) -> Outbox:
         secure = self.secure
@@ -111,12 +132,11 @@ class UnknownThreshold:
         outbox = Outbox("unknown-input threshold", [])
         for client in clients:
             node = state.nodes.node(client)
-            index, labels = np.array(state.trained[client], dtype=np.int64).reshape(-1, 2).T
             content = RecordDict({
                 P.UNKNOWN_CONFIG: ConfigRecord({"round": work.number, "kind": kind}),
                 P.UNKNOWN_ARRAYS: score,
                 P.UNKNOWN_CLASSES: classes,
-                P.EVAL_ARRAYS: to_record({"sample_index": index.copy(), "sample_labels": labels.copy()}),
+                **self.samples_of(state, client),
                 **adapter,
                 **(self.secure.masking(work, client) if self.secure is not None else {}),
             })
@@ -136,7 +156,7 @@ class UnknownThreshold:
         for node, reply in outbox.answers(replies).items():
             client = outbox.to[node]
             try:
-                counts = counts_of(reply, len(state.trained[client]))
+                counts = counts_of(reply, self.samples(state, [client]))
             except PayloadError as exc:
                 problems.append(f"client {client}: {exc}")
                 continue
@@ -150,13 +170,15 @@ class UnknownThreshold:
         """The round's threshold from the summed ``total`` of ``clients``' counts. A secure
         sum is checked as a whole: whole non-negative counts adding up to the survivors' samples."""
         total = np.asarray(total)
-        samples = sum(len(state.trained[c]) for c in clients)
+        merged = int(round(float(state.stats.counts.sum())))  # every sample the federation learned
+        samples = self.samples(state, clients)
         counts = np.rint(total).astype(np.int64)
-        if (counts < 0).any() or not np.allclose(total, counts, rtol=0, atol=1e-6) or int(counts.sum()) != samples:
-            problems = [*problems, f"the summed counts of clients {clients} are not {samples} whole samples"]
+        whole = not (counts < 0).any() and np.allclose(total, counts, rtol=0, atol=1e-6)
+        if not whole or (int(counts.sum()) != samples if samples is not None else int(counts.sum()) > merged):
+            problems = [*problems, f"the summed counts of clients {clients} are not {samples or merged} whole samples"]
             counts, clients = np.zeros(SCORE_BINS, dtype=np.int64), []
         quantile = state.scenario.unknown.quantile
-        expected = sum(len(p) for p in state.trained.values())
+        expected = merged if state.sites is not None else sum(len(p) for p in state.trained.values())
         state.unknown[work.number] = {
             "threshold": threshold_of(counts, quantile), "quantile": quantile, "samples": int(counts.sum()),
             "clients": len(clients), "complete": int(counts.sum()) == expected, "problems": list(problems),

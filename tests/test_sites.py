@@ -98,12 +98,17 @@ def test_three_sites_merge_exactly_what_one_site_holding_every_folder_learns(sit
     one = Rounds(scenario(copy_sites(site_folders, tmp_path / "b"), tmp_path, merge={"prototypes": "centralized"}),
                  tmp_path / "run-b")
     alone = one.all()
+    # the unknown threshold too: the sites' binned training scores add up to the one site's
+    assert plain.state.unknown[3]["threshold"] == one.state.unknown[3]["threshold"] is not None
+    assert plain.state.unknown[3]["samples"] == 3 * CLASSES * 5 and plain.state.unknown[3]["complete"]
+    node = load_model(tmp_path / "a" / "site-0" / ".fedrecon" / "model")
+    assert node.threshold == plain.state.unknown[3]["threshold"] and node.manifest["unknown"]["chosen_by"] == "federation"
     assert len(plain.by_name()) == 3 * CLASSES and one.prep.plan.clients == 1
     # each class lives at one site: its sum is the same samples' features, added in the same order
     same_stats(plain.by_name(), one.by_name())
     assert summary["final_accuracy"] == alone["final_accuracy"] > 0.5
-    rows = plain.run.recorder.rows
-    assert rows[0]["classes_learned"] == 15 and rows[1]["bytes_up"] < rows[0]["bytes_up"] / 10  # nothing new: no sums
+    rows = plain.run.recorder.rows  # (each evaluated round's bytes up include the threshold's counts)
+    assert rows[0]["classes_learned"] == 15 and rows[1]["bytes_up"] < rows[0]["bytes_up"] / 4  # nothing new: no sums
     assert rows[0]["bytes_model"] > 0 and rows[1]["bytes_model"] < rows[0]["bytes_model"] / 10  # no change: no rows
 
 
