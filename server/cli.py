@@ -77,9 +77,10 @@ def cmd_run(args) -> int:
         # those it was sent, and say so when asked, instead of a copy in each one's first message
         weight_store(node_cache({})).put(prep.digest, prep.weights)
     out = Path(args.resume or args.out or default_out_dir(scenario.name))
-    classes = len(prep.plan.test_samples)
-    print(f"fedrecon: {scenario.name}: {prep.plan.clients} clients, {prep.plan.rounds} rounds, "
-          f"{classes} classes -> {out}", flush=True)
+    # sites: the classes are whatever the sites' folders hold
+    what = f"{len(prep.plan.test_samples)} classes" if scenario.sites is None else "classes from the sites' folders"
+    print(f"fedrecon: {scenario.name}: {prep.plan.clients} {'clients' if scenario.sites is None else 'sites'}, "
+          f"{prep.plan.rounds} rounds, {what} -> {out}", flush=True)
     for warning in prep.plan.warnings:
         print(f"fedrecon: warning: {warning}", flush=True)
     for key, value in QUIET_FLOWER.items():
@@ -120,7 +121,9 @@ def cmd_validate(args) -> int:
             print_error(exc, args.debug)
             bad += 1
         else:
-            print(f"{path}: ok ({plan.clients} clients, {plan.rounds} rounds, {len(plan.arrivals)} arrivals)")
+            tasks = f"{len(plan.arrivals)} arrivals" if scenario.sites is None else "tasks as the sites' data arrives"
+            print(f"{path}: ok ({plan.clients} {'clients' if scenario.sites is None else 'sites'}, {plan.rounds} rounds, "
+                  f"{tasks})")
             for warning in plan.warnings:
                 print(f"{path}: warning: {warning}")
     return 1 if bad else 0
@@ -132,6 +135,10 @@ def cmd_plan(args) -> int:
 
     scenario = load_scenario(args.scenario, args.set)
     plan = check(scenario).plan
+    if scenario.sites is not None:  # nothing is planned: each site's tasks are the data it gets
+        print(f"{scenario.name}: {plan.clients} sites, {plan.rounds} rounds: no plan, each round every connected "
+              "site learns what its folder holds and it has not learned (docs/sites.md)")
+        return 0
     title = f"{scenario.name}: {plan.clients} clients, {plan.rounds} rounds, seed {scenario.seed}"
     if plan.clients > GRID_CLIENTS and not (args.clients or args.classes):
         print(summary(plan, title))
