@@ -22,6 +22,7 @@ from strategies.state import ServerState
 from strategies.validation import PayloadError, check_update, decode_reply, reply_limit
 
 MAX_NAME = 200  # characters of a class name
+MAX_CLASSES = 10_000  # class names in one offer (a reply naming more is refused unread)
 
 
 def deal_sites(state: ServerState, server_round: int) -> RoundWork:
@@ -44,7 +45,9 @@ def site_task(reply: Message) -> tuple[str, list[str], int]:
     task, names, samples = config.get("task"), config.get("names", []), config.get("samples", 0)
     if not isinstance(task, str) or len(task) > 64 or not isinstance(samples, int) or samples < 0:
         raise PayloadError("site_task must hold task (a string of up to 64 characters) and samples (a whole number)")
-    if not isinstance(names, list) or not all(isinstance(n, str) and 0 < len(n) <= MAX_NAME for n in names):
+    if not isinstance(names, list) or len(names) > MAX_CLASSES:
+        raise PayloadError(f"site_task names must be a list of at most {MAX_CLASSES} class names")
+    if not all(isinstance(n, str) and 0 < len(n) <= MAX_NAME for n in names):
         raise PayloadError(f"site_task names must be class names of 1 to {MAX_NAME} characters")
     if len(set(names)) != len(names):
         raise PayloadError("site_task names a class twice")
