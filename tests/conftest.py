@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,22 @@ def dataset_of(name: str, root, **keys):
     from fedrecon.scenario.sections import DataConfig
 
     return load_dataset(DataConfig(dataset=name, root=str(root), **{k: v if isinstance(v, int) else str(v) for k, v in keys.items()}))
+
+
+SITE_CLASSES = 5  # a test site's classes
+
+
+@pytest.fixture(scope="session")
+def site_folders(tmp_path_factory) -> Path:
+    """Three site folders of 5 characters each (5 drawings to learn, 3 to test) and ``later``: 3 more."""
+    from fedrecon.data.omniglot_sites import write_sites
+
+    out = tmp_path_factory.mktemp("sites")
+    write_sites(DATA_ROOT, out, sites=3, alphabets=1, later=1, train=5, test=3)
+    for folder in [*out.glob("site-*"), out / "later"]:
+        keep = sorted(p.name for p in (folder / "train").iterdir())[: 3 if folder.name == "later" else SITE_CLASSES]
+        for part in ("train", "test"):
+            for cls in (folder / part).iterdir():
+                if cls.name not in keep:
+                    shutil.rmtree(cls)
+    return out

@@ -8,34 +8,18 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 import yaml
 
-from fedrecon.data.omniglot_sites import write_sites
 from fedrecon.learning.stats import ClassStats
 from fedrecon.model.model import load_model
 from fedrecon.scenario import load_scenario
 from server.prepare import prepare
 from server.run import Run
-from tests.conftest import CHECKPOINT, DATA_ROOT
+from tests.conftest import CHECKPOINT
 from tests.inprocess import InProcessGrid
 from tests.test_strategy import identity  # noqa: F401 (fixture: messages built outside a Flower app)
 
-CLASSES = 5  # a site's classes (of its alphabet's first characters)
-
-
-@pytest.fixture(scope="module")
-def site_folders(tmp_path_factory) -> Path:
-    """Three site folders of 5 characters each (5 drawings to learn, 3 to test) and ``later``: 3 more."""
-    out = tmp_path_factory.mktemp("sites")
-    write_sites(DATA_ROOT, out, sites=3, alphabets=1, later=1, train=5, test=3)
-    for folder in [*out.glob("site-*"), out / "later"]:
-        keep = sorted(p.name for p in (folder / "train").iterdir())[: 3 if folder.name == "later" else CLASSES]
-        for part in ("train", "test"):
-            for cls in (folder / part).iterdir():
-                if cls.name not in keep:
-                    shutil.rmtree(cls)
-    return out
+from tests.conftest import SITE_CLASSES as CLASSES  # a site's classes (of its alphabet's first characters)
 
 
 def copy_sites(site_folders: Path, to: Path) -> Path:
@@ -264,86 +248,3 @@ def test_a_resumed_site_run_keeps_its_token_and_learns_nothing_twice(site_folder
     same_stats(plain.by_name(), resumed.by_name())
     assert len(list((folder / "site-0" / ".fedrecon").glob("ledger-*.json"))) == 1
 
-
-def test_text_sites_learn_rows_appended_between_rounds(tmp_path):
-    """CSV and JSONL sites (CLINC150 sentences on MiniLM): a row appended to a site's file
-    between rounds is its next task; the node's model reads sentences."""
-    import csv
-    import json
-
-    items = json.loads((DATA_ROOT / "clinc150" / "data_full.json").read_text())
-    intents = ["balance", "bill_due", "transfer", "weather", "alarm", "timer"]
-    rows = {i: [t for t, y in items["train"] if y == i][:8] for i in intents}
-    tests = {i: [t for t, y in items["test"] if y == i][:4] for i in intents}
-    a, b = tmp_path / "site-a", tmp_path / "site-b"
-    a.mkdir(), b.mkdir()
-
-    def write_csv(path, pairs):
-        with path.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["text", "label"])
-            w.writerows(pairs)
-
-    write_csv(a / "train.csv", [(t, i) for i in intents[:3] for t in rows[i][:6]])
-    write_csv(a / "test.csv", [(t, i) for i in intents[:3] for t in tests[i]])
-    (b / "train.jsonl").write_text("".join(json.dumps({"text": t, "label": i}) + "\n" for i in intents[3:] for t in rows[i]))
-    raw = {"name": "text-sites", "model": {"backbone": "all-minilm-l6-v2", "device": "cpu"}, "clients": {"count": 2},
-           "sites": {"folders": [str(a), str(b)], "read": "text"}, "rounds": 2, "merge": {"head": "ncm"},
-           "evaluation": {"where": "clients"}}
-    path = tmp_path / "text.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    run = Rounds(path, tmp_path / "run")
-    run.round(1)
-    assert {n: int(c) for n, (c, _) in run.by_name().items()} == {**{i: 6 for i in intents[:3]}, **{i: 8 for i in intents[3:]}}
-    with (a / "train.csv").open("a", newline="") as f:
-        csv.writer(f).writerows([(t, i) for i in intents[:3] for t in rows[i][6:]])
-    run.round(2)
-    assert {n: int(c) for n, (c, _) in run.by_name().items()} == {i: 8 for i in intents}
-    model = load_model(b / ".fedrecon" / "model")
-    assert model.predict(["what is my checking account balance"])[0]["label"] == "balance"
-    assert run.run.recorder.rows[-1]["accuracy"] >= 0.75  # site a's 12 test sentences
-
-
-def test_hostile_site_replies_are_refused_and_change_nothing(site_folders, tmp_path):
-    """Replies a site could forge: each refused in one line by the server's check, the merged statistics untouched."""
-    from flwr.app import ConfigRecord, Message, RecordDict
-
-    from fedrecon import protocol as P
-    from strategies.sites import checked_offer
-    from strategies.validation import PayloadError
-    from strategies.wire import to_record
-
-    run = Rounds(scenario(copy_sites(site_folders, tmp_path / "a"), tmp_path, sites={"classes": ["a", "b", "c"]}),
-                 tmp_path / "run")
-    state, dim = run.state, run.state.dim
-    good = ClassStats.from_features(np.array([0, 0, 1]), np.random.default_rng(0).normal(size=(3, dim)))
-
-    def reply(names, samples, arrays=None, task="t1", **config):
-        content = RecordDict({P.SITE_TASK: ConfigRecord({"task": task, "names": names, "samples": samples, **config})})
-        if arrays is not None:
-            content[P.STATS] = to_record(arrays)
-        return Message(content, dst_node_id=1, message_type="train")
-
-    arrays = good.to_arrays()
-    task, stats, names = checked_offer(state, reply(["a", "b"], 3, arrays), 0)
-    assert task == "t1" and list(stats.counts) == [2.0, 1.0] and names == ["a", "b"]
-    nan = {**arrays, "sums": np.full_like(arrays["sums"], np.nan)}
-    cases = {
-        "not in sites.classes": reply(["a", "zebra"], 3, arrays),
-        "names a class twice": reply(["a", "a"], 3, arrays),
-        "add up to 3, not the 4": reply(["a", "b"], 4, arrays),
-        "NaN": reply(["a", "b"], 3, nan),
-        "one value for each of the 3": reply(["a", "b", "c"], 3, arrays),
-        "at most 10000": reply(["a"] * 10_001, 3, arrays),
-        "no ArrayRecord": reply(["a", "b"], 3),
-        "site data: broken.png": reply([], 0, error="broken.png: not a readable image"),
-        "whole number": reply(["a", "b"], -1, arrays),
-    }
-    before = state.stats.to_arrays()
-    for expected, message in cases.items():
-        with pytest.raises(PayloadError, match=expected.split(":")[0]) as caught:
-            checked_offer(state, message, 0)
-        assert "\n" not in str(caught.value)
-    state.sites.accept(0, "t1")
-    assert checked_offer(state, reply(["a", "b"], 3, arrays), 0)[1] is None  # merged once: never again
-    assert all(np.array_equal(v, state.stats.to_arrays()[k]) for k, v in before.items())
