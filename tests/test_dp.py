@@ -81,3 +81,23 @@ def test_under_secure_aggregation_each_client_adds_its_share_of_the_noise(write_
     summary = run(write_scenario(small_scenario(privacy={"secure_aggregation": True, "dp": {"epsilon": 8.0, "clip": 20.0}})),
                   tmp_path / "both")
     assert summary["failures"] == 0 and summary["releases"] == 2 and summary["classes_learned"] == 12
+
+
+def test_clients_score_noisy_statistics_as_the_server_would(write_scenario, tmp_path):
+    """evaluation.where clients under privacy.dp: each client post-processes the noisy merged
+    statistics before building its head (fedrecon.dp.released), so the clients' summed counts
+    are the server's scoring of the same statistics."""
+    from fedrecon.learning.evaluate import Evaluator
+    from fedrecon.scenario import load_scenario
+    from server.prepare import prepare
+
+    # the ridge head on a noisy Gram: unsolvable unless shifted (released), so the clients must post-process
+    path = write_scenario(small_scenario(privacy={"dp": {"epsilon": 8.0, "clip": 20.0}}, evaluation={"where": "clients"},
+                                         unknown={"quantile": None},
+                                         merge={"prototypes": "exact", "head": "ridge", "random_features": 200}))
+    summary = run(path, tmp_path / "dp")
+    prep = prepare(load_scenario(path))
+    noisy = ending(tmp_path / "dp")["stats"]
+    evaluator = Evaluator(prep.dataset, prep.model, prep.plan, prep.scenario, "cpu", noisy=True)
+    seen = prep.plan.classes_seen(prep.plan.rounds)
+    assert summary["final_accuracy"] == pytest.approx(evaluator.accuracy(ClassStats.from_arrays(noisy), seen), abs=1e-12)

@@ -80,6 +80,8 @@ def count_correct(stats: ClassStats, scenario: Scenario, features: np.ndarray, l
     agree on the same samples."""
     if len(stats) == 0 or len(labels) == 0:
         return 0
+    if scenario.privacy.dp is not None:  # noisy statistics, post-processed as the server's scoring does
+        stats = released(stats)
     return int((build_head(stats, scenario.merge, scenario.seed).predict(features) == labels).sum())
 
 

@@ -80,8 +80,6 @@ def _dp_checks(s: Scenario, source: SourceMap) -> list[str]:
         problems.append(source.error(loc, "fedavg_finetune releases whole models: differential privacy noises class statistics"))
     if s.adapters.active:
         problems.append(source.error(loc, "adapter updates are not noised yet: use adapters.schedule frozen"))
-    if s.evaluation.where == "clients":
-        problems.append(source.error(loc, "clients would score with noisy counts unprocessed: use evaluation.where server"))
     return problems
 
 
