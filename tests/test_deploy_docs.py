@@ -23,6 +23,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -247,7 +248,9 @@ def documented(tmp_path_factory):
         (fake / name).chmod(0o755)
     port, work = free_port(), tmp / "work"
     node_ports = {k: str(free_port()) for k in [*range(NODES), 9]}
-    env = {**os.environ, **QUIET_FLOWER, **doc_variables(work, port, node_ports, sites)}
+    # the doc puts $FEDRECON/.venv/bin first on PATH; the test's own Python may live elsewhere
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    env = {**os.environ, **QUIET_FLOWER, "PATH": path, **doc_variables(work, port, node_ports, sites)}
 
     def node(k: int) -> dict[str, str]:
         return {"K": str(k), "SITE": str(sites / f"site-{k % NODES}"), "NODE_PORT": node_ports[k]}
