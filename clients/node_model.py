@@ -62,8 +62,9 @@ class NodeModel:
         model is read as version 0, or its round numbers would match this run's.
     """
 
-    def __init__(self, folder: Path, *, dim: int, run: str):
-        self.folder, self.dim, self.run = Path(folder), dim, run
+    def __init__(self, folder: Path, *, dim: int, run: str, noisy: bool = False):
+        # noisy (privacy.dp): the merged counts carry noise, and may be anything
+        self.folder, self.dim, self.run, self.noisy = Path(folder), dim, run, noisy
         self.version, self.names, self.stats = 0, {}, None
         merged = self.folder / MERGED
         if not (merged / STATE_FILE).exists():
@@ -78,7 +79,7 @@ class NodeModel:
             if not (self.folder / MODEL / "manifest.json").is_file():
                 raise ValueError(f"{MODEL}/ is missing or incomplete")
             with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-                stats = apply_delta(None, {k: npz[k] for k in npz.files}, dim)
+                stats = apply_delta(None, {k: npz[k] for k in npz.files}, dim, noisy)
             names = {int(c): str(n) for c, n in state["names"].items()}
             version = int(state["version"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -105,7 +106,7 @@ class NodeModel:
             return False
         if version <= base:
             raise ValueError(f"a delta from version {base} to {version}: versions must grow")
-        stats = apply_delta(self.stats if base else None, delta, self.dim)
+        stats = apply_delta(self.stats if base else None, delta, self.dim, self.noisy)
         names = {**(self.names if base else {}), **{int(c): str(n) for c, n in names.items()}}
         nameless = [int(c) for c in stats.ids if int(c) not in names]
         if nameless:

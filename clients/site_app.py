@@ -32,22 +32,23 @@ def site_train(msg: Message, context: Context, setup, timings: dict) -> Message:
     config = msg.content[P.SITE_CONFIG]
     secure = P.SECAGG in msg.content
     try:
+        noise = float(task["dp_std"]) if "dp_std" in task else None
         offer = learn_offer(setup, context.node_config, str(config["run"]), [str(t) for t in config["accepted"]],
-                            secure, timings)
+                            secure, timings, noise, int(config.get("dim", 0)))
     except DataError as exc:  # the site's own data: one line naming its file, and the task is not merged
         return Message(RecordDict({P.SITE_TASK: ConfigRecord({"task": "", "error": one_line(exc)})}), reply_to=msg)
-    metrics = MetricRecord({"task": int(task["task"]), "samples": offer.samples,
+    metrics = MetricRecord({"task": int(task["task"]), "samples": max(offer.samples, 0),
                             "seconds": time.perf_counter() - start, **timings})
     if secure:  # only the masked statistics and the offer's id leave (its names are the vocabulary's)
         from clients import secure as secagg
 
-        stats = offer.stats if len(offer.stats) else _empty(msg)
+        stats = offer.stats if len(offer.stats) else _empty(msg)  # (noised under privacy.dp: every slot already)
         vector = secagg.masked(msg, context, stats, {}, float(offer.samples))
         return Message(RecordDict({P.MASKED: _record(faults.spoil(task, {"masked": vector})),
                                    P.SITE_TASK: ConfigRecord({"task": offer.task}), P.METRICS: metrics}), reply_to=msg)
     reply = RecordDict({P.SITE_TASK: ConfigRecord({"task": offer.task, "names": offer.names, "samples": offer.samples}),
                         P.METRICS: metrics})
-    if offer.task:
+    if offer.task or len(offer.stats):  # (under privacy.dp the noise goes out with nothing new too)
         reply[P.STATS] = _record(faults.spoil(task, offer.stats.to_arrays()))
     return Message(reply, reply_to=msg)
 
@@ -68,12 +69,14 @@ def site_model(msg: Message, context: Context, setup) -> Message:
     delta = {k: v.numpy() for k, v in msg.content[P.SITE_MODEL].items()}
     run, version = str(config["run"]), int(config["version"])
     unknown = json.loads(str(config["unknown"])) if "unknown" in config else None
+    floor = float(config.get("count_floor", 0.0))  # privacy.dp: the classes the model holds
     held = keep_model(setup, context.node_config, run, delta, [str(n) for n in config["names"]], int(config["base"]),
-                      version, int(config["dim"]), unknown)
+                      version, int(config["dim"]), unknown, floor)
     metrics, reply = {"version": held}, RecordDict()
     if bool(config["evaluate"]) and held == version:
         try:
-            metrics["correct"], metrics["samples"] = test_counts(setup, context.node_config, run, int(config["dim"]))
+            metrics["correct"], metrics["samples"] = test_counts(setup, context.node_config, run, int(config["dim"]),
+                                                                 floor)
         except DataError as exc:  # a broken test file: this site is not counted, and says why
             reply[P.SITE_TASK] = ConfigRecord({"error": one_line(exc)})
     reply[P.METRICS] = MetricRecord(metrics)
@@ -87,7 +90,8 @@ def site_counts(msg: Message, context: Context, setup) -> Message:
 
     config = msg.content[P.SITE_MODEL_CONFIG]
     try:
-        correct, samples = test_counts(setup, context.node_config, str(config["run"]), int(config["dim"]))
+        correct, samples = test_counts(setup, context.node_config, str(config["run"]), int(config["dim"]),
+                                       float(config.get("count_floor", 0.0)))
     except DataError:  # counted as no test sample (the update's reply said why, this round)
         correct, samples = 0, 0
     masked = secagg.masked_values(msg, context, np.array([float(correct), float(samples)]))

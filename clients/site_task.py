@@ -21,6 +21,7 @@ from clients.learner import frozen_backbone
 from clients.node_model import NodeModel
 from fedrecon.model.export import ClassNames
 from clients.setup import Setup
+from fedrecon import dp
 from clients.site_features import SiteFeatures
 from fedrecon.backbones.embed import embed, pick_device
 from fedrecon.backbones.registry import backbone_entry
@@ -107,8 +108,11 @@ def score_counts_of(setup: Setup, node_config, run: str, accepted: list[str], sc
 
 
 def learn_offer(setup: Setup, node_config, run: str, accepted: list[str], secure: bool,
-                timings: dict | None = None) -> Offer:
-    """Settle the ledger with the server's accepted tasks, then learn what is new."""
+                timings: dict | None = None, noise: float | None = None, dim: int = 0) -> Offer:
+    """Settle the ledger with the server's accepted tasks, then learn what is new. Under
+    secure aggregation the statistics are in the vocabulary's ids; with ``noise``
+    (``privacy.dp``: the std the server names) the features are clipped and every class
+    of the vocabulary is noised, held or not, new data or not (:func:`noised_offer`)."""
     clock = time.perf_counter()
     s = setup.scenario
     ledger = Ledger(node_folder(setup, node_config), run)
@@ -119,23 +123,41 @@ def learn_offer(setup: Setup, node_config, run: str, accepted: list[str], secure
     if timings is not None:
         timings["data_s"] = round(time.perf_counter() - clock, 4)
     spec = head_spec(s.merge, s.seed)
-    if not new:
+    if not new and noise is None:
         return Offer(ClassStats.empty(0), [], "", 0)
-    features = _features(setup, parts)
+    features = _features(setup, parts) if new else np.zeros((0, dim))
+    if noise is not None:
+        features = dp.clip_rows(features, s.privacy.dp.clip)
     if timings is not None:
         timings["embed_s"] = round(time.perf_counter() - clock, 4)
-    names = list(s.sites.classes) if secure else sorted({x.label for x in new})
+    names = list(s.sites.classes) if secure or noise is not None else sorted({x.label for x in new})
     index = {n: i for i, n in enumerate(names)}
     labels = np.array([index[x.label] for x in new], dtype=np.int64)
     stats = ClassStats.from_features(labels, features, spec)
     task = ledger.offer([x.key for x in new])  # kept before the reply leaves
+    if noise is not None:
+        return Offer(noised_offer(stats, s, noise, len(names), features.shape[1]), names, task, -1)
     if not secure:
         names = [names[int(i)] for i in stats.ids]
         stats = stats.replace(ids=np.arange(len(names), dtype=np.int64))
     return Offer(stats, names, task, len(new))
 
 
-def model_writer(setup: Setup, run: dict, threshold: float | None = None, chosen: dict | None = None):
+def noised_offer(stats: ClassStats, scenario, std: float, classes: int, dim: int) -> ClassStats:
+    """``stats`` in every slot of the vocabulary (zeros where the site holds nothing) with
+    Gaussian noise of ``std`` on every value (each block scaled by its bound:
+    :func:`fedrecon.dp.block_scales`), so that neither a site's statistics nor which classes
+    it holds are released beyond the budget."""
+    from fedrecon.secagg.layout import Layout
+
+    spec = head_spec(scenario.merge, scenario.seed)
+    layout = Layout(tuple(range(classes)), dim, spec.second_moment, spec.random_features)
+    full, _, _ = layout.read(layout.vector(stats), tuple(range(classes)))
+    return dp.add_noise(ClassStats.from_arrays(full), std, scales=dp.block_scales(spec, scenario.privacy.dp.clip, dim))
+
+
+def model_writer(setup: Setup, run: dict, threshold: float | None = None, chosen: dict | None = None,
+                 floor: float = 0.0):
     """Writes a node's model folder (:func:`fedrecon.model.export.write_model`) from the
     merged statistics, with the federation's unknown threshold (``chosen``: how)."""
     from fedrecon.model.export import write_model
@@ -146,7 +168,9 @@ def model_writer(setup: Setup, run: dict, threshold: float | None = None, chosen
     entry = backbone_entry(s.model.backbone)
 
     def write(folder: Path, stats: ClassStats, names: dict[int, str]) -> None:
-        write_model(folder, scenario=s, dataset=ClassNames(names), stats=stats, model=model, adapted=None, entry=entry,
+        if not len(dp.present(stats, floor)):  # privacy.dp: no class stands above the noise yet
+            return
+        write_model(folder, scenario=s, dataset=ClassNames(names), stats=dp.present(stats, floor), model=model, adapted=None, entry=entry,
                     dim=stats.dim, run=run, scenario_text=scenario_json(s), unknown_threshold=threshold,
                     unknown_chosen=chosen)
 
@@ -154,31 +178,41 @@ def model_writer(setup: Setup, run: dict, threshold: float | None = None, chosen
 
 
 def keep_model(setup: Setup, node_config, run: str, delta: dict, names: list[str], base: int, version: int,
-               dim: int, unknown: dict | None = None) -> int:
+               dim: int, unknown: dict | None = None, floor: float = 0.0) -> int:
     """Apply the server's update; the version this node then holds (another than
     ``version``: the update started from a version it does not hold)."""
-    held = NodeModel(node_folder(setup, node_config), dim=dim, run=run)
+    held = _held(setup, node_config, dim, run)
     ids = [int(i) for i in delta["ids"]]
     if held.version == base:
         info = {"run": run, "round": version}
         unknown = dict(unknown or {})
         threshold = unknown.pop("threshold", None)
-        held.update(delta, dict(zip(ids, names)), base, version, model_writer(setup, info, threshold, unknown))
+        held.update(delta, dict(zip(ids, names)), base, version, model_writer(setup, info, threshold, unknown, floor))
     return held.version
 
 
-def test_counts(setup: Setup, node_config, run: str, dim: int) -> tuple[int, int]:
-    """(correct, samples) of the kept model on this site's test part, over the classes it knows."""
-    held = NodeModel(node_folder(setup, node_config), dim=dim, run=run)
+def _held(setup: Setup, node_config, dim: int, run: str) -> NodeModel:
+    return NodeModel(node_folder(setup, node_config), dim=dim, run=run, noisy=setup.scenario.privacy.dp is not None)
+
+
+def test_counts(setup: Setup, node_config, run: str, dim: int, floor: float = 0.0) -> tuple[int, int]:
+    """(correct, samples) of the kept model on this site's test part, over the classes it
+    knows (under privacy.dp: those whose noisy count passes ``floor``, post-processed)."""
+    held = _held(setup, node_config, dim, run)
     if held.stats is None or not len(held.stats):
         return 0, 0
     s = setup.scenario
-    index = {name: c for c, name in held.names.items()}
+    stats = dp.present(held.stats, floor)
+    if s.privacy.dp is not None:
+        stats = dp.released(stats)
+    if not len(stats):
+        return 0, 0
+    index = {held.names[int(c)]: int(c) for c in stats.ids}
     parts = [(site, [x for x in site.samples("test", s.sites.classes) if x.label in index]) for site in
              _sites(setup, node_config)]
     samples = [x for _, part in parts for x in part]
     if not samples:
         return 0, 0
     labels = np.array([index[x.label] for x in samples], dtype=np.int64)
-    predicted = build_head(held.stats, s.merge, s.seed).predict(_features(setup, parts, node_config))
+    predicted = build_head(stats, s.merge, s.seed).predict(_features(setup, parts, node_config))
     return int((predicted == labels).sum()), len(samples)

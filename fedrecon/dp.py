@@ -139,6 +139,22 @@ def noise_other_slots(layout: Layout, held: np.ndarray, std: float, scales: dict
     return np.concatenate(out) if out else np.zeros(0)
 
 
+# A vocabulary class is in a noised site federation's model once its merged count is this many
+# standard deviations of the count's noise (an absent class passes with probability 3e-5).
+PRESENCE_STDS = 4.0
+
+
+def present(stats: ClassStats, floor: float) -> ClassStats:
+    """The classes whose (noisy) count is at least ``floor``: under privacy.dp every site
+    noises every class of the vocabulary, so a class nobody holds has a count of noise
+    alone; a model is built from the classes above it (post-processing: no privacy spent)."""
+    keep = stats.counts >= floor
+    if keep.all():
+        return stats
+    return stats.replace(ids=stats.ids[keep], counts=stats.counts[keep], sums=stats.sums[keep],
+                         extra={k: v[keep] for k, v in stats.extra.items()})
+
+
 def released(stats: ClassStats) -> ClassStats:
     """Post-processing of noisy statistics before a head is built (free under DP): counts
     below one sample are taken as one, and a Gram is shifted up by its most negative

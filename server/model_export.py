@@ -64,6 +64,10 @@ def export_run(run_dir: str | Path, out: str | Path, round: int | None = None,
     # a site run's class names are those the sites sent (the server holds no dataset)
     dataset = prep.dataset if scenario.sites is None else \
         ClassNames(dict(enumerate(state.get("server", {}).get("sites", {}).get("names", []))))
+    if scenario.sites is not None and scenario.privacy.dp is not None:  # the classes a site's model holds
+        from fedrecon.dp import PRESENCE_STDS, present
+
+        stats = present(stats, PRESENCE_STDS * float(state["server"]["sites"].get("noise", 0.0)) ** 0.5)
     return write_model(out, scenario=scenario, dataset=dataset, stats=stats, model=prep.model,
                        adapted=prep.adapted, entry=prep.entry, dim=prep.dim, run=run, scenario_text=scenario_text,
                        unknown_threshold=threshold, unknown_chosen=chosen)

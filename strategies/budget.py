@@ -16,7 +16,8 @@ class PrivacyBudget:
 
     def __init__(self, scenario: Scenario, plan: Plan):
         self.config = scenario.privacy.dp
-        self.planned = len({a.round for a in plan.arrivals})
+        # sites: every round is a release (every site sends its noised statistics, new data or not)
+        self.planned = plan.rounds if scenario.sites is not None else len({a.round for a in plan.arrivals})
         self.multiplier = dp.calibrate(self.config.epsilon, self.config.delta, self.planned)
         # under the ridge head each block's noise is scaled by its own bound too (fedrecon.dp.block_scales)
         self.sensitivity = dp.release_sensitivity(head_spec(scenario.merge, scenario.seed), self.config.clip)

@@ -266,7 +266,8 @@ class Unmask:
         try:
             total = decode(secure.server.unmask(reveals, secure.layout.size()))
             if state.sites is not None:  # the classes the sum holds, as the vocabulary numbers them
-                arrays, factor_sums, weight = secure.layout.read(total)
+                every = site_classes(state) if state.budget is not None else None  # noised: every class
+                arrays, factor_sums, weight = secure.layout.read(total, every)
                 update = checked_site_sum(state, arrays)
             else:
                 union = merge_arrivals([work.tasks[c][0] for c in survivors], work.number)
@@ -279,7 +280,8 @@ class Unmask:
         if state.adapters is not None and weight > 0:
             state.adapters.merge([{k: (v / weight).astype(np.float32) for k, v in factor_sums.items()}], [1.0])
         if state.sites is not None:
-            fold_site_sum(state, work.number, update, {c: secure.offers.get(c, "") for c in survivors})
+            fold_site_sum(state, work.number, update, {c: secure.offers.get(c, "") for c in survivors},
+                          secure.server.threshold)
         else:
             state.stats = state.policy.merge(state.stats, [update])
         for client in survivors:

@@ -28,6 +28,7 @@ class SiteBook:
         self.accepted: dict[int, list[str]] = {}
         self.held: dict[int, int] = {}
         self.samples: dict[int, int] = {}  # samples merged a site (known in the clear only)
+        self.noise = 0.0  # privacy.dp: the variance of the noise on each merged count
         self.versions = Versions()
 
     def ids_of(self, names: list[str]) -> list[int]:
@@ -56,7 +57,7 @@ class SiteBook:
     def state(self) -> dict:
         return {"run": self.run, "names": self.names, "accepted": {str(c): t for c, t in self.accepted.items()},
                 "held": {str(c): v for c, v in self.held.items()}, "versions": self.versions.state(),
-                "samples": {str(c): n for c, n in self.samples.items()}}
+                "samples": {str(c): n for c, n in self.samples.items()}, "noise": self.noise}
 
     def restore(self, state: dict) -> None:
         self.run = str(state["run"])
@@ -65,3 +66,10 @@ class SiteBook:
         self.held = {int(c): int(v) for c, v in state["held"].items()}
         self.versions = Versions.from_state(state["versions"])
         self.samples = {int(c): int(n) for c, n in state.get("samples", {}).items()}
+        self.noise = float(state.get("noise", 0.0))
+
+    def count_floor(self) -> float:
+        """privacy.dp: the merged count a class needs to be in the model (:func:`fedrecon.dp.present`)."""
+        from fedrecon.dp import PRESENCE_STDS
+
+        return PRESENCE_STDS * self.noise ** 0.5

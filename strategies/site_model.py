@@ -86,7 +86,8 @@ class SiteModel:
             content = RecordDict({
                 P.SITE_MODEL_CONFIG: ConfigRecord({"round": work.number, "base": base, "version": work.number,
                                                    "names": names, "evaluate": evaluate, "run": book.run,
-                                                   "dim": state.dim, **unknown}),
+                                                   "dim": state.dim, "count_floor": book.count_floor(),
+                                                   **unknown}),
                 P.SITE_MODEL: to_record(delta),
             })
             self.setup.attach(content, state.nodes, client)
@@ -99,7 +100,8 @@ class SiteModel:
         outbox = Outbox("sites: test counts", [])
         for client in list(work.counts.server.shared):
             content = RecordDict({P.SITE_MODEL_CONFIG: ConfigRecord({"round": work.number, "run": state.sites.run,
-                                                                "dim": state.dim}),
+                                                                "dim": state.dim,
+                                                                "count_floor": state.sites.count_floor()}),
                                   **self.secure.masking(work, client)})
             self.setup.attach(content, state.nodes, client)
             node = state.nodes.node(client)

@@ -28,12 +28,17 @@ MAX_CLASSES = 10_000  # class names in one offer (a reply naming more is refused
 def deal_sites(state: ServerState, server_round: int) -> RoundWork:
     """One open task for every connected site (a site not connected takes no part)."""
     work = RoundWork(server_round, {})
+    budget = state.budget
+    if budget is not None and not budget.allows_another():  # past the privacy budget: nothing is released
+        state.failures.append({"round": server_round, "client": -1, "task": -1, "reason":
+                               f"privacy budget spent (epsilon {budget.config.epsilon} after {budget.releases} rounds)"})
+        return work
     for client in sorted(state.nodes.ids):
         work.tasks[client] = (Arrival(server_round, client, state.learned.get(client, 0), (), ()), [])
     return work
 
 
-def site_task(reply: Message) -> tuple[str, list[str], int]:
+def site_task(reply: Message, noisy: bool = False) -> tuple[str, list[str], int]:
     """A reply's offer: its task id ("" for nothing new), class names and samples (raises :class:`PayloadError`)."""
     if reply.has_error():
         raise PayloadError(f"client error {reply.error.code}: {reply.error.reason}")
@@ -43,7 +48,7 @@ def site_task(reply: Message) -> tuple[str, list[str], int]:
     if "error" in config:  # the site's data: its own one line, naming the file
         raise PayloadError(f"site data: {str(config['error'])[:1000]}")
     task, names, samples = config.get("task"), config.get("names", []), config.get("samples", 0)
-    if not isinstance(task, str) or len(task) > 64 or not isinstance(samples, int) or samples < 0:
+    if not isinstance(task, str) or len(task) > 64 or not isinstance(samples, int) or samples < (-1 if noisy else 0):
         raise PayloadError("site_task must hold task (a string of up to 64 characters) and samples (a whole number)")
     if not isinstance(names, list) or len(names) > MAX_CLASSES:
         raise PayloadError(f"site_task names must be a list of at most {MAX_CLASSES} class names")
@@ -57,9 +62,18 @@ def site_task(reply: Message) -> tuple[str, list[str], int]:
 def checked_offer(state: ServerState, reply: Message, client: int) -> tuple[str, ClassStats | None, list[str]]:
     """A site's reply, every part checked: its task id, its statistics (ids: positions in
     its names; None: nothing new, or a task already merged) and its class names."""
-    task, names, samples = site_task(reply)
+    noisy = state.budget is not None
+    task, names, samples = site_task(reply, noisy)
     book = state.sites
-    if not task or book.known(client, task):
+    if task and book.known(client, task):
+        return task, None, names
+    if noisy:  # every class of the vocabulary, noised: only the form is checked
+        if names != book.vocabulary:
+            raise PayloadError("under privacy.dp a reply holds the vocabulary's classes, in its order")
+        every = _probe([1] * len(names))
+        arrays = decode_reply(reply, state.scenario.faults.max_reply_bytes or reply_limit(every, state.dim, state.spec))
+        return task, check_update(arrays, every, state.dim, state.spec, noisy=True), names
+    if not task:
         return task, None, names
     if book.vocabulary is not None:
         outside = [n for n in names if n not in book.vocabulary]
@@ -100,7 +114,8 @@ class SiteLearning:
 
     def client_records(self, state: ServerState, client: int) -> dict:
         book = state.sites
-        return {P.SITE_CONFIG: ConfigRecord({"run": book.run, "accepted": list(book.accepted.get(client, []))})}
+        return {P.SITE_CONFIG: ConfigRecord({"run": book.run, "accepted": list(book.accepted.get(client, [])),
+                                             "dim": state.dim})}
 
     def check(self, state: ServerState, reply: Message, arrival: Arrival, sent: dict):
         return checked_offer(state, reply, arrival.client)
@@ -114,7 +129,11 @@ class SiteLearning:
             order = np.argsort(ids)
             updates.append(ClassStats(ids[order], stats.counts[order], stats.sums[order],
                                       {k: v[order] for k, v in stats.extra.items()}, stats.shared))
-            book.accept(arrival.client, task, int(round(float(stats.counts.sum()))))
+            if task:  # (under privacy.dp an empty offer carries the noise alone: the release is data-independent)
+                noisy = state.budget is not None
+                book.accept(arrival.client, task, None if noisy else int(round(float(stats.counts.sum()))))
+        if updates and state.budget is not None:  # each reply carried the whole noise (std(1)) on every value
+            book.noise += len(updates) * state.budget.std(1) ** 2
         if updates:
             before = state.stats
             state.stats = state.policy.merge(state.stats, updates)
@@ -127,20 +146,24 @@ def site_classes(state: ServerState) -> list[int]:
 
 
 def checked_site_sum(state: ServerState, arrays: dict[str, np.ndarray]) -> ClassStats:
-    """The survivors' unmasked sum (the classes with a positive count), checked as one
-    reply whose counts are whole numbers of samples."""
-    counts = arrays["counts"]
-    if (counts != np.rint(counts)).any():
+    """The survivors' unmasked sum (the classes with a positive count; under privacy.dp
+    every class, noised), checked as one reply whose counts are whole numbers of samples."""
+    counts, noisy = arrays["counts"], state.budget is not None
+    if not noisy and (counts != np.rint(counts)).any():
         raise PayloadError("the summed counts are not whole numbers of samples")
     ids = arrays["ids"]
-    sizes = [int(c) for c in counts]
+    sizes = [max(int(c), 1) if noisy else int(c) for c in counts]
     probe = Arrival(0, 0, 0, tuple(int(i) for i in ids), tuple(tuple(range(n)) for n in sizes))
-    return check_update(arrays, probe, state.dim, state.spec)
+    return check_update(arrays, probe, state.dim, state.spec, noisy=noisy)
 
 
-def fold_site_sum(state: ServerState, server_round: int, update: ClassStats, offers: dict[int, str]) -> None:
-    """Merge a round's secure sum (ids: the vocabulary's) and accept every survivor's offer."""
+def fold_site_sum(state: ServerState, server_round: int, update: ClassStats, offers: dict[int, str],
+                  threshold: int = 1) -> None:
+    """Merge a round's secure sum (ids: the vocabulary's) and accept every survivor's offer
+    (under privacy.dp each survivor added ``std(threshold)`` on every value)."""
     book = state.sites
+    if state.budget is not None:
+        book.noise += len(offers) * state.budget.std(threshold) ** 2
     for client, task in sorted(offers.items()):
         if task:
             book.accept(client, task)

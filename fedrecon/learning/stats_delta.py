@@ -89,7 +89,7 @@ class Versions:
         return out
 
 
-def _checked(delta: Mapping[str, np.ndarray], dim: int) -> dict[str, np.ndarray]:
+def _checked(delta: Mapping[str, np.ndarray], dim: int, noisy: bool = False) -> dict[str, np.ndarray]:
     """The delta's arrays, each checked alone and against the others (ValueError, one line)."""
     known = {*_ROWS, *SHARED}
     unknown = sorted(set(delta) - known)
@@ -116,7 +116,7 @@ def _checked(delta: Mapping[str, np.ndarray], dim: int) -> dict[str, np.ndarray]
     for k, shape in expected.items():
         if arrays[k].shape != shape:
             raise ValueError(f"statistics delta: {k} has shape {arrays[k].shape}, expected {shape}")
-    if np.any(arrays["counts"] <= 0):
+    if np.any(arrays["counts"] <= 0) and not noisy:  # (privacy.dp: a noisy count may be anything)
         raise ValueError("statistics delta: counts must be positive")
     sides = {"second_moment": dim}
     if "rf_sums" in arrays:
@@ -130,7 +130,7 @@ def _checked(delta: Mapping[str, np.ndarray], dim: int) -> dict[str, np.ndarray]
     return arrays
 
 
-def apply_delta(held: ClassStats | None, delta: Mapping[str, np.ndarray], dim: int) -> ClassStats:
+def apply_delta(held: ClassStats | None, delta: Mapping[str, np.ndarray], dim: int, noisy: bool = False) -> ClassStats:
     """The node's statistics after ``delta``: changed rows replaced (not added: they are the
     server's values), new rows inserted in id order, shared arrays replaced when sent.
 
@@ -138,7 +138,7 @@ def apply_delta(held: ClassStats | None, delta: Mapping[str, np.ndarray], dim: i
     what ``held`` holds, counts positive, finite float64 values) and raises ValueError with
     one line otherwise. ``held`` is not changed.
     """
-    arrays = _checked(delta, dim)
+    arrays = _checked(delta, dim, noisy)
     held = held if held is not None else ClassStats.empty(dim)
     if held.dim != dim:
         raise ValueError(f"statistics delta: the held statistics have {held.dim} features, the delta {dim}")

@@ -38,12 +38,12 @@ def site_checks(s, source: SourceMap) -> list[str]:
                                                                "the server's data: sites share one model (use exact)"))
     if s.adapters.active:
         problems.append(source.error(("adapters", "schedule"), "adapters are not trained at sites yet: use frozen"))
-    if s.privacy.dp is not None:
-        problems.append(source.error(("privacy", "dp"), "differential privacy at sites is not supported yet: remove "
-                                                        "privacy.dp (secure aggregation is)"))
     if s.privacy.secure_aggregation and sites.classes is None:
         problems.append(source.error(loc + ("classes",), "required under secure aggregation: the vocabulary fixes "
                                                           "the sum's layout, so the server learns only sums"))
+    elif s.privacy.dp is not None and sites.classes is None:
+        problems.append(source.error(loc + ("classes",), "required under privacy.dp: every site noises every class "
+                                                          "of the vocabulary, so which classes it holds is not released"))
     if s.clients.edges > 1 or s.clients.edge is not None:
         problems.append(source.error(("clients", "edges"), "edges sum planned tasks: not with sites yet"))
     for key in ("join", "leave", "dropout", "fraction"):
