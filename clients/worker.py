@@ -172,9 +172,17 @@ def learn(setup: dict, node_config, sample_index: np.ndarray, sample_labels: np.
     weights; the worker reads weights the server sent from the node's weight store);
     ``timings`` gets the worker's own (data, backbone, embedding), ``worker_s`` (the time
     to reach it: 0 when running, seconds when this task started it) and ``cuda``."""
-    path = socket_path(node_config)
     arrays = {"sample_index": sample_index, "sample_labels": sample_labels}
-    header = {"setup": setup, "node_config": _plain(node_config), "noise_std": noise_std}
+    answer, stats = ask(node_config, {"setup": setup, "noise_std": noise_std}, arrays, timings)
+    timings.update(answer["timings"])
+    return stats
+
+
+def ask(node_config, header: dict, arrays: dict[str, np.ndarray], timings: dict) -> tuple[dict, dict[str, np.ndarray]]:
+    """This node's worker's answer to a request (a task, or a site's operation: ``op``);
+    its error raised here as the same kind of exception (a site's data error, a missing setup)."""
+    path = socket_path(node_config)
+    header = {**header, "node_config": _plain(node_config)}
     for attempt in (1, 2):  # a worker that dies under the request (killed, out of memory) is replaced once
         clock = time.perf_counter()
         conn = _connect(path) or _start(path, node_config)
@@ -182,7 +190,7 @@ def learn(setup: dict, node_config, sample_index: np.ndarray, sample_labels: np.
         try:
             with conn:
                 _send(conn, header, arrays)
-                answer, stats = _receive(conn)
+                answer, out = _receive(conn)
             break
         except (OSError, WorkerError) as e:
             if attempt == 2:
@@ -191,15 +199,20 @@ def learn(setup: dict, node_config, sample_index: np.ndarray, sample_labels: np.
             path.unlink(missing_ok=True)  # so that the next connect starts a new worker, not this dying one
     if "error" in answer:
         from clients.setup import NoSetup  # the server sends the weights again
+        from fedrecon.data.dataset import DataError
 
-        raise {"ValueError": ValueError, "NoSetup": NoSetup}.get(answer["kind"], WorkerError)(answer["error"])
-    timings.update(answer["timings"])
-    return stats
+        kinds = {"ValueError": ValueError, "NoSetup": NoSetup, "DataError": DataError}
+        raise kinds.get(answer["kind"], WorkerError)(answer["error"])
+    return answer, out
 
 
 # --- the worker's side ------------------------------------------------------------------------------------------------
 
 def _do(header: dict, arrays: dict[str, np.ndarray]) -> tuple[dict, dict[str, np.ndarray]]:
+    if "op" in header:  # a site's operation (clients/site_ops.py)
+        from clients.site_ops import serve
+
+        return serve(header, arrays)
     from clients.learner import learn_task
     from clients.node import setup_from
     from fedrecon.backbones.embed import pick_device

@@ -248,3 +248,32 @@ def test_a_resumed_site_run_keeps_its_token_and_learns_nothing_twice(site_folder
     same_stats(plain.by_name(), resumed.by_name())
     assert len(list((folder / "site-0" / ".fedrecon").glob("ledger-*.json"))) == 1
 
+
+
+def test_a_supernodes_site_work_runs_in_its_worker_and_learns_the_same(site_folders, tmp_path, monkeypatch):
+    """In deployment a site's operations run in the node's long-lived worker (clients/site_ops.py):
+    the same statistics, model and counts as in the message's own process."""
+    import os
+    import subprocess
+
+    from clients import worker
+
+    plain = Rounds(scenario(copy_sites(site_folders, tmp_path / "a"), tmp_path, rounds=2), tmp_path / "run-a")
+    plain.all()
+    monkeypatch.setattr(worker, "wanted", lambda node_config: True)
+    folder = copy_sites(site_folders, tmp_path / "b")
+    run = Rounds(scenario(folder, tmp_path, rounds=2), tmp_path / "run-b")
+    try:
+        run.all()
+        sockets = [worker.socket_path(c.node_config) for c in run.grid.contexts.values()]
+        assert all(s.exists() for s in sockets)  # each node's worker served its site
+    finally:
+        for context in run.grid.contexts.values():
+            path = worker.socket_path(context.node_config)
+            for pid in subprocess.run(["pgrep", "-f", f"clients.worker {path}"], capture_output=True,
+                                      text=True).stdout.split():
+                os.kill(int(pid), 15)
+    same_stats(plain.by_name(), run.by_name())
+    assert [r["accuracy"] for r in run.run.recorder.rows] == [r["accuracy"] for r in plain.run.recorder.rows]
+    assert load_model(folder / "site-1" / ".fedrecon" / "model").names == load_model(
+        tmp_path / "a" / "site-1" / ".fedrecon" / "model").names
