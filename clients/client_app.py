@@ -203,10 +203,14 @@ def unknown_scores(msg: Message, context: Context) -> Message:
     from clients.unknown_scores import count_scores
 
     setup = node.setup(msg, context)
-    if setup.scenario.sites is not None:  # a site scores the samples of its own the federation merged
+    held = {}
+    if setup.scenario.sites is not None:  # a site takes the model update, then scores its merged samples
         from clients.site_app import site_scores
 
-        counts = site_scores(msg, context, setup)
+        counts, version = site_scores(msg, context, setup)
+        held = {P.METRICS: MetricRecord({"version": version})}
+        if counts is None:  # its model is another version: it counts nothing this round
+            return Message(RecordDict(held), reply_to=msg)
     else:
         config, arrays = dict(msg.content[P.UNKNOWN_CONFIG]), _numpy(msg.content[P.EVAL_ARRAYS])
         adapter = _numpy(msg.content[P.ADAPTER]) if P.ADAPTER in msg.content else None
@@ -217,10 +221,10 @@ def unknown_scores(msg: Message, context: Context) -> Message:
         from clients import secure
 
         masked = secure.masked_values(msg, context, counts.astype(np.float64))
-        return Message(RecordDict({P.MASKED: _record({"masked": masked})}), reply_to=msg)
+        return Message(RecordDict({P.MASKED: _record({"masked": masked}), **held}), reply_to=msg)
     # in the clear, only the bins that hold a sample: a client's few samples fill few of the 8,192
     bins = np.flatnonzero(counts).astype(np.int32)
-    return Message(RecordDict({P.SCORE_COUNTS: _record({"bins": bins, "counts": counts[bins]})}), reply_to=msg)
+    return Message(RecordDict({P.SCORE_COUNTS: _record({"bins": bins, "counts": counts[bins]}), **held}), reply_to=msg)
 
 
 @app.query(P.SITE_MODEL)

@@ -89,12 +89,14 @@ def site_counts(msg: Message, context: Context, setup) -> Message:
     return Message(RecordDict({P.MASKED: _record({"masked": masked})}), reply_to=msg)
 
 
-def site_scores(msg: Message, context: Context, setup) -> np.ndarray:
-    """The unknown-input threshold's bin counts of the samples this site merged, under the merged model's score."""
-    config, site = msg.content[P.UNKNOWN_CONFIG], msg.content[P.SITE_CONFIG]
-    arrays = {**{f"u:{k}": v for k, v in _numpy(msg.content[P.UNKNOWN_ARRAYS]).items()},
-              **{f"c:{k}": v for k, v in _numpy(msg.content[P.UNKNOWN_CLASSES]).items()}}
-    params = {"run": str(site["run"]), "accepted": [str(t) for t in site["accepted"]], "kind": str(config["kind"]),
-              "names": [str(n) for n in site["names"]]}
-    _, out = call(node.setup_record(context), context.node_config, "scores", params, arrays)
-    return out["counts"]
+def site_scores(msg: Message, context: Context, setup) -> tuple[np.ndarray | None, int]:
+    """Take the round's model update the query brings, then the unknown-input threshold's
+    bin counts of the samples this site merged under that model's score (None: the update
+    started from a version this site does not hold), and the version it holds."""
+    site, config = msg.content[P.SITE_CONFIG], msg.content[P.SITE_MODEL_CONFIG]
+    params = {"run": str(site["run"]), "accepted": [str(t) for t in site["accepted"]],
+              "names": [str(n) for n in config["names"]], "base": int(config["base"]), "version": int(config["version"]),
+              "dim": int(config["dim"]), "floor": float(config.get("count_floor", 0.0))}
+    answer, out = call(node.setup_record(context), context.node_config, "scores", params,
+                       _numpy(msg.content[P.SITE_MODEL]))
+    return out.get("counts"), int(answer["version"])

@@ -48,15 +48,17 @@ def _counts(setup, node_config, p: dict, arrays: dict) -> tuple[dict, dict]:
     return {"correct": correct, "samples": samples}, {}
 
 
-def _scores(setup, node_config, p: dict, arrays: dict) -> tuple[dict, dict]:
-    from clients.site_task import score_counts_of
-    from fedrecon.model.unknown import UnknownScore
+def _scores(setup, node_config, p: dict, delta: dict) -> tuple[dict, dict]:
+    """Take the round's model update, then count the merged samples' scores under it
+    (nothing counted when the update started from a version this node does not hold)."""
+    from clients.site_task import keep_model, kept_score_counts
 
-    score = {k[2:]: v for k, v in arrays.items() if k.startswith("u:")}
-    classes = {k[2:]: v for k, v in arrays.items() if k.startswith("c:")}
-    names = {str(n): int(i) for n, i in zip(p["names"], classes["ids"])}
-    counts = score_counts_of(setup, node_config, p["run"], p["accepted"], UnknownScore(p["kind"], score), names, classes)
-    return {}, {"counts": counts}
+    held = keep_model(setup, node_config, p["run"], delta, p["names"], p["base"], p["version"], p["dim"], None,
+                      p["floor"])
+    if held != p["version"]:
+        return {"version": held}, {}
+    counts = kept_score_counts(setup, node_config, p["run"], p["accepted"], p["dim"])
+    return {"version": held}, {"counts": counts}
 
 
 OPS = {"offer": _offer, "keep": _keep, "counts": _counts, "scores": _scores}

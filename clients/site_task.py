@@ -18,7 +18,7 @@ import numpy as np
 
 from clients.ledger import Ledger
 from clients.learner import frozen_backbone
-from clients.node_model import NodeModel
+from clients.node_model import MODEL, NodeModel
 from fedrecon.model.export import ClassNames
 from clients.setup import Setup
 from fedrecon import dp
@@ -180,19 +180,39 @@ def model_writer(setup: Setup, run: dict, threshold: float | None = None, chosen
 def keep_model(setup: Setup, node_config, run: str, delta: dict, names: list[str], base: int, version: int,
                dim: int, unknown: dict | None = None, floor: float = 0.0) -> int:
     """Apply the server's update; the version this node then holds (another than
-    ``version``: the update started from a version it does not hold)."""
+    ``version``: the update started from a version it does not hold). An update of the
+    version held (it came earlier this round, with the threshold's query) brings the
+    threshold: the model folder is written again with it."""
     held = _held(setup, node_config, dim, run)
-    ids = [int(i) for i in delta["ids"]]
-    if held.version == base:
-        info = {"run": run, "round": version}
-        unknown = dict(unknown or {})
-        threshold = unknown.pop("threshold", None)
-        held.update(delta, dict(zip(ids, names)), base, version, model_writer(setup, info, threshold, unknown, floor))
+    if held.version != base:
+        return held.version
+    unknown = dict(unknown or {})
+    threshold = unknown.pop("threshold", None)
+    write = model_writer(setup, {"run": run, "round": version}, threshold, unknown, floor)
+    if base == version:
+        if threshold is not None and held.stats is not None:
+            write(held.folder / MODEL, held.stats, dict(held.names))
+        return held.version
+    held.update(delta, dict(zip([int(i) for i in delta["ids"]], names)), base, version, write)
     return held.version
 
 
 def _held(setup: Setup, node_config, dim: int, run: str) -> NodeModel:
     return NodeModel(node_folder(setup, node_config), dim=dim, run=run, noisy=setup.scenario.privacy.dp is not None)
+
+
+def kept_score_counts(setup: Setup, node_config, run: str, accepted: list[str], dim: int) -> np.ndarray:
+    """The threshold's bin counts of this site's merged samples under the unknown-input
+    score of the merged model it keeps (as the server computes it: the same statistics,
+    the same code)."""
+    from fedrecon.model.unknown import UnknownScore, unknown_parameters
+
+    held, s = _held(setup, node_config, dim, run), setup.scenario
+    stats = held.stats
+    kind, arrays = unknown_parameters(stats, build_head(stats, s.merge, s.seed), s.merge.shrinkage)
+    classes = {"ids": stats.ids, "counts": stats.counts, "means": stats.means()}
+    names = {held.names[int(c)]: int(c) for c in stats.ids}
+    return score_counts_of(setup, node_config, run, accepted, UnknownScore(kind, arrays), names, classes)
 
 
 def test_counts(setup: Setup, node_config, run: str, dim: int, floor: float = 0.0) -> tuple[int, int]:

@@ -31,6 +31,38 @@ def latest_threshold(state: ServerState, server_round: int) -> dict:
                                    "quantile": u["quantile"], "samples": u["samples"], "complete": u["complete"]})}
 
 
+def update_records(state: ServerState, client: int, server_round: int, deltas: dict, evaluate: bool = False,
+                   threshold: bool = True) -> dict:
+    """A site's model update: the merged statistics changed since the version it holds
+    (nothing when it got them earlier this round, with the threshold's query), the names of
+    their classes, the latest unknown threshold (``threshold``), the DP count floor.
+    ``deltas`` keeps one delta a base version, for every site that holds it."""
+    book = state.sites
+    base = book.held.get(client, 0)
+    if base not in deltas:  # nothing changed after the last round that merged something
+        deltas[base] = book.versions.delta(state.stats, min(base, book.versions.latest))
+    delta = deltas[base]
+    names = [book.names[int(i)] for i in delta["ids"]]
+    unknown = latest_threshold(state, server_round) if threshold else {}
+    return {P.SITE_MODEL_CONFIG: ConfigRecord({"round": server_round, "base": base, "version": server_round,
+                                               "names": names, "evaluate": evaluate, "run": book.run,
+                                               "dim": state.dim, "count_floor": book.count_floor(), **unknown}),
+            P.SITE_MODEL: to_record(delta)}
+
+
+def model_bytes(state: ServerState, server_round: int, messages: list[Message]) -> None:
+    """Count the model updates' part of ``messages`` in the round's ``bytes_model``."""
+    for message in messages:
+        state.traffic.model(server_round, state.traffic.part_bytes(message, (P.SITE_MODEL, P.SITE_MODEL_CONFIG)))
+
+
+def held_after(state: ServerState, client: int, reply: Message, server_round: int) -> None:
+    """Keep the version a site's reply says it holds when it is the round's (it took the update)."""
+    if not reply.has_error() and P.METRICS in reply.content:
+        if int(reply.content[P.METRICS].get("version", -1)) == server_round:
+            state.sites.held[client] = server_round
+
+
 class SiteModel:
     """Each connected site receives the merged statistics' rows and shared arrays changed
     since the version it holds (:mod:`fedrecon.learning.stats_delta`; the first time, all
@@ -70,26 +102,12 @@ class SiteModel:
         return outbox
 
     def updates(self, state: ServerState, work: RoundWork, step: int) -> Outbox:
-        book = state.sites
         evaluate = self.evaluated(state, work) and self.secure is None  # in the clear: counted with the update
         clients = sorted(state.nodes.ids) if step == 0 else work.stale
         outbox = Outbox("sites: model updates" if step == 0 else "sites: model updates again", [])
         deltas: dict[int, dict] = {}  # one delta a base version, for every site that holds it
-        unknown = latest_threshold(state, work.number)
         for client in clients:
-            base = book.held.get(client, 0)
-            if base not in deltas:
-                # nothing changed after the last round that merged something
-                deltas[base] = book.versions.delta(state.stats, min(base, book.versions.latest))
-            delta = deltas[base]
-            names = [book.names[int(i)] for i in delta["ids"]]
-            content = RecordDict({
-                P.SITE_MODEL_CONFIG: ConfigRecord({"round": work.number, "base": base, "version": work.number,
-                                                   "names": names, "evaluate": evaluate, "run": book.run,
-                                                   "dim": state.dim, "count_floor": book.count_floor(),
-                                                   **unknown}),
-                P.SITE_MODEL: to_record(delta),
-            })
+            content = RecordDict(update_records(state, client, work.number, deltas, evaluate))
             self.setup.attach(content, state.nodes, client)
             node = state.nodes.node(client)
             outbox.messages.append(Message(content, dst_node_id=node, message_type=UPDATE))
@@ -117,8 +135,7 @@ class SiteModel:
                 total, survivors = summed
                 self.keep(state, work, [total], len(survivors), len(state.nodes.ids) - len(survivors))
             return self.secure.ready(work)
-        for message in outbox.messages:
-            state.traffic.model(work.number, state.traffic.part_bytes(message, (P.SITE_MODEL, P.SITE_MODEL_CONFIG)))
+        model_bytes(state, work.number, outbox.messages)
         book, counted, stale = state.sites, [], []
         for node, reply in outbox.answers(replies).items():
             client = outbox.to[node]

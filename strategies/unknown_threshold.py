@@ -10,12 +10,14 @@ from fedrecon.learning.prototype_merges import is_per_client, make_policy
 from fedrecon.model.unknown import SCORE_BINS, threshold_of, unknown_parameters
 from strategies.rounds import Outbox, RoundWork
 from strategies.secure_counts import SecureCounts
+from strategies.site_model import held_after, model_bytes, update_records
 from strategies.setup import NodeSetup
 from strategies.state import ServerState
 from strategies.validation import PayloadError, decode_reply
 from strategies.wire import to_record
 
 QUERY = f"{MessageType.QUERY}.{P.UNKNOWN_SCORES}"
+COUNT_LABEL = "unknown-input threshold"
 
 
 def skipped_because(scenario) -> str | None:
@@ -98,14 +100,17 @@ class UnknownThreshold:
         return sum(state.sites.samples.get(c, 0) for c in clients)
 
     @staticmethod
-    def samples_of(state: ServerState, client: int) -> dict:
-        """What tells a client which samples to score: a planned client's (index, label)
-        pairs; a site scores those of its own the federation merged (names: of the classes' ids)."""
+    def samples_of(state: ServerState, client: int, server_round: int, deltas: dict) -> dict:
+        """What tells a client which samples to score, and with what: a planned client's
+        (index, label) pairs, under the score the query carries; a site scores those of its
+        own the federation merged, under the merged model it keeps, which the query brings up
+        to date (the round's model update, :func:`strategies.site_model.update_records`: no
+        merged arrays are sent again, and the update phase then sends the site nothing more)."""
         if state.sites is not None:
-            names = [state.sites.names[int(c)] for c in state.stats.ids]
             # its offers merged this round are settled first (its ledger learns them at the next task otherwise)
             accepted = list(state.sites.accepted.get(client, []))
-            return {P.SITE_CONFIG: ConfigRecord({"run": state.sites.run, "names": names, "accepted": accepted})}
+            return {P.SITE_CONFIG: ConfigRecord({"run": state.sites.run, "accepted": accepted}),
+                    **update_records(state, client, server_round, deltas, threshold=False)}
         index, labels = np.array(state.trained[client], dtype=np.int64).reshape(-1, 2).T
         return {P.EVAL_ARRAYS: to_record({"sample_index": index.copy(), "sample_labels": labels.copy()})}
 
@@ -122,21 +127,22 @@ class UnknownThreshold:
         s = state.scenario
         head = state.heads.head(state.stats)  # the one the server's scoring then reuses
         kind, arrays = unknown_parameters(state.stats, head, s.merge.shrinkage)
-        score = to_record(arrays)
-        # each client leaves every sample out of its class mean (UnknownScore.training_scores)
+        # each client leaves every sample out of its class mean (UnknownScore.training_scores);
+        # a site computes both from the merged model it keeps
         classes = {"ids": state.stats.ids, "counts": state.stats.counts}
         classes = to_record({**classes, "means": state.stats.means()} if kind == "cosine" else classes)
+        score = {P.UNKNOWN_ARRAYS: to_record(arrays), P.UNKNOWN_CLASSES: classes} if state.sites is None else {}
+        deltas: dict[int, dict] = {}
         adapters = state.adapters
         adapter = {P.ADAPTER: to_record(adapters.payload())} if adapters is not None and adapters.merges else {}
         clients = self.asked(state) if self.secure is None else list(work.counts.server.shared)
-        outbox = Outbox("unknown-input threshold", [])
+        outbox = Outbox(COUNT_LABEL, [])
         for client in clients:
             node = state.nodes.node(client)
             content = RecordDict({
                 P.UNKNOWN_CONFIG: ConfigRecord({"round": work.number, "kind": kind}),
-                P.UNKNOWN_ARRAYS: score,
-                P.UNKNOWN_CLASSES: classes,
-                **self.samples_of(state, client),
+                **score,
+                **self.samples_of(state, client, work.number, deltas),
                 **adapter,
                 **(self.secure.masking(work, client) if self.secure is not None else {}),
             })
@@ -146,6 +152,10 @@ class UnknownThreshold:
         return outbox
 
     def absorb(self, state: ServerState, work: RoundWork, outbox: Outbox, replies: list[Message]) -> bool:
+        if state.sites is not None and outbox.label == COUNT_LABEL:  # the sites took the round's model update
+            model_bytes(state, work.number, outbox.messages)
+            for node, reply in outbox.answers(replies).items():
+                held_after(state, outbox.to[node], reply, work.number)
         if self.secure is not None:
             summed = self.secure.absorb(state, work, outbox.extra["step"], outbox, replies)
             if summed is not None:
