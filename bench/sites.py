@@ -29,7 +29,6 @@ and the results to runs/bench-sites/results.json (``--reuse`` writes the section
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -45,13 +44,12 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from bench.docs import write_section  # noqa: E402
-from fedrecon.data.omniglot_sites import write_sites  # noqa: E402
+from bench.site_folders import DATASETS  # noqa: E402
 from fedrecon.learning.stats import SHARED  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"  # --data: another place
 OUT = REPO / "runs" / "bench-sites"
 ROUNDS, LATER_AFTER = 4, 2  # the held-back data is copied in once round LATER_AFTER's row is written
-SITE_DOMAINS, LATER_DOMAIN = [(0,), (1,), (2,)], 3  # CLINC150 domains (domains.json's order)
 EVERY_S = {"omniglot": 20.0, "clinc150": 45.0}  # a round's start to the next's: room to copy after round 2
 
 ROWS = [  # (dataset, head, overrides)
@@ -62,59 +60,6 @@ ROWS = [  # (dataset, head, overrides)
     ("clinc150", "ncm", []),
     ("clinc150", "lda", []),
 ]
-
-
-# --- site folders -----------------------------------------------------------------------
-
-def omniglot_sites(folder: Path, data: Path) -> None:
-    write_sites(data, folder, sites=3, alphabets=1, later=1, train=15, test=5)
-
-
-def omniglot_later(folder: Path, data: Path) -> None:
-    for part in ("train", "test"):
-        shutil.copytree(folder / "later" / part, folder / "site-2" / part, dirs_exist_ok=True)
-
-
-def _clinc(data: Path) -> tuple[dict, list[list[str]]]:
-    root = data / "clinc150"
-    data = json.loads((root / "data_full.json").read_text())
-    domains = list(json.loads((root / "domains.json").read_text()).values())
-    return data, domains
-
-
-def _write_csv(path: Path, rows: list[list[str]], append: bool = False) -> None:
-    """``rows`` ([text, label]) as a CSV with a header; appending rewrites the file and
-    renames it over the old one, so a site never reads half of it."""
-    old = list(csv.reader(path.open(newline="", encoding="utf-8")))[1:] if append else []
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        w.writerows(old + rows)
-    os.replace(tmp, path)
-
-
-def _domain_rows(data: dict, domains: list[list[str]], which, part: str) -> list[list[str]]:
-    intents = {i for d in which for i in domains[d]}
-    return [[text, intent] for text, intent in data[part] if intent in intents]
-
-
-def clinc_sites(folder: Path, root: Path) -> None:
-    data, domains = _clinc(root)
-    for k, which in enumerate(SITE_DOMAINS):
-        site = folder / f"site-{k}"
-        site.mkdir(parents=True)
-        for part in ("train", "test"):
-            _write_csv(site / f"{part}.csv", _domain_rows(data, domains, which, part))
-
-
-def clinc_later(folder: Path, root: Path) -> None:
-    data, domains = _clinc(root)
-    for part in ("train", "test"):
-        _write_csv(folder / "site-2" / f"{part}.csv", _domain_rows(data, domains, [LATER_DOMAIN], part), append=True)
-
-
-DATASETS = {"omniglot": (omniglot_sites, omniglot_later), "clinc150": (clinc_sites, clinc_later)}
 
 
 def scenario(dataset: str, head: str, folder: Path) -> dict:
@@ -301,23 +246,14 @@ def notes(results: list[dict]) -> list[str]:
         out.append(f"- {text}.")
     if not out:
         return []
-    quiet = [(r["bytes_down"] - r["bytes_model"]) / r["bytes_model"] for result in results if result["sites"] > 1
-             for r in result["rows"] if r["round"] > 1 and r["new_classes"] == 0]
-    ratio = f"{min(quiet):.0f} to {max(quiet):.0f} times the empty update" if quiet else "more than the empty update"
-    return ["Where the bytes go (model update a site; the other messages are the tasks and, every evaluated round, "
-            "the unknown-input threshold's query):", "", *out, "",
+    return ["Where the bytes go (model update a site; the other messages are the tasks and the unknown-input "
+            "threshold's query, which brings the round's model update):", "", *out, "",
             "Under ncm a site is sent only the new classes' rows, and an empty update (under 1 KB) when nothing is "
             "new. Under lda and ridge the shared arrays change whenever any site learns anything, so they travel "
             "whole to every site in each such round: lda's d x d second moment (16.6 KB at Omniglot's 64 "
             "features, 591 KB at MiniLM's 384) and ridge's Gram of its 4,000 random features (64 MB packed), which "
             "makes a ridge round that learns one alphabet send every site about as much as the first round did. "
-            "Only rounds with nothing new are cheap for them. In those rounds the model update is no longer what "
-            "costs: the unknown-input threshold's query (the merged model's score parameters and its classes, sent "
-            "to every site that learned something, every evaluated round, whether anything changed or not) is the "
-            f"bulk of the other messages, {ratio} (in all, to the 3 sites). Up, a ridge site sends its whole packed "
-            "Gram (64 MB) where the rank factor of its 300 to 390 samples would be 9.6 to 12.5 MB: the site's reply "
-            "loses the factor (`ClassStats.replace`, which `learn_offer` in clients/site_task.py calls to renumber "
-            "the classes, keeps no `gram_factor`; reported, not mended here)."]
+            "Up, a site of few samples sends the Gram as the rank factor of its samples (`ClassStats.gram_factor`)."]
 
 
 def code_commit() -> str:

@@ -125,7 +125,8 @@ def learn_offer(setup: Setup, node_config, run: str, accepted: list[str], secure
     spec = head_spec(s.merge, s.seed)
     if not new and noise is None:
         return Offer(ClassStats.empty(0), [], "", 0)
-    features = _features(setup, parts) if new else np.zeros((0, dim))
+    # kept by key: the threshold's count embeds none of them again
+    features = _features(setup, parts, node_config) if new else np.zeros((0, dim))
     if noise is not None:
         features = dp.clip_rows(features, s.privacy.dp.clip)
     if timings is not None:

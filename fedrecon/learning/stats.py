@@ -210,8 +210,12 @@ class ClassStats:
         return {"sums": self.sums, **self.extra}
 
     def replace(self, **changes) -> "ClassStats":
+        """The same statistics with ``changes``; the Gram's rank factor goes with the Gram:
+        kept unless the shared arrays change (a site's renumbered reply still sends the
+        factor of its few samples, not the whole Gram)."""
         fields = {"ids": self.ids, "counts": self.counts, "sums": self.sums, "extra": self.extra, "shared": self.shared}
-        return ClassStats(**{**fields, **changes})
+        factor = None if "shared" in changes else self.gram_factor
+        return ClassStats(**{**fields, **changes}, gram_factor=factor)
 
 
 def add_stats(parts: Iterable[ClassStats], dim: int | None = None) -> ClassStats:
