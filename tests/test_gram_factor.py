@@ -84,6 +84,6 @@ def test_a_hostile_factor_is_refused(change, message):
 def test_a_reply_with_both_encodings_is_refused():
     arrival, x = client(0, (1, 2), 10)
     stats = ClassStats.from_features(arrival.sample_labels, x, SPEC)
-    arrays = {**stats.to_arrays(), "gram": stats.replace().to_arrays()["gram"]}
+    arrays = {**stats.to_arrays(), "gram": stats.replace(shared=dict(stats.shared)).to_arrays()["gram"]}
     with pytest.raises(PayloadError, match="gram and gram_factor both given"):
         check_update(arrays, arrival, DIM, SPEC)
