@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from fedrecon.data.dataset import DataError
+from fedrecon.data.text import jsonl_rows
 from fedrecon.model.folder import ModelError
 from fedrecon.model.inputs import IMAGE_SUFFIXES, read_image
 
@@ -76,22 +77,12 @@ def _cell(path: Path, line: int, column: str, value) -> str:
 def _raw_rows(path: Path) -> list[tuple[int, dict]]:
     """``(line, row)`` of a CSV or JSONL file, the line where each row starts.
 
-    ``text._read_rows`` reads a whole dataset and drops the line numbers; a site's errors and
-    sample sources name the line, so its rows are read here."""
+    A site's errors and sample sources name the line: JSONL by
+    :func:`fedrecon.data.text.jsonl_rows`; CSV here, since a quoted field may span lines and
+    ``text._read_rows`` (a whole dataset's reader) keeps no line numbers."""
     text = _decode(path)
     if path.suffix == ".jsonl":
-        rows = []
-        for line, raw in enumerate(text.splitlines(), 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{line}: not valid JSON: {exc.msg}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{line}: a line must be a JSON object, got {type(row).__name__}")
-            rows.append((line, row))
-        return rows
+        return jsonl_rows(path, text)
     reader = csv.reader(io.StringIO(text, newline=""))
     rows, header, end = [], None, 0
     try:

@@ -121,21 +121,27 @@ def load_hwu64(data) -> ClassDataset:
     return _hwu64(str(data.root))
 
 
+def jsonl_rows(path: Path, text: str) -> list[tuple[int, dict]]:
+    """``(line, object)`` of each non-blank line of a JSONL file's ``text`` (a line that is no
+    JSON object: :class:`DataError` naming it)."""
+    rows = []
+    for line, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{line}: not valid JSON: {exc.msg}") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{line}: a line must be a JSON object, got {type(row).__name__}")
+        rows.append((line, row))
+    return rows
+
+
 def _read_rows(path: Path) -> list[dict]:
     _require(path, "text file")
     if path.suffix == ".jsonl":
-        rows = []
-        for k, line in enumerate(_read_text(path).splitlines()):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{k + 1}: not valid JSON: {exc.msg}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{k + 1}: a line must be a JSON object, got {type(row).__name__}")
-            rows.append(row)
-        return rows
+        return [row for _, row in jsonl_rows(path, _read_text(path))]
     if path.suffix in (".csv", ".tsv"):
         reader = csv.DictReader(_read_text(path).splitlines(), delimiter="\t" if path.suffix == ".tsv" else ",")
         try:
