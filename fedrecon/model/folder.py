@@ -80,9 +80,13 @@ def replacing(out: Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        # two renames, then the old folder removed: a reader between rounds (a site's model,
+        # replaced each round) finds no folder for microseconds, not for a whole rmtree
+        old = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.old"
         if out.exists():
-            shutil.rmtree(out)
+            out.rename(old)
         tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
