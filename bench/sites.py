@@ -248,7 +248,7 @@ def notes(results: list[dict]) -> list[str]:
         return []
     return ["Where the bytes go (model update a site; the other messages are the tasks and the unknown-input "
             "threshold's query, which brings the round's model update):", "", *out, "",
-            "Under ncm a site is sent only the new classes' rows, and an empty update (under 1 KB) when nothing is "
+            "Under ncm a site is sent only the new classes' rows, and an empty update (its settings: 1.5 KB) when nothing is "
             "new. Under lda and ridge the shared arrays change whenever any site learns anything, so they travel "
             "whole to every site in each such round: lda's d x d second moment (16.6 KB at Omniglot's 64 "
             "features, 591 KB at MiniLM's 384) and ridge's Gram of its 4,000 random features (64 MB packed), which "
