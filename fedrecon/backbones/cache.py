@@ -38,7 +38,8 @@ class EmbeddingCache:
             return
         read = _SHARDS_READ.setdefault(str(self.folder), set())
         for shard in sorted(self.folder.glob("*.npz")):
-            if shard.name in read:
+            # pathlib's "*" matches dot files too: another process's ".<name>.tmp.npz" is still being written
+            if shard.name in read or shard.name.startswith("."):
                 continue
             with np.load(shard) as z:
                 for i, row in zip(z["index"].tolist(), z["features"]):
