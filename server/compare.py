@@ -98,7 +98,8 @@ def table(runs: list[Run], keys: list[str] = (), same: dict[str, str] | None = N
 
 
 def class_results(run: Run) -> tuple[dict, dict] | None:
-    """``plan.json`` and, per evaluated round, ``{class: (correct, total)}``; None if absent."""
+    """``plan.json`` and, per evaluated round, ``{class: (correct, total)}``; None if absent
+    (or empty: a site run's plan has no arrivals, and the sites' counts are not per class)."""
     plan_path, acc_path = run.folder / "plan.json", run.folder / "class_accuracy.jsonl"
     if not (plan_path.is_file() and acc_path.is_file()):
         return None
@@ -107,7 +108,10 @@ def class_results(run: Run) -> tuple[dict, dict] | None:
         if line.strip():
             row = json.loads(line)
             by_round[row["round"]] = dict(zip(row["ids"], zip(row["correct"], row["total"])))
-    return json.loads(plan_path.read_text()), by_round
+    plan = json.loads(plan_path.read_text())
+    if not by_round or not plan.get("arrivals"):  # no class scored (evaluation on the clients), or sites: no plan
+        return None
+    return plan, by_round
 
 
 def _accuracy_on(results: dict, classes) -> float:

@@ -109,3 +109,15 @@ def test_without_out_a_report_goes_where_a_run_does(tmp_path, monkeypatch, capsy
     assert folder.name.startswith("report-") and (folder / "report.md").is_file()
     assert f"wrote {folder.relative_to(tmp_path)}/report.md" in capsys.readouterr().out
     assert default_out_dir("omniglot-quickstart").parent == default_out_dir("report").parent == Path("runs")
+
+
+def test_a_site_run_is_reported_without_per_client_plots(tmp_path, capsys):
+    """A site run has no plan of arrivals and the sites' counts are not per class: the table
+    and the run-wide plots only, no empty per-client or forgetting figure."""
+    run = fake_run(tmp_path / "sites-run", 0.92, 5000)
+    (run / "plan.json").write_text(json.dumps({"rounds": 2, "clients": 3, "arrivals": []}))
+    (run / "class_accuracy.jsonl").write_text("")
+    out = tmp_path / "report"
+    assert fedrecon(["report", str(run), "--out", str(out)]) == 0
+    assert "| sites-run | 20 | 0.9000 |" in (out / "report.md").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["accuracy.png", "bytes.png", "report.md"]
