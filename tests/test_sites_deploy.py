@@ -62,7 +62,7 @@ def site_scenario(path: Path, folders: list[Path] | None = None, rounds: int = 4
         "merge": {"prototypes": "exact", "head": "ncm"},
         "evaluation": {"where": "clients"},
         # a killed node's task is given up after this (Flower itself says so after about 50 s)
-        "faults": {"reply_timeout": 45},
+        "faults": {"reply_timeout": 30},
         # no unknown-input threshold: an exchange less a round (three less under secure aggregation)
         "unknown": {"quantile": None},
     }
