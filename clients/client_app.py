@@ -7,11 +7,12 @@ import os
 import time
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.logger import FLOWER_LOGGER
 
 from clients import faults, node, worker
+from clients.records import arrays_of, record_of
 from fedrecon import protocol as P
 from fedrecon.learning.stats import ClassStats  # numpy only
 
@@ -51,17 +52,9 @@ if not_actor_end not in FLOWER_LOGGER.filters:
 app = ClientApp()
 
 
-def _numpy(record: ArrayRecord) -> dict:
-    return {k: v.numpy() for k, v in record.items()}
-
-
-def _record(arrays: dict) -> ArrayRecord:
-    return ArrayRecord({k: Array(v) for k, v in arrays.items()})
-
-
 def _task(msg: Message) -> tuple[dict, dict]:
     """The task message's config (round, task, fault keys) and arrays (sample indices and labels)."""
-    return dict(msg.content[P.TASK_CONFIG]), _numpy(msg.content[P.TASK_ARRAYS])
+    return dict(msg.content[P.TASK_CONFIG]), arrays_of(msg.content[P.TASK_ARRAYS])
 
 
 def _metrics(task: dict, arrays: dict, start: float, **extra) -> MetricRecord:
@@ -88,9 +81,9 @@ def train(msg: Message, context: Context) -> Message:
     else:
         result = _learn_adapted(msg, context, setup, task, arrays)
         stats, factors = result.stats, result.factors
-        extra = {P.ADAPTER_UPDATE: _record(factors)}
+        extra = {P.ADAPTER_UPDATE: record_of(factors)}
         if result.drift is not None:
-            extra[P.DRIFT] = _record({"sums": result.drift[0], "weights": result.drift[1]})
+            extra[P.DRIFT] = record_of({"sums": result.drift[0], "weights": result.drift[1]})
     metrics = _metrics(task, arrays, start, **timings)
     if P.SECAGG in msg.content:  # the statistics leave this client only masked, in the round's layout
         from clients import secure
@@ -98,10 +91,10 @@ def train(msg: Message, context: Context) -> Message:
         if isinstance(stats, dict):  # the worker's arrays (a Gram of few samples formed from its factor)
             stats = ClassStats.from_arrays(stats)
         vector = secure.masked(msg, context, stats, factors, float(len(arrays["sample_index"])), _noise(setup, task, stats))
-        return Message(RecordDict({P.MASKED: _record(faults.spoil(task, {"masked": vector})), P.METRICS: metrics}),
+        return Message(RecordDict({P.MASKED: record_of(faults.spoil(task, {"masked": vector})), P.METRICS: metrics}),
                        reply_to=msg)
     sent = stats if isinstance(stats, dict) else stats.to_arrays()  # the worker's arrays go out as they came
-    reply = RecordDict({P.STATS: _record(faults.spoil(task, sent)), **extra, P.METRICS: metrics})
+    reply = RecordDict({P.STATS: record_of(faults.spoil(task, sent)), **extra, P.METRICS: metrics})
     return Message(reply, reply_to=msg)
 
 
@@ -138,12 +131,12 @@ def _learn_adapted(msg: Message, context: Context, setup, task: dict, arrays: di
     Under ``merge.adapters: none`` the client's own factors stay in its context."""
     from clients.learner import learn_task_adapted
 
-    global_state = _numpy(msg.content[P.ADAPTER]) if P.ADAPTER in msg.content else {}
-    local_state = _numpy(context.state[node.LOCAL_ADAPTER]) if node.LOCAL_ADAPTER in context.state else {}
+    global_state = arrays_of(msg.content[P.ADAPTER]) if P.ADAPTER in msg.content else {}
+    local_state = arrays_of(context.state[node.LOCAL_ADAPTER]) if node.LOCAL_ADAPTER in context.state else {}
     result = learn_task_adapted(setup, arrays["sample_index"], arrays["sample_labels"], int(task["round"]),
                                 global_state, local_state, int(task["learned"]), arrays.get("prototypes"))
     if result.local:
-        context.state[node.LOCAL_ADAPTER] = _record(result.local)
+        context.state[node.LOCAL_ADAPTER] = record_of(result.local)
     return result
 
 
@@ -157,10 +150,10 @@ def adapt(msg: Message, context: Context) -> Message:
     task, arrays = _task(msg)
     known = ClassStats(arrays["known_ids"], arrays["known_counts"], arrays["known_sums"]) if "known_ids" in arrays else None
     step = adapt_task(setup, arrays["sample_index"], arrays["sample_labels"], int(task["round"]), int(task["step"]),
-                      _numpy(msg.content[P.ADAPTER]), int(task["learned"]), known)
-    reply = RecordDict({P.ADAPTER_UPDATE: _record(step.factors), P.METRICS: _metrics(task, arrays, start, loss=step.loss)})
+                      arrays_of(msg.content[P.ADAPTER]), int(task["learned"]), known)
+    reply = RecordDict({P.ADAPTER_UPDATE: record_of(step.factors), P.METRICS: _metrics(task, arrays, start, loss=step.loss)})
     if setup.scenario.adapters.classifier == "federation" and step.classes is not None:  # for the next step
-        reply[P.STEP_CLASSES] = _record(step.classes.to_arrays())
+        reply[P.STEP_CLASSES] = record_of(step.classes.to_arrays())
     return Message(reply, reply_to=msg)
 
 
@@ -173,9 +166,9 @@ def finetune(msg: Message, context: Context) -> Message:
     setup = node.setup(msg, context)
     task, arrays = _task(msg)
     faults.before_task(task)
-    model, info = learn_task_finetune(setup, arrays["sample_index"], arrays["sample_labels"], _numpy(msg.content[P.MODEL]),
+    model, info = learn_task_finetune(setup, arrays["sample_index"], arrays["sample_labels"], arrays_of(msg.content[P.MODEL]),
                                       int(task["round"]))
-    reply = RecordDict({P.MODEL_UPDATE: _record(faults.spoil(task, model)),
+    reply = RecordDict({P.MODEL_UPDATE: record_of(faults.spoil(task, model)),
                         P.METRICS: _metrics(task, arrays, start, loss=info["loss"])})
     return Message(reply, reply_to=msg)
 
@@ -186,13 +179,13 @@ def evaluate(msg: Message, context: Context) -> Message:
     from clients.evaluator import score_share
 
     setup = node.setup(msg, context)
-    config, arrays = dict(msg.content[P.EVAL_CONFIG]), _numpy(msg.content[P.EVAL_ARRAYS])
+    config, arrays = dict(msg.content[P.EVAL_CONFIG]), arrays_of(msg.content[P.EVAL_ARRAYS])
     adapter = None
     if setup.scenario.adapters.active:
         # the server's merged adapter; under merge.adapters none, this client's own
         own = context.state[node.LOCAL_ADAPTER] if node.LOCAL_ADAPTER in context.state else ArrayRecord({})
-        adapter = _numpy(msg.content[P.ADAPTER] if P.ADAPTER in msg.content else own)
-    correct, samples = score_share(setup, _numpy(msg.content[P.MERGED_STATS]),
+        adapter = arrays_of(msg.content[P.ADAPTER] if P.ADAPTER in msg.content else own)
+    correct, samples = score_share(setup, arrays_of(msg.content[P.MERGED_STATS]),
                                    arrays["sample_index"], arrays["sample_labels"], int(config["round"]), adapter)
     return Message(RecordDict({P.METRICS: MetricRecord({"correct": correct, "samples": samples})}), reply_to=msg)
 
@@ -212,19 +205,19 @@ def unknown_scores(msg: Message, context: Context) -> Message:
         if counts is None:  # its model is another version: it counts nothing this round
             return Message(RecordDict(held), reply_to=msg)
     else:
-        config, arrays = dict(msg.content[P.UNKNOWN_CONFIG]), _numpy(msg.content[P.EVAL_ARRAYS])
-        adapter = _numpy(msg.content[P.ADAPTER]) if P.ADAPTER in msg.content else None
-        counts = count_scores(setup, str(config["kind"]), _numpy(msg.content[P.UNKNOWN_ARRAYS]),
-                              _numpy(msg.content[P.UNKNOWN_CLASSES]), arrays["sample_index"], arrays["sample_labels"],
+        config, arrays = dict(msg.content[P.UNKNOWN_CONFIG]), arrays_of(msg.content[P.EVAL_ARRAYS])
+        adapter = arrays_of(msg.content[P.ADAPTER]) if P.ADAPTER in msg.content else None
+        counts = count_scores(setup, str(config["kind"]), arrays_of(msg.content[P.UNKNOWN_ARRAYS]),
+                              arrays_of(msg.content[P.UNKNOWN_CLASSES]), arrays["sample_index"], arrays["sample_labels"],
                               int(config["round"]), adapter)
     if P.SECAGG in msg.content:  # secure aggregation: only the masked counts leave
         from clients import secure
 
         masked = secure.masked_values(msg, context, counts.astype(np.float64))
-        return Message(RecordDict({P.MASKED: _record({"masked": masked}), **held}), reply_to=msg)
+        return Message(RecordDict({P.MASKED: record_of({"masked": masked}), **held}), reply_to=msg)
     # in the clear, only the bins that hold a sample: a client's few samples fill few of the 8,192
     bins = np.flatnonzero(counts).astype(np.int32)
-    return Message(RecordDict({P.SCORE_COUNTS: _record({"bins": bins, "counts": counts[bins]}), **held}), reply_to=msg)
+    return Message(RecordDict({P.SCORE_COUNTS: record_of({"bins": bins, "counts": counts[bins]}), **held}), reply_to=msg)
 
 
 @app.query(P.SITE_MODEL)

@@ -7,20 +7,13 @@ import json
 import time
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from clients import faults, node
+from clients.records import arrays_of, record_of
 from clients.site_ops import call, one_line
 from fedrecon import protocol as P
 from fedrecon.data.dataset import DataError
-
-
-def _record(arrays: dict) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
-
-
-def _numpy(record) -> dict:
-    return {k: v.numpy() for k, v in record.items()}
 
 
 def site_train(msg: Message, context: Context, setup, timings: dict) -> Message:
@@ -46,12 +39,12 @@ def site_train(msg: Message, context: Context, setup, timings: dict) -> Message:
 
         stats = ClassStats.from_arrays(arrays) if arrays else _empty(msg)  # (noised under privacy.dp: every slot)
         vector = secagg.masked(msg, context, stats, {}, float(offer["samples"]))
-        return Message(RecordDict({P.MASKED: _record(faults.spoil(task, {"masked": vector})),
+        return Message(RecordDict({P.MASKED: record_of(faults.spoil(task, {"masked": vector})),
                                    P.SITE_TASK: ConfigRecord({"task": offer["task"]}), P.METRICS: metrics}), reply_to=msg)
     reply = RecordDict({P.SITE_TASK: ConfigRecord({"task": offer["task"], "names": list(offer["names"]),
                                                    "samples": int(offer["samples"])}), P.METRICS: metrics})
     if arrays:  # nothing new: no statistics (under privacy.dp the noise goes out with nothing new too)
-        reply[P.STATS] = _record(faults.spoil(task, arrays))
+        reply[P.STATS] = record_of(faults.spoil(task, arrays))
     return Message(reply, reply_to=msg)
 
 
@@ -70,7 +63,7 @@ def site_model(msg: Message, context: Context, setup) -> Message:
               "version": int(config["version"]), "dim": int(config["dim"]), "evaluate": bool(config["evaluate"]),
               "unknown": json.loads(str(config["unknown"])) if "unknown" in config else None,
               "floor": float(config.get("count_floor", 0.0))}  # privacy.dp: the classes the model holds
-    answer, _ = call(node.setup_record(context), context.node_config, "keep", params, _numpy(msg.content[P.SITE_MODEL]))
+    answer, _ = call(node.setup_record(context), context.node_config, "keep", params, arrays_of(msg.content[P.SITE_MODEL]))
     reply = RecordDict()
     if "error" in answer:
         reply[P.SITE_TASK] = ConfigRecord({"error": answer.pop("error")})
@@ -86,7 +79,7 @@ def site_counts(msg: Message, context: Context, setup) -> Message:
     params = {"run": str(config["run"]), "dim": int(config["dim"]), "floor": float(config.get("count_floor", 0.0))}
     answer, _ = call(node.setup_record(context), context.node_config, "counts", params)
     masked = secagg.masked_values(msg, context, np.array([float(answer["correct"]), float(answer["samples"])]))
-    return Message(RecordDict({P.MASKED: _record({"masked": masked})}), reply_to=msg)
+    return Message(RecordDict({P.MASKED: record_of({"masked": masked})}), reply_to=msg)
 
 
 def site_scores(msg: Message, context: Context, setup) -> tuple[np.ndarray | None, int]:
@@ -98,5 +91,5 @@ def site_scores(msg: Message, context: Context, setup) -> tuple[np.ndarray | Non
               "names": [str(n) for n in config["names"]], "base": int(config["base"]), "version": int(config["version"]),
               "dim": int(config["dim"]), "floor": float(config.get("count_floor", 0.0))}
     answer, out = call(node.setup_record(context), context.node_config, "scores", params,
-                       _numpy(msg.content[P.SITE_MODEL]))
+                       arrays_of(msg.content[P.SITE_MODEL]))
     return out.get("counts"), int(answer["version"])

@@ -19,17 +19,19 @@ import numpy as np
 from clients.ledger import Ledger
 from clients.learner import frozen_backbone
 from clients.node_model import MODEL, NodeModel
-from fedrecon.model.export import ClassNames
 from clients.setup import Setup
-from fedrecon import dp
 from clients.site_features import SiteFeatures
-from fedrecon.backbones.embed import embed, pick_device
+from fedrecon import dp
+from fedrecon.backbones.embed import pick_device
 from fedrecon.backbones.registry import backbone_entry
 from fedrecon.data.dataset import DataError
 from fedrecon.data.sites import SiteData, SiteSample
-from fedrecon.learning.heads import build_head, head_spec
+from fedrecon.learning.evaluate import scored_heads
+from fedrecon.learning.head_cache import HeadCache
+from fedrecon.learning.heads import head_spec
 from fedrecon.learning.prototype_merges import is_one_site, make_policy
 from fedrecon.learning.stats import ClassStats
+from fedrecon.model.export import ClassNames
 
 NODE_FOLDER = ".fedrecon"
 
@@ -71,17 +73,27 @@ def _sites(setup: Setup, node_config) -> list[SiteData]:
     return [SiteData(f, s.read, s.image_size, s.text_column, s.label_column) for f in site_folders(setup, node_config)]
 
 
-def _features(setup: Setup, parts: list[tuple[SiteData, list[SiteSample]]], node_config=None) -> np.ndarray:
-    """The backbone's features of the samples, site by site, in order; with
-    ``node_config``, kept by key in the node folder (:mod:`clients.site_features`)."""
-    model = frozen_backbone(setup)
-    device = pick_device(setup.scenario.model.device)
-    if node_config is not None:
-        kept = SiteFeatures(node_folder(setup, node_config), setup.backbone_digest, model, device)
-        blocks = [kept.features(site, samples) for site, samples in parts if samples]
-    else:
-        blocks = [embed(model, site.inputs(samples), device) for site, samples in parts if samples]
+def _features(setup: Setup, parts: list[tuple[SiteData, list[SiteSample]]], node_config) -> np.ndarray:
+    """The backbone's features of the samples, site by site, in order, kept by key in the
+    node folder (:mod:`clients.site_features`): a sample is embedded once."""
+    kept = SiteFeatures(node_folder(setup, node_config), setup.backbone_digest, frozen_backbone(setup),
+                        pick_device(setup.scenario.model.device))
+    blocks = [kept.features(site, samples) for site, samples in parts if samples]
     return np.concatenate(blocks) if blocks else np.zeros((0, 0))
+
+
+# The head of the merged statistics a node keeps, by scenario, cached by the statistics it is
+# built from: its test counts and its threshold counts read the same model (and, in a
+# simulation, every site in the process holds the same statistics) without solving it again.
+_HEADS: dict[str, HeadCache] = {}
+
+
+def _head(setup: Setup, stats: ClassStats):
+    s = setup.scenario
+    key = s.merge.model_dump_json() + f"|{s.seed}|{s.privacy.dp is not None}"
+    if key not in _HEADS:
+        _HEADS[key] = scored_heads(s, noisy=s.privacy.dp is not None)
+    return _HEADS[key].head(stats)
 
 
 def learned_samples(setup: Setup, node_config, run: str, accepted: list[str]) -> list[tuple[SiteData, list[SiteSample]]]:
@@ -169,9 +181,10 @@ def model_writer(setup: Setup, run: dict, threshold: float | None = None, chosen
     entry = backbone_entry(s.model.backbone)
 
     def write(folder: Path, stats: ClassStats, names: dict[int, str]) -> None:
-        if not len(dp.present(stats, floor)):  # privacy.dp: no class stands above the noise yet
+        held = dp.present(stats, floor)
+        if not len(held):  # privacy.dp: no class stands above the noise yet
             return
-        write_model(folder, scenario=s, dataset=ClassNames(names), stats=dp.present(stats, floor), model=model, adapted=None, entry=entry,
+        write_model(folder, scenario=s, dataset=ClassNames(names), stats=held, model=model, adapted=None, entry=entry,
                     dim=stats.dim, run=run, scenario_text=scenario_json(s), unknown_threshold=threshold,
                     unknown_chosen=chosen)
 
@@ -210,7 +223,7 @@ def kept_score_counts(setup: Setup, node_config, run: str, accepted: list[str], 
 
     held, s = _held(setup, node_config, dim, run), setup.scenario
     stats = held.stats
-    kind, arrays = unknown_parameters(stats, build_head(stats, s.merge, s.seed), s.merge.shrinkage)
+    kind, arrays = unknown_parameters(stats, _head(setup, stats), s.merge.shrinkage)
     classes = {"ids": stats.ids, "counts": stats.counts, "means": stats.means()}
     names = {held.names[int(c)]: int(c) for c in stats.ids}
     return score_counts_of(setup, node_config, run, accepted, UnknownScore(kind, arrays), names, classes)
@@ -223,9 +236,7 @@ def test_counts(setup: Setup, node_config, run: str, dim: int, floor: float = 0.
     if held.stats is None or not len(held.stats):
         return 0, 0
     s = setup.scenario
-    stats = dp.present(held.stats, floor)
-    if s.privacy.dp is not None:
-        stats = dp.released(stats)
+    stats = dp.present(held.stats, floor)  # (post-processed by the head's cache under privacy.dp)
     if not len(stats):
         return 0, 0
     index = {held.names[int(c)]: int(c) for c in stats.ids}
@@ -235,5 +246,5 @@ def test_counts(setup: Setup, node_config, run: str, dim: int, floor: float = 0.
     if not samples:
         return 0, 0
     labels = np.array([index[x.label] for x in samples], dtype=np.int64)
-    predicted = build_head(stats, s.merge, s.seed).predict(_features(setup, parts, node_config))
+    predicted = _head(setup, stats).predict(_features(setup, parts, node_config))
     return int((predicted == labels).sum()), len(samples)

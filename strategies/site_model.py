@@ -56,11 +56,14 @@ def model_bytes(state: ServerState, server_round: int, messages: list[Message]) 
         state.traffic.model(server_round, state.traffic.part_bytes(message, (P.SITE_MODEL, P.SITE_MODEL_CONFIG)))
 
 
-def held_after(state: ServerState, client: int, reply: Message, server_round: int) -> None:
-    """Keep the version a site's reply says it holds when it is the round's (it took the update)."""
-    if not reply.has_error() and P.METRICS in reply.content:
-        if int(reply.content[P.METRICS].get("version", -1)) == server_round:
-            state.sites.held[client] = server_round
+def held_after(state: ServerState, client: int, reply: Message, server_round: int) -> int:
+    """The version a site's reply says it holds (-1: none said), kept when it is the round's (it took the update)."""
+    if reply.has_error() or P.METRICS not in reply.content:
+        return -1
+    held = int(reply.content[P.METRICS].get("version", -1))
+    if held == server_round:
+        state.sites.held[client] = held
+    return held
 
 
 class SiteModel:
@@ -92,12 +95,11 @@ class SiteModel:
     def build(self, state: ServerState, work: RoundWork, step: int) -> Outbox:
         if step < UPDATES:
             outbox = self.updates(state, work, step)
-        else:
+        elif step - UPDATES == self.secure.count_step:
+            outbox = self.count_query(state, work)
+        else:  # the secure count sum's keys, shares, unmasking: among the sites holding the round's model
             current = [c for c in sorted(state.nodes.ids) if state.sites.held.get(c) == work.number]
-            if step - UPDATES == self.secure.count_step:
-                outbox = self.count_query(state, work)
-            else:
-                outbox = self.secure.build(state, work, step - UPDATES, current)
+            outbox = self.secure.build(state, work, step - UPDATES, current)
         outbox.extra["step"] = step
         return outbox
 
@@ -139,15 +141,14 @@ class SiteModel:
         book, counted, stale = state.sites, [], []
         for node, reply in outbox.answers(replies).items():
             client = outbox.to[node]
-            if reply.has_error() or P.METRICS not in reply.content:
+            held = held_after(state, client, reply, work.number)
+            if held < 0:
                 continue
             m = reply.content[P.METRICS]
             if P.SITE_TASK in reply.content and "error" in reply.content[P.SITE_TASK]:
                 state.failures.append({"round": work.number, "client": client, "task": -1,
                                        "reason": f"site test data: {reply.content[P.SITE_TASK]['error']}"})
-            held = int(m.get("version", -1))
             if held == work.number:
-                book.held[client] = held
                 state.nodes.delivered(client)
                 if "correct" in m:
                     counted.append(np.array([float(m["correct"]), float(m["samples"])]))

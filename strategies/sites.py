@@ -92,10 +92,18 @@ def checked_offer(state: ServerState, reply: Message, client: int) -> tuple[str,
     return task, check_update(arrays, _probe(counts), state.dim, state.spec), names
 
 
-def _probe(counts) -> Arrival:
-    """A planned task of classes 0..k-1 with ``counts`` samples each, for :func:`check_update`."""
+def _probe(counts, ids=None) -> Arrival:
+    """A planned task of classes ``ids`` (default 0..k-1) with ``counts`` samples each, for :func:`check_update`."""
     sizes = [int(c) for c in counts]
-    return Arrival(0, 0, 0, tuple(range(len(sizes))), tuple(tuple(range(n)) for n in sizes))
+    ids = range(len(sizes)) if ids is None else ids
+    return Arrival(0, 0, 0, tuple(int(i) for i in ids), tuple(tuple(range(n)) for n in sizes))
+
+
+def _merge(state: ServerState, server_round: int, updates: list[ClassStats]) -> None:
+    """Merge a round's site statistics by the policy, and mark what changed for the sites' model updates."""
+    before = state.stats
+    state.stats = state.policy.merge(state.stats, updates)
+    state.sites.merged(before, state.stats, server_round)
 
 
 class SiteLearning:
@@ -135,9 +143,7 @@ class SiteLearning:
         if updates and state.budget is not None:  # each reply carried the whole noise (std(1)) on every value
             book.noise += len(updates) * state.budget.std(1) ** 2
         if updates:
-            before = state.stats
-            state.stats = state.policy.merge(state.stats, updates)
-            book.merged(before, state.stats, server_round)
+            _merge(state, server_round, updates)
 
 
 def site_classes(state: ServerState) -> list[int]:
@@ -151,9 +157,7 @@ def checked_site_sum(state: ServerState, arrays: dict[str, np.ndarray]) -> Class
     counts, noisy = arrays["counts"], state.budget is not None
     if not noisy and (counts != np.rint(counts)).any():
         raise PayloadError("the summed counts are not whole numbers of samples")
-    ids = arrays["ids"]
-    sizes = [max(int(c), 1) if noisy else int(c) for c in counts]
-    probe = Arrival(0, 0, 0, tuple(int(i) for i in ids), tuple(tuple(range(n)) for n in sizes))
+    probe = _probe([max(int(c), 1) if noisy else int(c) for c in counts], arrays["ids"])
     return check_update(arrays, probe, state.dim, state.spec, noisy=noisy)
 
 
@@ -168,6 +172,4 @@ def fold_site_sum(state: ServerState, server_round: int, update: ClassStats, off
         if task:
             book.accept(client, task)
     if len(update):
-        before = state.stats
-        state.stats = state.policy.merge(state.stats, [update])
-        book.merged(before, state.stats, server_round)
+        _merge(state, server_round, [update])

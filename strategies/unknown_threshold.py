@@ -80,15 +80,18 @@ class UnknownThreshold:
         due = state.active(work.number) and s.unknown.due(work.number, state.plan.rounds, evaluated,
                                                           state.adapters is not None)
         # (a scenario skipped_because names has no such phase: round_phases leaves it out)
-        learned = state.sites.accepted if state.sites is not None else state.trained
-        if not (due and len(state.stats) > 0 and bool(learned)):
+        if not (due and len(state.stats) > 0 and bool(self.learners(state))):
             return 0
         return self.secure.exchanges if self.secure is not None else 1
 
     def asked(self, state: ServerState) -> list[int]:
         """The clients to count: those that learned something, connected now."""
-        learned = state.sites.accepted if state.sites is not None else state.trained
-        return [c for c in sorted(learned) if c in state.nodes.ids]
+        return [c for c in sorted(self.learners(state)) if c in state.nodes.ids]
+
+    @staticmethod
+    def learners(state: ServerState) -> dict:
+        """The clients that learned something: planned clients' accepted samples, or sites' merged offers."""
+        return state.sites.accepted if state.sites is not None else state.trained
 
     @staticmethod
     def samples(state: ServerState, clients: list[int]) -> int | None:
@@ -124,14 +127,9 @@ class UnknownThreshold:
         return outbox
 
     def count_query(self, state: ServerState, work: RoundWork) -> Outbox:
-        s = state.scenario
-        head = state.heads.head(state.stats)  # the one the server's scoring then reuses
-        kind, arrays = unknown_parameters(state.stats, head, s.merge.shrinkage)
-        # each client leaves every sample out of its class mean (UnknownScore.training_scores);
-        # a site computes both from the merged model it keeps
-        classes = {"ids": state.stats.ids, "counts": state.stats.counts}
-        classes = to_record({**classes, "means": state.stats.means()} if kind == "cosine" else classes)
-        score = {P.UNKNOWN_ARRAYS: to_record(arrays), P.UNKNOWN_CLASSES: classes} if state.sites is None else {}
+        # a site computes the score and its classes from the merged model it keeps: the server
+        # builds no head for it (it scores nothing itself)
+        kind, score = ("", {}) if state.sites is not None else self.score_records(state)
         deltas: dict[int, dict] = {}
         adapters = state.adapters
         adapter = {P.ADAPTER: to_record(adapters.payload())} if adapters is not None and adapters.merges else {}
@@ -150,6 +148,16 @@ class UnknownThreshold:
             outbox.messages.append(Message(content, dst_node_id=node, message_type=QUERY))
             outbox.to[node] = client
         return outbox
+
+    @staticmethod
+    def score_records(state: ServerState) -> tuple[str, dict]:
+        """The merged model's unknown-input score (its kind, and its arrays and classes as records)."""
+        head = state.heads.head(state.stats)  # the one the server's scoring then reuses
+        kind, arrays = unknown_parameters(state.stats, head, state.scenario.merge.shrinkage)
+        # each client leaves every sample out of its class mean (UnknownScore.training_scores)
+        classes = {"ids": state.stats.ids, "counts": state.stats.counts}
+        classes = to_record({**classes, "means": state.stats.means()} if kind == "cosine" else classes)
+        return kind, {P.UNKNOWN_ARRAYS: to_record(arrays), P.UNKNOWN_CLASSES: classes}
 
     def absorb(self, state: ServerState, work: RoundWork, outbox: Outbox, replies: list[Message]) -> bool:
         if state.sites is not None and outbox.label == COUNT_LABEL:  # the sites took the round's model update
