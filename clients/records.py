@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 from flwr.app import Array, ArrayRecord
 
 
-def arrays_of(record: ArrayRecord) -> dict[str, np.ndarray]:
+def arrays_of(record: ArrayRecord) -> dict:
     return {k: v.numpy() for k, v in record.items()}
 
 
 def record_of(arrays: dict) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    return ArrayRecord({k: Array(v) for k, v in arrays.items()})
